@@ -1,0 +1,45 @@
+# qwen-prunevid: the two set-up commands are `make demo` and `make test` (each installs first).
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+SYSPY    ?= python3
+PATCHTOOL = $(SYSPY) tools/patchtool.py
+# torch/torchvision from the local wheel mirror; the CUDA build also runs on CPU.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test check patches apply sync-upstream demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(SYSPY) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_PIN)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+test: install check
+	$(PY) -m pytest -q tests
+
+# Generated file == snapshot + series; every hunk insert-only, delimited and guarded.
+check:
+	$(PATCHTOOL) check
+
+# Rewrite patches/*.patch from the edited modeling/modeling_qwen2_5_vl.py (blocks between markers).
+patches:
+	$(PATCHTOOL) refresh
+
+# Regenerate modeling/modeling_qwen2_5_vl.py from the snapshot and the series.
+apply:
+	$(PATCHTOOL) apply
+
+# make sync-upstream VERSION=x.y.z: rebase the series onto another transformers release, then run the equivalence tests.
+sync-upstream:
+	@test -n "$(VERSION)" || (echo "usage: make sync-upstream VERSION=x.y.z" >&2; exit 2)
+	$(PATCHTOOL) sync-upstream --version $(VERSION)
+	$(PY) -m pip install -q --disable-pip-version-check transformers==$(VERSION)
+	$(PY) -m pytest -q tests/test_equivalence.py
+
+demo: install
+	$(PY) -m modeling
+
+clean:
+	rm -rf $(VENV) build *.egg-info
