@@ -1,0 +1,106 @@
+"""Shared fixtures: an offline processor, generated clips and images, and saved random-weight checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def processor():
+    from modeling.offline import build_processor
+
+    return build_processor()
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """Small clips that behave like video (static textured background, moving squares, a scene cut) and an image."""
+    import numpy as np
+    from PIL import Image
+
+    from modeling.clips import clip_frames, make_clip
+
+    root = tmp_path_factory.mktemp("media")
+    files = {
+        "clip16": make_clip(root / "clip16.mp4", frames=16, size=(112, 112), fps=4.0, seed=0),
+        "clip8": make_clip(root / "clip8.mp4", frames=8, size=(84, 112), fps=4.0, squares=2, seed=1),
+        "clip12_cut": make_clip(root / "clip12_cut.mp4", frames=12, size=(112, 112), fps=2.0, scene_cut_at=6, seed=2),
+    }
+    frame = clip_frames(frames=1, size=(56, 84), seed=3)[0]
+    Image.fromarray(np.ascontiguousarray(frame)).save(root / "image.png")
+    files["image"] = root / "image.png"
+    return files
+
+
+def make_inputs(processor, media, case: str):
+    """Processor outputs for the named input case, built through the released model's path."""
+    from functools import partial
+
+    from modeling.inputs import build_messages as _build_messages, prepare_inputs
+
+    # Keep the clips at their own size (qwen-vl-utils would upscale them to >= 128 tokens per frame pair).
+    build_messages = partial(_build_messages, min_pixels=28 * 28 * 4, max_pixels=112 * 112)
+    q = "What is happening in this video? Answer in one sentence."
+    if case == "text":
+        conv = build_messages("Write a haiku about tokens.")
+    elif case == "image":
+        conv = build_messages("Describe the image.", images=[str(media["image"])])
+    elif case == "video":
+        conv = build_messages(q, videos=[str(media["clip16"])], fps=4.0)
+    elif case == "multi":
+        conv = build_messages(
+            "Compare the two videos and the picture.",
+            videos=[str(media["clip16"]), str(media["clip12_cut"])],
+            images=[str(media["image"])],
+            fps=2.0,
+        )
+    elif case == "batch3":
+        conv = [
+            build_messages(q, videos=[str(media["clip16"])], fps=4.0),
+            build_messages("Where does the square go, and how many squares are there?", videos=[str(media["clip8"])], fps=4.0),
+            build_messages("Is there a scene cut?", videos=[str(media["clip12_cut"])], fps=2.0),
+        ]
+    else:
+        raise KeyError(case)
+    return prepare_inputs(processor, conv)
+
+
+INPUT_CASES = ("text", "image", "video", "multi", "batch3")
+
+# Small random-weight shapes: GQA ratios 2 / 6 / 1 (MHA), different mrope sections, depth >= 12.
+SHAPES = {
+    "gqa2": dict(),
+    "gqa6": dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=1, intermediate_size=160,
+                 rope_parameters={"mrope_section": [4, 2, 2]}),
+    "mha": dict(num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=14,
+                rope_parameters={"mrope_section": [4, 6, 6]}, vision_depth=4,
+                fullatt_block_indexes=[1, 3]),
+}  # fmt: skip
+
+
+def save_random_model(path: Path, seed: int = 0, **overrides) -> Path:
+    """Save a random-weight Qwen2.5-VL (stock class) to `path`; returns `path`."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from modeling.offline import tiny_config
+
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(**overrides))
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    return {name: save_random_model(root / name, seed=i, **kw) for i, (name, kw) in enumerate(SHAPES.items())}

@@ -1,0 +1,127 @@
+"""The guarantee: with every PruneVid stage off, `Qwen2_5_VLPruneVid` *is* the stock
+`transformers.Qwen2_5_VLForConditionalGeneration`: identical greedy tokens and bitwise-identical logits.
+
+Both models are loaded from the same `save_pretrained` directory; inputs go through the released model's processor
+path (offline tokenizer, Qwen2-VL image/video processors, qwen-vl-utils with decord on generated mp4 files).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from conftest import INPUT_CASES, SHAPES, make_inputs
+from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
+
+NEW_TOKENS = 32
+
+# The full input matrix on every shape with (sdpa, fp32); every other (attention, dtype) pair on one shape.
+MATRIX = [(shape, case, "sdpa", "float32") for shape in SHAPES for case in INPUT_CASES] + [
+    ("gqa2", case, attn, dtype)
+    for case in INPUT_CASES
+    for attn, dtype in (("eager", "float32"), ("sdpa", "bfloat16"), ("eager", "bfloat16"))
+]
+
+
+def load_pair(path, attn: str, dtype: str):
+    kwargs = dict(attn_implementation=attn, dtype=getattr(torch, dtype))
+    stock = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs).eval()
+    ours = Qwen2_5_VLPruneVid.from_pretrained(path, prunevid=PruneVidConfig.disabled(), **kwargs).eval()
+    return stock, ours
+
+
+@torch.no_grad()
+def greedy(model, inputs):
+    out = model.generate(
+        **inputs,
+        do_sample=False,
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    return out.sequences, torch.stack(out.logits)
+
+
+@torch.no_grad()
+def forward_logits(model, inputs):
+    return model(**inputs).logits
+
+
+def assert_same(stock, ours, inputs):
+    tokens_s, logits_s = greedy(stock, inputs)
+    tokens_o, logits_o = greedy(ours, inputs)
+    assert torch.equal(tokens_s, tokens_o), "generated tokens differ from stock"
+    assert torch.equal(logits_s, logits_o), f"logits differ: max |diff| {(logits_s - logits_o).abs().max()}"
+    assert torch.equal(forward_logits(stock, inputs), forward_logits(ours, inputs)), "prefill logits differ"
+
+
+@pytest.mark.parametrize("shape,case,attn,dtype", MATRIX)
+def test_stages_off_equals_stock(checkpoints, processor, media, shape, case, attn, dtype):
+    inputs = make_inputs(processor, media, case)
+    stock, ours = load_pair(checkpoints[shape], attn, dtype)
+    assert ours.model._prunevid is None and ours.prunevid_stats is None
+    assert_same(stock, ours, inputs)
+
+
+def test_inputs_exercise_the_model(processor, media):
+    """The matrix really covers what it claims: videos with time spacing, padding, images next to videos."""
+    video = make_inputs(processor, media, "video")
+    assert "second_per_grid_ts" in video and "mm_token_type_ids" in video
+    assert (video["mm_token_type_ids"] == 2).sum() == video["video_grid_thw"].prod(-1).sum() // 4
+    multi = make_inputs(processor, media, "multi")
+    assert multi["video_grid_thw"].shape[0] == 2 and multi["image_grid_thw"].shape[0] == 1
+    batch = make_inputs(processor, media, "batch3")
+    assert batch["input_ids"].shape[0] == 3 and len(set(batch["video_grid_thw"][:, 0].tolist())) == 3
+    assert (batch["attention_mask"][:, 0] == 0).any(), "expected left padding in the batch"
+
+
+def test_runtime_switch_back_to_stock(checkpoints, processor, media):
+    """Turning PruneVid on changes the answer's logits; reassigning `disabled()` restores stock exactly."""
+    inputs = make_inputs(processor, media, "video")
+    stock, ours = load_pair(checkpoints["gqa2"], "sdpa", "float32")
+    ours.prunevid = PruneVidConfig.paper()
+    assert not torch.equal(forward_logits(stock, inputs)[:, -1], forward_logits(ours, inputs)[:, -1])
+    ours.prunevid = PruneVidConfig.disabled()
+    assert_same(stock, ours, inputs)
+
+
+def test_harness_catches_a_perturbed_forward(checkpoints, processor, media):
+    """The comparison can fail: a 1e-6 nudge to one decoder layer's output is detected."""
+    inputs = make_inputs(processor, media, "video")
+    stock, ours = load_pair(checkpoints["gqa2"], "sdpa", "float32")
+
+    def nudge(module, args, output):
+        return output + 1e-6
+
+    handle = ours.model.language_model.layers[5].register_forward_hook(nudge)
+    try:
+        with pytest.raises(AssertionError, match="differ"):
+            assert_same(stock, ours, inputs)
+    finally:
+        handle.remove()
+    assert_same(stock, ours, inputs)
+
+
+def test_save_load_roundtrip(checkpoints, tmp_path):
+    """What the drop-in class saves loads in the stock class (and keeps its PruneVid settings for itself)."""
+    config = PruneVidConfig.paper(keep_ratio=0.3, pruning_layer=4)
+    ours = Qwen2_5_VLPruneVid.from_pretrained(checkpoints["gqa2"], prunevid=config)
+    ours.save_pretrained(tmp_path / "saved")
+    reloaded = Qwen2_5_VLPruneVid.from_pretrained(tmp_path / "saved")
+    assert reloaded.prunevid == config
+    stock = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "saved")
+    for (name, a), (_, b) in zip(ours.state_dict().items(), stock.state_dict().items()):
+        assert torch.equal(a, b), name
+    built = Qwen2_5_VLPruneVid(stock.config, prunevid=PruneVidConfig.disabled())
+    assert built.prunevid == PruneVidConfig.disabled()
+
+
+def test_vendored_file_matches_installed_release():
+    """The equivalence above compares against the installed transformers: it must be the vendored release."""
+    import json
+    from pathlib import Path
+
+    meta = json.loads((Path(__file__).parents[1] / "upstream_snapshot" / "UPSTREAM.json").read_text())
+    assert transformers.__version__ == meta["transformers_version"]
