@@ -381,6 +381,14 @@ def test_merge_video_edge_cases() -> None:
     res = merge_video(x, (1, 3, 4), tau=0.8, temporal_segment_ratio=0.25, cluster_ratio=0.5, k=7)
     assert torch.equal(res.features, x) and torch.equal(res.source, torch.arange(12))
     assert torch.equal(res.assignment, torch.arange(12)) and torch.equal(res.group, torch.zeros(12, dtype=torch.long))
+    # the "> 14" rule: 14 tokens are kept as they are, 15 are clustered to int(15 * 0.5) = 7
+    x = torch.randn(14, 8, generator=g)
+    res = merge_video(x, (1, 2, 7), tau=0.8, temporal_segment_ratio=0.25, cluster_ratio=0.5, k=7)
+    assert torch.equal(res.features, x) and torch.equal(res.source, torch.arange(14))
+    x = torch.randn(15, 8, generator=g)
+    res = merge_video(x, (1, 3, 5), tau=0.8, temporal_segment_ratio=0.25, cluster_ratio=0.5, k=7)
+    assert res.features.shape[0] == 7
+    check_merge(x, (1, 3, 5), res, 0.5)
     # T == 2, tiny grid: one segment; static tokens averaged (not clustered), dynamic kept per frame
     x = make_video(9, [2], 3, 4, (slice(0, 1), slice(0, 2)), c=8)
     res = merge_video(x, (2, 3, 4), tau=0.8, temporal_segment_ratio=0.25, cluster_ratio=0.5, k=7)

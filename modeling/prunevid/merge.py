@@ -229,7 +229,7 @@ def merge_video(
     merged = merge_by_labels(rows, dpc.labels, c_max)  # [R, Cmax, C] float32
 
     # 5. output order: segment static block (key 2*start) before its frames (key 2*t+1), time order overall
-    order = torch.argsort(torch.cat([2 * seg_start, 2 * frame_idx + 1]))
+    order = torch.argsort(torch.cat([2 * seg_start, 2 * frame_idx + 1]), stable=True)
     n_rows = n_seg + n_frames
     slot = torch.arange(c_max, device=device)[None, :] < dpc.num_clusters[:, None]  # [R, Cmax]
     slot_o = slot[order]
