@@ -194,7 +194,7 @@ class PruneVidController:
                     raise ValueError(f"video tokens of sample {b} do not match video_grid_thw {[t, h, w]}")
                 parts_e.append(embeds[cursor:pos]), parts_o.append(torch.arange(cursor, pos, device=device))
                 parts_g.append(text_group[cursor:pos])
-                if cfg.enable_stage1:
+                if cfg.enable_stage1 and grid[0] > 1:  # one temporal patch: nothing to merge over time
                     res = merge_video(
                         embeds[pos : pos + n],
                         grid,

@@ -1,0 +1,330 @@
+"""PruneVid inside the model: each stage does what the paper says, with Qwen2.5-VL's 3-D positions.
+
+Small random-weight models, inputs through the real processor path (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import transformers
+from transformers import DynamicCache
+
+from conftest import make_inputs
+from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
+
+
+def load(path, prunevid, attn="sdpa"):
+    return Qwen2_5_VLPruneVid.from_pretrained(path, prunevid=prunevid, attn_implementation=attn).eval()
+
+
+class Capture:
+    """Records the keyword arguments a module is called with (forward pre-hook)."""
+
+    def __init__(self, module):
+        self.calls = []
+        self.handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        self.calls.append((args, dict(kwargs)))
+
+    def remove(self):
+        self.handle.remove()
+
+
+def greedy(model, inputs, n=12):
+    with torch.no_grad():
+        return model.generate(**inputs, do_sample=False, max_new_tokens=n, min_new_tokens=n)
+
+
+# ------------------------------------------------------------------------------------------------ Stage 1
+def test_stage1_alone_is_exact(checkpoints, processor, media):
+    """Stage 1 only == the stock model fed the same merged embeddings and 3-D positions (bitwise)."""
+    inputs = make_inputs(processor, media, "video")
+    ours = load(checkpoints["gqa2"], PruneVidConfig.stage1_only())
+    stock = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        checkpoints["gqa2"], attn_implementation="sdpa"
+    ).eval()
+    cap = Capture(ours.model.language_model)
+    with torch.no_grad():
+        logits = ours(**inputs).logits
+    cap.remove()
+    kw = cap.calls[0][1]
+    assert kw["inputs_embeds"].shape[1] < inputs["input_ids"].shape[1], "Stage 1 merged nothing"
+    with torch.no_grad():
+        ref = stock(
+            inputs_embeds=kw["inputs_embeds"], position_ids=kw["position_ids"], attention_mask=kw["attention_mask"]
+        ).logits
+    assert torch.equal(logits, ref)
+
+
+def test_positions_are_those_of_real_tokens(checkpoints, processor, media):
+    """Every kept/merged token carries the unpruned 3-D position of a real member; text keeps its own exactly."""
+    inputs = make_inputs(processor, media, "multi")
+    ours = load(checkpoints["gqa2"], PruneVidConfig.stage1_only())
+    full, _ = ours.model.get_rope_index(
+        inputs["input_ids"], inputs["mm_token_type_ids"], inputs.get("image_grid_thw"),
+        inputs["video_grid_thw"], inputs.get("second_per_grid_ts"), inputs["attention_mask"],
+    )  # fmt: skip
+    cap = Capture(ours.model.language_model)
+    with torch.no_grad():
+        ours(**inputs)
+    cap.remove()
+    pos = cap.calls[0][1]["position_ids"][-3:, 0]
+    state = ours.model._prunevid.state
+    origin = state.origin[0]
+    assert torch.equal(pos, full[:, 0, origin])
+    ids = inputs["input_ids"][0]
+    text = ids[origin] != ours.config.video_token_id
+    assert torch.equal(origin[text], (ids != ours.config.video_token_id).nonzero().flatten())
+    for record in state.videos:  # static tokens sit at the first temporal patch of their segment
+        m = record.merge
+        frame_of_source = m.source // (record.grid[1] * record.grid[2])
+        assert set(frame_of_source[m.is_static].tolist()) <= {start for start, _ in m.segments}
+
+
+def test_moving_square_is_dynamic_background_static(processor, tmp_path):
+    """Stage 1 on a generated clip (static textured background, one moving square): the square's cells are dynamic,
+    the background static, and the merged count follows the algorithm's arithmetic.
+
+    Features are the clip's own pixel patches as the processor gives them (one row per LLM token, codec noise
+    included): a random-weight vision tower would mix the whole frame and says nothing about the clip.
+    """
+    from modeling.clips import make_clip, square_boxes
+    from modeling.inputs import build_messages, prepare_inputs
+    from modeling.prunevid.merge import merge_video
+
+    size, frames = (224, 224), 16
+    clip = make_clip(tmp_path / "square.mp4", frames=frames, size=size, fps=4.0, seed=5)
+    messages = build_messages("?", videos=[str(clip)], fps=4.0, min_pixels=224 * 224, max_pixels=224 * 224)
+    inputs = prepare_inputs(processor, messages)
+    t, gh, gw = inputs["video_grid_thw"][0].tolist()
+    h, w = gh // 2, gw // 2
+    assert (t, h, w) == (8, 8, 8)
+    features = inputs["pixel_values_videos"].view(t * h * w, -1)  # processor order = raster order of LLM tokens
+    merge = merge_video(features, (t, h, w), tau=0.8, temporal_segment_ratio=0.25, cluster_ratio=0.5, k=7)
+
+    cell = 28  # one LLM token covers 28x28 pixels
+    cover = torch.zeros(t, h * w)  # largest share of each cell the square covers in each temporal patch
+    for f, (top, left, bottom, right) in enumerate(square_boxes(frames=frames, size=size, squares=1, seed=5)[:, 0]):
+        for y in range(h):
+            for x in range(w):
+                dy = max(0, min(bottom, (y + 1) * cell) - max(top, y * cell))
+                dx = max(0, min(right, (x + 1) * cell) - max(left, x * cell))
+                cover[f // 2, y * w + x] = max(cover[f // 2, y * w + x], dy * dx / cell**2)
+    square, background = torch.zeros(t, h * w, dtype=torch.bool), torch.zeros(t, h * w, dtype=torch.bool)
+    for s, e in merge.segments:
+        if e - s > 1:  # static/dynamic is decided per segment; one-patch segments are all dynamic
+            square[s:e] = (cover[s:e] >= 0.5).any(dim=0)
+            background[s:e] = (cover[s:e] == 0).all(dim=0)
+    assert square.any() and background.any()
+    assert not merge.static_mask[square].any(), "a cell the square covers was called static"
+    assert merge.static_mask[background].all(), "the untouched textured background must be static"
+
+    expected = 0
+    for s, e in merge.segments:
+        expected += _clustered(int(merge.static_mask[s].sum()))
+        expected += sum(_clustered(h * w - int(merge.static_mask[f].sum())) for f in range(s, e))
+    assert merge.features.shape[0] == expected
+
+
+def _clustered(n, ratio=0.5, threshold=14):
+    return max(1, int(n * ratio)) if n > threshold else n
+
+
+# ------------------------------------------------------------------------------------------------ Stage 2
+@pytest.mark.parametrize("stage1", [True, False])
+def test_stage2_keeps_topk_of_independent_eager_attention(checkpoints, processor, media, stage1):
+    """The kept set equals the per-group top-alpha of pre-RoPE attention computed here with eager math."""
+    inputs = make_inputs(processor, media, "video")
+    config = PruneVidConfig.paper(enable_stage1=stage1)
+    ours = load(checkpoints["gqa2"], config, attn="eager")
+    layer_idx = ours.model._prunevid.layer
+    assert layer_idx == round(10 * 12 / 28)
+    layer = ours.model.language_model.layers[layer_idx]
+    cap = Capture(layer)
+    with torch.no_grad():
+        ours(**inputs)
+    cap.remove()
+    hidden = cap.calls[0][0][0] if cap.calls[0][0] else cap.calls[0][1]["hidden_states"]
+    state = ours.model._prunevid.state
+    attn = layer.self_attn
+    with torch.no_grad():
+        x = layer.input_layernorm(hidden)[0].double()
+        q = (x @ attn.q_proj.weight.double().T + attn.q_proj.bias.double()).view(x.shape[0], -1, attn.head_dim)
+        k = (x @ attn.k_proj.weight.double().T + attn.k_proj.bias.double()).view(x.shape[0], -1, attn.head_dim)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    queries = state.query[0].nonzero().flatten()
+    ids = inputs["input_ids"][0]
+    last_video = (ids == ours.config.video_token_id).nonzero().max()
+    assert (state.origin[0, queries] > last_video).all(), "queries must be the tokens after the video"
+    assert len(queries) == int((ids[last_video + 1 :] != ours.config.video_token_id).sum())
+    probs = torch.softmax(torch.einsum("qhd,khd->hqk", q[queries], k) * attn.head_dim**-0.5, dim=-1)
+    importance = probs.amax(dim=0).amax(dim=0)  # max over heads, then over queries
+    group = state.group[0]
+    expected = group < 0
+    for g in group.unique():
+        if g < 0:
+            continue
+        members = (group == g).nonzero().flatten()
+        n_keep = math.ceil(config.keep_ratio * len(members))
+        top = members[torch.argsort(importance[members], descending=True, stable=True)[:n_keep]]
+        expected[top] = True
+    assert torch.equal(state.keep[0], expected)
+    stats = ours.prunevid_stats
+    assert stats["after_stage2"] == int((expected & state.visual[0]).sum()) < stats["after_stage1"]
+
+
+def test_images_untouched_by_default(checkpoints, processor, media):
+    """An image-only prompt (and a text-only one) gives the stock logits; images are never merged."""
+    stock = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoints["gqa2"]).eval()
+    ours = load(checkpoints["gqa2"], PruneVidConfig.paper())
+    for case in ("image", "text"):
+        inputs = make_inputs(processor, media, case)
+        with torch.no_grad():
+            assert torch.equal(ours(**inputs).logits, stock(**inputs).logits), case
+        assert ours.prunevid_stats is None
+    inputs = make_inputs(processor, media, "multi")
+    with torch.no_grad():
+        ours(**inputs)
+    state = ours.model._prunevid.state
+    image_tokens = inputs["input_ids"][0] == ours.config.image_token_id
+    assert int(image_tokens[state.origin[0]].sum()) == int(image_tokens.sum())  # all image tokens still there
+    assert not (state.group[0][image_tokens[state.origin[0]]] >= 0).any()  # and not candidates
+
+
+# ------------------------------------------------------------------------------------------------ Stage 3
+def manual_decode(model, inputs, n, cache):
+    """Greedy decoding by hand over `cache`: prefill, then one token a step with the unpruned 2-D mask."""
+    with torch.no_grad():
+        out = model(**inputs, past_key_values=cache, use_cache=True)
+        mask = inputs["attention_mask"]
+        tokens = [out.logits[:, -1].argmax(-1)]
+        for _ in range(n - 1):  # the unpruned 2-D mask grows as usual; positions continue the unpruned numbering
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            # Explicit positions, as `generate` passes them: stock 5.23 derives [3, B, len(mask)] positions from a
+            # 2-D mask alone and fails on a one-token step (an upstream bug, unrelated to PruneVid).
+            position = (mask.sum(dim=1, keepdim=True) - 1 + model.model.rope_deltas).expand(3, -1, -1)
+            out = model(
+                input_ids=tokens[-1][:, None],
+                attention_mask=mask,
+                position_ids=position,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            tokens.append(out.logits[:, -1].argmax(-1))
+    return torch.stack(tokens, dim=1)
+
+
+def test_stage3_cache_holds_kept_tokens_and_decoding_matches_manual_loop(checkpoints, processor, media):
+    inputs = make_inputs(processor, media, "video")
+    ours = load(checkpoints["gqa2"], PruneVidConfig.paper())
+    n = 10
+    generated = greedy(ours, inputs, n)[:, inputs["input_ids"].shape[1] :]
+    cache = DynamicCache(config=ours.config)
+    tokens = manual_decode(ours, inputs, 1, cache)
+    kept = ours.prunevid_stats["kv_cache_tokens"]
+    assert kept < inputs["input_ids"].shape[1]
+    assert all(layer.keys.shape[-2] == kept for layer in cache.layers), "every layer caches the kept set"
+    cache = DynamicCache(config=ours.config)
+    tokens = manual_decode(ours, inputs, n, cache)
+    assert all(layer.keys.shape[-2] == kept + n - 1 for layer in cache.layers), "decoding must not prune"
+    assert torch.equal(tokens, generated)
+
+
+def test_stage2_without_stage3_decodes_with_per_layer_masks(checkpoints, processor, media):
+    """Without cache compression layers 0..M keep every token; generate still equals the manual loop."""
+    inputs = make_inputs(processor, media, "video")
+    ours = load(checkpoints["gqa2"], PruneVidConfig.paper(enable_stage3=False))
+    m = ours.model._prunevid.layer
+    cache = DynamicCache(config=ours.config)
+    with torch.no_grad():
+        ours(**inputs, past_key_values=cache, use_cache=True)
+    stats = ours.prunevid_stats
+    lengths = [layer.keys.shape[-2] for layer in cache.layers]
+    assert lengths[: m + 1] == [lengths[0]] * (m + 1) and lengths[m + 1 :] == [lengths[-1]] * (len(lengths) - m - 1)
+    assert lengths[-1] < lengths[0]
+    assert stats["kv_cache_tokens"] == lengths[0]
+    generated = greedy(ours, inputs, 8)[:, inputs["input_ids"].shape[1] :]
+    cache = DynamicCache(config=ours.config)
+    assert torch.equal(manual_decode(ours, inputs, 8, cache), generated)
+    assert [layer.keys.shape[-2] for layer in cache.layers] == [n + 7 for n in lengths]
+
+
+# ------------------------------------------------------------------------------------------------ batches
+def test_batched_equals_per_sample_and_deterministic(checkpoints, processor, media):
+    """A padded batch gives each sample the tokens (and stats) it gets alone; two runs agree exactly."""
+    from modeling.inputs import prepare_inputs
+
+    batch = make_inputs(processor, media, "batch3")
+    ours = load(checkpoints["gqa2"], PruneVidConfig.paper())
+    out = greedy(ours, batch)
+    stats = ours.prunevid_stats
+    assert torch.equal(out, greedy(ours, batch)) and ours.prunevid_stats == stats
+    width = batch["input_ids"].shape[1]
+    for b in range(3):
+        single = _single(batch, b)
+        alone = greedy(ours, single)
+        assert torch.equal(alone[0, single["input_ids"].shape[1] :], out[b, width:]), f"sample {b}"
+        for key in ("visual_tokens", "after_stage1", "after_stage2", "kv_cache_tokens"):
+            assert ours.prunevid_stats[key] == stats[key][b], (key, b)
+
+
+def _single(batch, b):
+    """Sample b of a processor batch, with its padding removed (what the processor gives for it alone)."""
+    keep = batch["attention_mask"][b].bool()
+    grid = batch["video_grid_thw"]
+    patches = grid.prod(-1)
+    start = int(patches[:b].sum())
+    out = {
+        "input_ids": batch["input_ids"][b : b + 1, keep],
+        "attention_mask": batch["attention_mask"][b : b + 1, keep],
+        "mm_token_type_ids": batch["mm_token_type_ids"][b : b + 1, keep],
+        "pixel_values_videos": batch["pixel_values_videos"][start : start + int(patches[b])],
+        "video_grid_thw": grid[b : b + 1],
+        "second_per_grid_ts": batch["second_per_grid_ts"][b : b + 1],
+    }
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_config_validation_and_roundtrip(checkpoints, tmp_path):
+    with pytest.raises(ValueError, match=r"keep_ratio=1.5 .*\(0.0, 1.0\]"):
+        PruneVidConfig(keep_ratio=1.5)
+    with pytest.raises(ValueError, match="tau"):
+        PruneVidConfig(tau=2)
+    with pytest.raises(ValueError, match="dpc_knn_k"):
+        PruneVidConfig(dpc_knn_k=0)
+    with pytest.raises(ValueError, match="attention_aggregation"):
+        PruneVidConfig(attention_aggregation="median")
+    with pytest.raises(ValueError, match="unknown PruneVid preset"):
+        PruneVidConfig.preset("fastest")
+    model = load(checkpoints["gqa2"], PruneVidConfig.disabled())
+    with pytest.raises(ValueError, match=r"pruning_layer=11 .*12 layers"):
+        model.prunevid = PruneVidConfig(pruning_layer=11)
+    assert model.prunevid == PruneVidConfig.disabled()  # a rejected config leaves the model as it was
+    config = PruneVidConfig.fastv()
+    model.prunevid = config
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["prunevid"]
+    assert PruneVidConfig.from_dict(saved) == config
+    assert Qwen2_5_VLPruneVid.from_pretrained(tmp_path).prunevid == config
+
+
+def test_presets_prune_as_named(checkpoints, processor, media):
+    inputs = make_inputs(processor, media, "video")
+    model = load(checkpoints["gqa2"], PruneVidConfig.paper())
+    kept = {}
+    for name in ("conservative", "paper", "aggressive", "stage1_only", "fastv"):
+        model.prunevid = PruneVidConfig.preset(name)
+        with torch.no_grad():
+            model(**inputs)
+        kept[name] = model.prunevid_stats["kv_cache_tokens"]
+    assert kept["aggressive"] < kept["paper"] < kept["conservative"]
+    assert kept["paper"] < kept["stage1_only"]
+    visual = model.prunevid_stats["visual_tokens"]
+    assert model.prunevid_stats["after_stage1"] == visual  # fastv: no merging
+    assert model.prunevid_stats["after_stage2"] == math.ceil(0.5 * visual)  # 50% chosen globally
