@@ -337,6 +337,43 @@ class PruneVidController:
         return torch.cat([prompt.to(tail.dtype), tail], dim=1)
 
     # ------------------------------------------------------------------------------------------ stats
+    def video_fates(self) -> list[dict[str, Any]]:
+        """What happened to every token of every video in the last prefill, for pictures and analysis.
+
+        One dict per video: `sample`, `grid` (t, h, w in LLM tokens), `segments`, and [t, h*w] bool tensors:
+        `static` (merged over its segment by Stage 1), `kept` (the token it was merged into, or itself, survived
+        Stage 2), `carrier` (this cell is the real token whose 3-D position a kept token carries).
+        """
+        state = self.state
+        if state is None:
+            return []
+        keep = state.keep if state.keep is not None else torch.ones_like(state.mask, dtype=torch.bool)
+        out = []
+        for rec in state.videos:
+            t, h, w = rec.grid
+            n = t * h * w
+            origin, valid = state.origin[rec.sample], state.mask[rec.sample].bool()
+            layout = torch.full((state.orig_len,), -1, dtype=torch.long, device=origin.device)
+            layout[origin[valid]] = torch.arange(origin.shape[0], device=origin.device)[valid]
+            m = rec.merge
+            source = m.source if m is not None else torch.arange(n, device=origin.device)
+            row_kept = keep[rec.sample, layout[rec.start + source]]
+            kept = row_kept[m.assignment] if m is not None else row_kept
+            carrier = torch.zeros(n, dtype=torch.bool, device=origin.device)
+            carrier[source[row_kept]] = True
+            static = m.static_mask.reshape(-1) if m is not None else torch.zeros_like(carrier)
+            out.append(
+                {
+                    "sample": rec.sample,
+                    "grid": rec.grid,
+                    "segments": list(m.segments) if m is not None else [(0, t)],
+                    "static": static.view(t, h * w).cpu(),
+                    "kept": kept.view(t, h * w).cpu(),
+                    "carrier": carrier.view(t, h * w).cpu(),
+                }
+            )
+        return out
+
     def stats(self) -> dict[str, Any] | None:
         """JSON-serialisable numbers of the last prefill (per-sample lists when batched)."""
         state = self.state

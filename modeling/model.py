@@ -62,6 +62,12 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration):
         controller = self.model._prunevid
         return controller.stats() if controller is not None else None
 
+    def prunevid_video_fates(self) -> list[dict[str, Any]]:
+        """Per video of the last prefill: which tokens were merged as static, kept, or dropped (see
+        `PruneVidController.video_fates`)."""
+        controller = self.model._prunevid
+        return controller.video_fates() if controller is not None else []
+
 
 # The released checkpoints store `model.layers.*` / `visual.*`; transformers renames them on load only for its own
 # classes (a class outside `transformers.` counts as custom code), so give ours the stock class's mapping.

@@ -328,3 +328,18 @@ def test_presets_prune_as_named(checkpoints, processor, media):
     visual = model.prunevid_stats["visual_tokens"]
     assert model.prunevid_stats["after_stage1"] == visual  # fastv: no merging
     assert model.prunevid_stats["after_stage2"] == math.ceil(0.5 * visual)  # 50% chosen globally
+
+
+def test_video_fates_agree_with_stats(checkpoints, processor, media):
+    """The per-token picture data accounts for every token and matches the counts."""
+    inputs = make_inputs(processor, media, "multi")
+    model = load(checkpoints["gqa2"], PruneVidConfig.paper())
+    with torch.no_grad():
+        model(**inputs)
+    fates = model.prunevid_video_fates()
+    stats = model.prunevid_stats
+    assert len(fates) == 2
+    assert sum(int(f["carrier"].sum()) for f in fates) == stats["after_stage2"]
+    assert sum(f["static"].numel() for f in fates) == stats["visual_tokens"]
+    for f in fates:
+        assert not (f["carrier"] & ~f["kept"]).any()  # a carrier cell always belongs to a kept token
