@@ -20,7 +20,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = "modeling_qwen2_5_vl.py"
-UPSTREAM_5_23 = Path("/tmp/tf/5.23.0/transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py")
 
 MERGE_BLOCK = """\
 # >>> prunevid:stage1-merge
@@ -97,11 +96,28 @@ def hashes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.is_file()}
 
 
+def first_snapshot() -> dict[str, bytes]:
+    """The snapshot files as first vendored (transformers 5.22.2), read from git history, so that these tests do
+    not depend on the release the repository is synced to now (and exercise a real sync from there)."""
+    git = ["git", "-C", str(REPO)]
+    revs = subprocess.run(
+        [*git, "log", "--format=%H", "--reverse", "--", "upstream_snapshot/UPSTREAM.json"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert revs, "no history for upstream_snapshot/ (a shallow or exported tree?)"
+    show = lambda name: subprocess.run([*git, "show", f"{revs[0]}:upstream_snapshot/{name}"], capture_output=True, check=True).stdout  # noqa: E731
+    files = {name: show(name) for name in (TARGET, "UPSTREAM.json")}
+    assert json.loads(files["UPSTREAM.json"])["transformers_version"] == "5.22.2"
+    return files
+
+
 @pytest.fixture(scope="session")
 def template(tmp_path_factory) -> Path:
     """A repository copy whose series was produced the developer's way: apply, insert blocks, refresh, apply."""
     root = tmp_path_factory.mktemp("template")
-    shutil.copytree(REPO / "upstream_snapshot", root / "upstream_snapshot")
+    (root / "upstream_snapshot").mkdir()
+    for name, data in first_snapshot().items():
+        (root / "upstream_snapshot" / name).write_bytes(data)
     (root / "tools").mkdir()
     shutil.copy(REPO / "tools" / "patchtool.py", root / "tools" / "patchtool.py")
     (root / "pyproject.toml").write_text('[project]\ndependencies = [\n    "transformers==5.22.2",\n]\n')
@@ -387,11 +403,14 @@ def test_sync_upstream_anchor_function_removed(repo: Path):
     assert not (repo / "patches" / "stage1-merge.patch.rej").exists()
 
 
-@pytest.mark.skipif(not UPSTREAM_5_23.exists(), reason=f"real transformers 5.23.0 file not found at {UPSTREAM_5_23}")
-def test_sync_upstream_real_5_23_0(repo: Path):
-    out = ok(run(repo, "sync-upstream", "--version", "5.23.0", "--from-file", str(UPSTREAM_5_23)))
-    assert "transformers 5.22.2 -> 5.23.0" in out
-    assert_synced(repo, UPSTREAM_5_23.read_bytes(), "5.23.0")
+def test_sync_upstream_real_release(repo: Path):
+    """A real sync: from the first vendored release (5.22.2) to the one the repository is on now."""
+    version = json.loads(read(REPO / "upstream_snapshot" / "UPSTREAM.json"))["transformers_version"]
+    assert version != "5.22.2", "the repository should have been synced past its first snapshot"
+    new = REPO / "upstream_snapshot" / TARGET
+    out = ok(run(repo, "sync-upstream", "--version", version, "--from-file", str(new)))
+    assert f"transformers 5.22.2 -> {version}" in out
+    assert_synced(repo, new.read_bytes(), version)
     body = body_lines(repo)
     merge = next(i for i, line in enumerate(body) if "# >>> prunevid:stage1-merge" in line)
     assert body[merge + 6] == "        outputs = self.language_model(\n"
