@@ -343,3 +343,20 @@ def test_video_fates_agree_with_stats(checkpoints, processor, media):
     assert sum(f["static"].numel() for f in fates) == stats["visual_tokens"]
     for f in fates:
         assert not (f["carrier"] & ~f["kept"]).any()  # a carrier cell always belongs to a kept token
+
+
+def test_sampling_and_beam_search_run_on_the_pruned_cache(checkpoints, processor, media):
+    """`generate` strategies other than greedy work unchanged; every beam row is pruned like its prompt."""
+    inputs = make_inputs(processor, media, "batch3")
+    model = load(checkpoints["gqa2"], PruneVidConfig.paper())
+    with torch.no_grad():
+        model(**inputs)
+    kept = model.prunevid_stats["kv_cache_tokens"]
+    with torch.no_grad():
+        beams = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, num_beams=2, do_sample=False)
+    assert model.prunevid_stats["kv_cache_tokens"] == [n for n in kept for _ in range(2)]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        sampled = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=True, top_k=20)
+    width = inputs["input_ids"].shape[1]
+    assert beams.shape == sampled.shape == (3, width + 5)
