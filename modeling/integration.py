@@ -130,7 +130,9 @@ class PruneVidController:
         embeds, origins, groups, videos = [], [], [], []
         stats: dict[str, list[Any]] = {k: [] for k in ("visual_tokens", "static_ratio", "segments")}
         for b in range(batch):
-            sample_grids = grids if grids is not None else _grids_from_positions(position_ids[-3:, b], is_video[b], self.spatial_merge_size)
+            sample_grids = grids
+            if sample_grids is None:
+                sample_grids = _grids_from_positions(position_ids[-3:, b], is_video[b], self.spatial_merge_size)
             e, o, g, recs = self._stage1_sample(b, inputs_embeds[b], is_video[b], is_image[b], sample_grids)
             embeds.append(e), origins.append(o), groups.append(g), videos.extend(recs)
             merges = [r.merge for r in recs if r.merge is not None]

@@ -67,7 +67,7 @@ def make_inputs(processor, media, case: str):
     elif case == "batch3":
         conv = [
             build_messages(q, videos=[str(media["clip16"])], fps=4.0),
-            build_messages("Where does the square go, and how many squares are there?", videos=[str(media["clip8"])], fps=4.0),
+            build_messages("Where do the squares go?", videos=[str(media["clip8"])], fps=4.0),
             build_messages("Is there a scene cut?", videos=[str(media["clip12_cut"])], fps=2.0),
         ]
     else:

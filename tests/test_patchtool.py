@@ -105,8 +105,10 @@ def first_snapshot() -> dict[str, bytes]:
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert revs, "no history for upstream_snapshot/ (a shallow or exported tree?)"
-    show = lambda name: subprocess.run([*git, "show", f"{revs[0]}:upstream_snapshot/{name}"], capture_output=True, check=True).stdout  # noqa: E731
-    files = {name: show(name) for name in (TARGET, "UPSTREAM.json")}
+    files = {
+        name: subprocess.run([*git, "show", f"{revs[0]}:upstream_snapshot/{name}"], capture_output=True, check=True).stdout
+        for name in (TARGET, "UPSTREAM.json")
+    }
     assert json.loads(files["UPSTREAM.json"])["transformers_version"] == "5.22.2"
     return files
 
