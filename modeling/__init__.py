@@ -4,6 +4,7 @@
 """
 
 from .model import Qwen2_5_VLPruneVid
+from .pipeline import VideoQA
 from .prunevid.config import PRESETS, PruneVidConfig
 
-__all__ = ["PRESETS", "PruneVidConfig", "Qwen2_5_VLPruneVid"]
+__all__ = ["PRESETS", "PruneVidConfig", "Qwen2_5_VLPruneVid", "VideoQA"]

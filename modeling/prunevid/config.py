@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-_CHOICES = {
+CHOICES = {
     "selection_query": ("after_video", "last"),
     "attention_aggregation": ("max", "mean"),
     "selection_scope": ("grouped", "global"),
@@ -78,7 +78,7 @@ class PruneVidConfig:
         _check_int("min_tokens_to_cluster", self.min_tokens_to_cluster, minimum=0)
         if self.pruning_layer is not None:
             _check_int("pruning_layer", self.pruning_layer, minimum=0)
-        for name, allowed in _CHOICES.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"PruneVidConfig.{name}={getattr(self, name)!r} is not one of {allowed}")
         if self.enable_stage3 and not self.enable_stage2:
@@ -188,4 +188,4 @@ def _check_int(name: str, value: Any, *, minimum: int) -> None:
         raise ValueError(f"PruneVidConfig.{name}={value!r} is out of range: allowed integers >= {minimum}")
 
 
-__all__ = ["PruneVidConfig", "PRESETS"]
+__all__ = ["CHOICES", "PRESETS", "PruneVidConfig"]
