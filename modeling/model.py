@@ -10,6 +10,7 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 from .integration import PruneVidController
 from .modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from .prunevid.config import PruneVidConfig
+from .vision_attention import vision_attention_for
 
 
 class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration):
@@ -54,6 +55,7 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration):
         self.config.prunevid = value.to_dict()
         self.model._prunevid = controller
         self.model.language_model._prunevid = controller
+        self.model.visual._prunevid_vision = vision_attention_for(value)
 
     @property
     def prunevid_stats(self) -> dict[str, Any] | None:

@@ -1,0 +1,182 @@
+"""Opt-in fused attention for the Qwen2.5-VL vision tower (`PruneVidConfig(vision_attention="varlen")`).
+
+The stock tower attends within windows (28 of the 32 blocks of the released models: 8x8 patches, 64 tokens) and,
+in the 4 "full attention" blocks, within each temporal patch (one frame pair). With any attention implementation
+but flash-attention, upstream runs one `sdpa` call per window: a 64-frame 448x448 clip has 512 windows per layer,
+so the tower spends most of its time launching tiny kernels. Here every block's attention is one packed
+variable-length call, `torch.nn.attention.varlen.varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)`,
+over exactly the same segments (`cu_seqlens` / `cu_window_seqlens` of the tower): the function computed is the
+stock one, only the kernel differs (flash-attention's varlen kernel instead of one `sdpa` per segment).
+
+Wiring (patch `vision-varlen-attention`, two guarded blocks):
+
+* `Qwen2_5_VisionTransformerPretrainedModel.forward`, before the block loop: when the tower has a
+  `_prunevid_vision` object (set by `Qwen2_5_VLPruneVid.prunevid = cfg`, see [`vision_attention_for`]), its
+  [`VisionVarlenAttention.prepare`] returns the block kwargs with a `prunevid_vision` entry, or unchanged (the
+  stock path) where the fused kernel cannot run here; it logs why, once.
+* `Qwen2_5_VLVisionAttention.forward`, after the rotary embedding: when `prunevid_vision` is in the kwargs, the
+  attention of the block is computed by it and projected by the block's own `proj`.
+
+Backends:
+    "auto" (default): varlen_attn where it can run (torch with `torch.nn.attention.varlen`, CUDA, fp16 / bf16);
+        elsewhere the stock path, with a one-time warning naming the reason.
+    "varlen": varlen_attn or an error.
+    "reference": the same packed computation as one block-diagonal masked `sdpa` over the whole packed sequence
+        (memory O(tokens^2): for tests and small inputs only). It checks the index bookkeeping of the fused path
+        on any device, including the CPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+BACKENDS = ("auto", "varlen", "reference")
+_FUSED_DTYPES = (torch.float16, torch.bfloat16)
+_warned: set[str] = set()  # reasons already logged (one warning per reason and process)
+
+
+def _load_varlen():
+    """`torch.nn.attention.varlen.varlen_attn` and whether it takes `scale=`, or (None, reason)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except Exception as error:  # noqa: BLE001 - old torch: ImportError; broken builds: anything
+        return None, f"torch {torch.__version__} has no torch.nn.attention.varlen ({type(error).__name__}: {error})"
+    try:
+        takes_scale = "scale" in inspect.signature(varlen_attn).parameters
+    except (TypeError, ValueError):
+        takes_scale = False
+    return (varlen_attn, takes_scale), None
+
+
+def varlen_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the fused kernel cannot run for tensors on `device` of `dtype` (None when it can)."""
+    loaded, reason = _load_varlen()
+    if loaded is None:
+        return reason
+    if device.type != "cuda":
+        return f"varlen_attn runs on CUDA only, the vision tower is on {device.type}"
+    if dtype not in _FUSED_DTYPES:
+        return f"varlen_attn needs float16 or bfloat16, the vision tower runs in {dtype}"
+    return None
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        logger.warning(
+            "PruneVid vision_attention='varlen' is not available here (%s); the vision tower uses the stock "
+            "attention instead.",
+            reason,
+        )
+
+
+class VisionVarlenAttention:
+    """What `Qwen2_5_VLPruneVid` puts on its vision tower as `_prunevid_vision` for `vision_attention="varlen"`."""
+
+    def __init__(self, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"VisionVarlenAttention backend={backend!r} is not one of {BACKENDS}")
+        self.backend = backend
+
+    def __repr__(self) -> str:
+        return f"VisionVarlenAttention(backend={self.backend!r})"
+
+    def prepare(
+        self, hidden_states: torch.Tensor, kwargs: dict[str, Any], *cu_seqlens: torch.Tensor
+    ) -> dict[str, Any]:
+        """Hook 1 (tower forward, before the blocks): the block kwargs, with a `prunevid_vision` entry when the
+        fused path runs for this call. `cu_seqlens` are the segment boundaries the blocks will pass (full and
+        windowed); their lengths are read to the host once here, not once per block."""
+        if self.backend == "reference":
+            return {**kwargs, "prunevid_vision": _PackedAttention(cu_seqlens, fused=None)}
+        reason = varlen_unavailable_reason(hidden_states.device, hidden_states.dtype)
+        if reason is not None:
+            if self.backend == "varlen":
+                raise RuntimeError(f"PruneVid vision_attention='varlen' (backend 'varlen') cannot run: {reason}")
+            _warn_once(reason)
+            return kwargs
+        fused, _ = _load_varlen()
+        return {**kwargs, "prunevid_vision": _PackedAttention(cu_seqlens, fused=fused)}
+
+
+class _PackedAttention:
+    """One tower call's packed attention: the segment tables, prepared once, and the kernel call per block."""
+
+    def __init__(self, cu_seqlens: tuple[torch.Tensor, ...], fused) -> None:
+        self.fused = fused
+        self.tables: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        for cu in cu_seqlens:
+            lengths = cu[1:] - cu[:-1]
+            max_len = int(lengths.max()) if lengths.numel() else 0
+            self.tables.append((cu, cu.to(torch.int32).contiguous(), max_len))
+
+    def _table(self, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int]:
+        for original, cu32, max_len in self.tables:
+            if original is cu_seqlens:
+                return cu32, max_len
+        cu32 = cu_seqlens.to(torch.int32).contiguous()  # a block called with boundaries not seen in prepare
+        max_len = int((cu32[1:] - cu32[:-1]).max()) if cu32.numel() > 1 else 0
+        self.tables.append((cu_seqlens, cu32, max_len))
+        return cu32, max_len
+
+    def __call__(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """Hook 2 (attention forward): `query`/`key`/`value` are [tokens, heads, head_dim] (rotary applied);
+        returns [tokens, heads * head_dim], heads concatenated per token as upstream's attention output."""
+        tokens = query.shape[0]
+        cu32, max_len = self._table(cu_seqlens)
+        if self.fused is not None:
+            out = _varlen(self.fused, query, key, value, cu32, max_len, scale)
+        else:
+            out = packed_reference_attention(query, key, value, cu32, scale)
+        return out.reshape(tokens, -1)
+
+
+def _varlen(fused, query, key, value, cu32, max_len, scale):
+    varlen_attn, takes_scale = fused
+    query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+    if takes_scale:
+        return varlen_attn(query, key, value, cu32, cu32, max_len, max_len, scale=scale)
+    default = query.shape[-1] ** -0.5  # older signature: no `scale`, softmax scale is 1/sqrt(head_dim)
+    if abs(scale - default) > 1e-12 * default:
+        query = query * (scale / default)
+    return varlen_attn(query, key, value, cu32, cu32, max_len, max_len)
+
+
+def packed_reference_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Attention of packed segments as one block-diagonal masked `sdpa` (what varlen attention computes).
+
+    Args: [tokens, heads, dim] tensors and the `(segments + 1,)` cumulative boundaries. Returns [tokens, heads, dim].
+    """
+    tokens = query.shape[0]
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.long)
+    segment = torch.repeat_interleave(torch.arange(lengths.numel(), device=query.device), lengths.to(query.device))
+    if segment.numel() != tokens:
+        raise ValueError(f"cu_seqlens covers {segment.numel()} tokens, the input has {tokens}")
+    mask = segment[:, None] == segment[None, :]
+    out = F.scaled_dot_product_attention(
+        query.transpose(0, 1)[None], key.transpose(0, 1)[None], value.transpose(0, 1)[None],
+        attn_mask=mask[None, None], scale=scale,
+    )  # fmt: skip
+    return out[0].transpose(0, 1)
+
+
+def vision_attention_for(config: Any) -> VisionVarlenAttention | None:
+    """The `_prunevid_vision` object for a `PruneVidConfig`: a `VisionVarlenAttention` for `vision_attention=
+    "varlen"`, else None (the stock tower)."""
+    return VisionVarlenAttention() if getattr(config, "vision_attention", "stock") == "varlen" else None
+
+
+__all__ = ["BACKENDS", "VisionVarlenAttention", "packed_reference_attention", "varlen_unavailable_reason",
+           "vision_attention_for"]  # fmt: skip

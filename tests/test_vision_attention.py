@@ -1,0 +1,229 @@
+"""The opt-in fused vision attention (`PruneVidConfig(vision_attention="varlen")`, modeling/vision_attention.py).
+
+On the CPU torch's varlen kernel cannot run, so the packed computation is checked through the "reference" backend
+(one block-diagonal masked sdpa over the packed tokens: the same segments, the same index bookkeeping) and through a
+stand-in kernel with varlen_attn's signature (the call plumbing: int32 boundaries, max length, scale, layout). The
+real kernel is checked on the GPU by `tools/bench.py` (relative error of the tower output) and by
+`test_real_varlen_kernel_on_cuda` where CUDA is present.
+
+Tolerances: fp32, 1e-5 relative (the same function, summed in another order). bf16: the fused tower's error against
+an fp32 stock tower must stay within 1.5x (+1e-3) of the stock bf16 tower's own error, i.e. the fused path is about
+as accurate as the stock bf16 path; both are ~1e-2 here (bf16 keeps 8 bits of mantissa).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+
+import modeling.vision_attention as va
+from modeling.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+from modeling.offline import tiny_config
+from modeling.prunevid.config import PruneVidConfig
+
+
+# One video of 2 temporal patches at 224x196 (16x14 patches: windows of 8x8 patches with ragged edges) and one
+# 112x168 image: full-attention segments of 224 and 96 tokens, windowed segments of 64 and fewer.
+GRID = torch.tensor([[2, 16, 14], [1, 8, 12]])
+
+
+def make_tower(dtype=torch.float32, depth=3, seed=0):
+    config = tiny_config(vision_depth=depth, vision_hidden_size=64, vision_num_heads=4, fullatt_block_indexes=[1])
+    torch.manual_seed(seed)
+    tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(config.vision_config, attn_implementation="sdpa")
+    with torch.no_grad():
+        for name, p in tower.named_parameters():  # larger weights than the default init: a peaky attention
+            if p.ndim > 1:
+                p.normal_(0.0, 0.15)
+    return tower.to(dtype).eval(), config
+
+
+def pixels(config, dtype=torch.float32, seed=1):
+    v = config.vision_config
+    rows = int(GRID.prod(-1).sum())
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, v.in_channels * v.temporal_patch_size * v.patch_size**2, generator=g).to(dtype)
+
+
+@torch.no_grad()
+def run(tower, x, attention=None):
+    tower._prunevid_vision = attention
+    try:
+        out = tower(x, grid_thw=GRID.to(x.device))
+    finally:
+        tower._prunevid_vision = None
+    return out.pooler_output, out.last_hidden_state
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings():
+    va._warned.clear()
+    yield
+    va._warned.clear()
+
+
+def test_reference_packed_attention_equals_stock_fp32():
+    tower, config = make_tower()
+    x = pixels(config)
+    stock = run(tower, x)
+    fused = run(tower, x, va.VisionVarlenAttention("reference"))
+    for s, f in zip(stock, fused):
+        assert s.shape == f.shape
+        assert rel(f, s) < 1e-5
+
+
+def test_reference_packed_attention_bf16_within_documented_tolerance():
+    tower, config = make_tower()
+    x = pixels(config)
+    exact = run(tower, x)[0]
+    tower16 = make_tower(torch.bfloat16)[0]
+    stock16 = run(tower16, x.bfloat16())[0]
+    fused16 = run(tower16, x.bfloat16(), va.VisionVarlenAttention("reference"))[0]
+    err_stock, err_fused = rel(stock16, exact), rel(fused16, exact)
+    assert 0 < err_stock < 5e-2
+    assert err_fused <= 1.5 * err_stock + 1e-3, (err_fused, err_stock)
+
+
+def test_packed_reference_attention_is_per_segment_sdpa():
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 5, 6, 17, 40], dtype=torch.int32)
+    q, k, v = (torch.randn(40, 3, 8, dtype=torch.float64) for _ in range(3))
+    out = va.packed_reference_attention(q, k, v, cu, 0.3)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        want = F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)), scale=0.3)
+        torch.testing.assert_close(out[a:b], want.transpose(0, 1), rtol=1e-12, atol=1e-12)
+
+
+def _segment_loop_kernel(calls, with_scale=True):
+    """A stand-in for torch's varlen_attn (same arguments; per-segment sdpa) that records its calls."""
+
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, **kw):
+        assert q.ndim == 3 and q.shape == k.shape == v.shape and q.stride(-1) == 1
+        assert cu_q.dtype == torch.int32 and cu_q is cu_k and int(cu_q[-1]) == q.shape[0]
+        assert max_q == max_k == int((cu_q[1:] - cu_q[:-1]).max())
+        calls.append((cu_q.numel() - 1, max_q, kw.get("scale")))
+        out = torch.empty_like(q)
+        for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+            o = F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)), scale=kw.get("scale"))
+            out[a:b] = o.transpose(0, 1)
+        return out
+
+    if with_scale:
+        return kernel
+
+    def old_kernel(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):  # torch <= 2.9 signature
+        assert is_causal is False
+        return kernel(q, k, v, cu_q, cu_k, max_q, max_k)
+
+    return old_kernel
+
+
+@pytest.mark.parametrize("with_scale", [True, False])
+def test_fused_call_plumbing_with_a_stand_in_kernel(monkeypatch, with_scale):
+    calls = []
+    kernel = _segment_loop_kernel(calls, with_scale)
+    monkeypatch.setattr(va, "_load_varlen", lambda: ((kernel, with_scale), None))
+    monkeypatch.setattr(va, "_FUSED_DTYPES", (torch.float32,))
+    monkeypatch.setattr(va, "varlen_unavailable_reason", lambda device, dtype: None)
+    tower, config = make_tower()
+    x = pixels(config)
+    stock = run(tower, x)
+    fused = run(tower, x, va.VisionVarlenAttention("varlen"))
+    for s, f in zip(stock, fused):
+        assert rel(f, s) < 1e-5
+    # one kernel call per block: full-attention blocks over the 3 frame pairs / image, the others over windows
+    assert len(calls) == 3
+    full = [c for c in calls if c[1] == 224]
+    assert len(full) == 1 and full[0][0] == 3
+    windows = [c for c in calls if c[1] == 64]
+    assert len(windows) == 2 and all(c[0] > 3 for c in windows)
+    if with_scale:
+        assert all(c[2] == pytest.approx(16**-0.5) for c in calls)
+
+
+def test_fallback_to_stock_with_one_warning(caplog):
+    tower, config = make_tower()
+    x = pixels(config)
+    stock = run(tower, x)
+    attention = va.VisionVarlenAttention()  # "auto"
+    with caplog.at_level(logging.WARNING, logger=va.__name__):
+        first = run(tower, x, attention)
+        second = run(tower, x, attention)
+    for s, a, b in zip(stock, first, second):
+        assert torch.equal(s, a) and torch.equal(s, b)  # the stock path, bitwise
+    messages = [r.getMessage() for r in caplog.records if r.name == va.__name__]
+    assert len(messages) == 1, messages
+    assert "vision_attention='varlen' is not available" in messages[0] and "stock attention" in messages[0]
+    reason = va.varlen_unavailable_reason(x.device, x.dtype)
+    assert reason is not None and reason in messages[0]
+
+
+def test_fallback_message_names_old_torch(monkeypatch, caplog):
+    monkeypatch.setattr(va, "_load_varlen", lambda: (None, "torch 2.4 has no torch.nn.attention.varlen"))
+    tower, config = make_tower()
+    x = pixels(config)
+    with caplog.at_level(logging.WARNING, logger=va.__name__):
+        out = run(tower, x, va.VisionVarlenAttention())
+    assert torch.equal(out[0], run(tower, x)[0])
+    assert any("has no torch.nn.attention.varlen" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RuntimeError, match="cannot run"):
+        run(tower, x, va.VisionVarlenAttention("varlen"))
+
+
+def test_stock_setting_is_bitwise_upstream():
+    """`vision_attention="stock"` attaches nothing, and the tower is then upstream's, bit for bit."""
+    assert va.vision_attention_for(PruneVidConfig.paper()) is None
+    assert va.vision_attention_for(PruneVidConfig.disabled()) is None
+    assert isinstance(va.vision_attention_for(PruneVidConfig.paper(vision_attention="varlen")), va.VisionVarlenAttention)
+    ours, config = make_tower(depth=4)
+    upstream = transformers.Qwen2_5_VisionTransformerPretrainedModel._from_config(
+        config.vision_config, attn_implementation="sdpa"
+    ).eval()
+    upstream.load_state_dict(ours.state_dict())
+    x = pixels(config)
+    with torch.no_grad():
+        want = upstream(x, grid_thw=GRID)
+    got = run(ours, x, va.vision_attention_for(PruneVidConfig.paper()))
+    assert torch.equal(got[0], want.pooler_output) and torch.equal(got[1], want.last_hidden_state)
+
+
+def test_model_setter_wires_the_tower():
+    """Once `Qwen2_5_VLPruneVid.prunevid` sets `visual._prunevid_vision`, it follows `vision_attention`."""
+    from modeling import Qwen2_5_VLPruneVid
+
+    model = Qwen2_5_VLPruneVid(tiny_config(num_hidden_layers=4), prunevid=PruneVidConfig.disabled())
+    if not hasattr(model.model.visual, "_prunevid_vision"):
+        pytest.skip("Qwen2_5_VLPruneVid.prunevid does not set model.model.visual._prunevid_vision yet")
+    assert model.model.visual._prunevid_vision is None
+    model.prunevid = PruneVidConfig.paper(vision_attention="varlen")
+    assert isinstance(model.model.visual._prunevid_vision, va.VisionVarlenAttention)
+    model.prunevid = PruneVidConfig.paper()
+    assert model.model.visual._prunevid_vision is None
+
+
+def test_backend_validation():
+    with pytest.raises(ValueError, match="backend"):
+        va.VisionVarlenAttention("flash")
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
+    reason="needs CUDA and torch.nn.attention.varlen",
+)
+def test_real_varlen_kernel_on_cuda():
+    tower, config = make_tower()
+    tower = tower.cuda()
+    x = pixels(config).cuda()
+    exact = run(tower, x)[0]
+    tower16 = tower.to(torch.bfloat16)
+    stock16 = run(tower16, x.bfloat16())[0]
+    fused16 = run(tower16, x.bfloat16(), va.VisionVarlenAttention("varlen"))[0]
+    assert rel(fused16, exact) <= 1.5 * rel(stock16, exact) + 1e-3
