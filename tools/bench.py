@@ -1,0 +1,869 @@
+#!/usr/bin/env python3
+# Copyright 2025 The qwen-prunevid authors. Licensed under the Apache License, Version 2.0.
+"""GPU benchmark of PruneVid on Qwen2.5-VL-7B (random bf16 weights at the released architecture).
+
+The one command (on a CUDA machine with about 80 GB; about 8 minutes on an H100):
+
+    python3 tools/bench.py --frames 32 64 128 256 --out docs/bench
+
+CPU smoke test of the same code path with a tiny random model (a minute; what the tests and the lead run here):
+
+    python3 tools/bench.py --quick --out /tmp/bench-quick
+
+What one run measures, in one process with ONE model instance switched by `model.prunevid = ...`, stock and every
+PruneVid preset interleaved round by round (medians over `--repeats` rounds after a warm-up round, every timer
+CUDA-synchronised):
+
+* inputs: synthetic clips that behave like video (`modeling.clips.clip_frames`: static textured background, two
+  moving squares, one scene cut half-way), 448x448, 2 fps, fed as frame arrays through the offline processor
+  (`modeling.offline.build_processor`), one question after the video.
+* configs: stock (`PruneVidConfig.disabled()`), paper, stage1_only, paper without Stage 1, fastv, and
+  paper + `vision_attention="varlen"` (the fused vision attention, modeling/vision_attention.py).
+* vision tower time (stock and varlen tower, separately, plus the varlen tower's relative error vs stock);
+  LLM prefill (the prefill forward of `generate` given the tower's output through `mm_encoder_outputs`: embedding,
+  3-D positions, PruneVid Stage 1, the 28 layers with Stage 2/3, the last token's logits); time to first token
+  (end to end from pixels: tower + prefill + first token; measured for stock, paper and paper+varlen, derived as
+  tower + prefill for the others); decode ms/token (median step of a 16-token greedy continuation); peak GPU memory;
+  KV-cache bytes after prefill; tokens per stage (`model.prunevid_stats`); the time in PruneVid's own code: Stage 1
+  (`PruneVidController.before_language_model`, prefill calls) and the Stage 2 scoring (`PruneVidController._select`),
+  each wrapped here by a CUDA-synchronised timer (the modules are not edited).
+* concurrency: the largest batch of 128-frame videos whose prefill + 4 decoded tokens fit on the card, stock vs
+  paper (increasing batch from a memory-slope prediction, then bisection, catching OOM). The vision tower is not
+  part of it: each video's features are encoded beforehand (one video at a time, as a server would stream them)
+  and handed to `generate` as `mm_encoder_outputs`; copies of one clip's features fill the batch.
+
+Outputs under --out: bench.json (every number), bench.md (tables and the targets), bench.png (time vs frames,
+stacked by component). `--budget-s` bounds the run: frame counts are run in the order given with 64 first,
+concurrency before the largest frame count, and work that would overrun the budget is skipped and reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+QUESTION = "What is happening in this video? Describe the moving squares and the scene change."
+CONFIG_ORDER = ("stock", "paper", "stage1_only", "paper_no_stage1", "fastv", "paper_varlen")
+E2E_CONFIGS = ("stock", "paper", "paper_varlen")
+DECODE_TOKENS = 16
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Full run: python3 tools/bench.py --frames 32 64 128 256 --out docs/bench   |   "
+        "CPU smoke: python3 tools/bench.py --quick --out /tmp/bench-quick",
+    )
+    parser.add_argument("--frames", type=int, nargs="+", default=[32, 64, 128, 256], help="frame counts per clip")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench", help="folder for bench.json/md/png")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round")
+    parser.add_argument("--size", type=int, default=448, help="frame side in pixels")
+    parser.add_argument("--model", default="7b", choices=("7b", "3b"), help="released architecture to mimic")
+    parser.add_argument("--concurrency-frames", type=int, default=128, help="frames per video of the batch test")
+    parser.add_argument("--no-concurrency", action="store_true", help="skip the batch test")
+    parser.add_argument("--max-attempts", type=int, default=8, help="batch sizes tried per config (after 1 and 2)")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget; later work is skipped")
+    parser.add_argument("--quick", action="store_true", help="tiny random model on the CPU (smoke test)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------------------- timing
+class Clock:
+    def __init__(self, device):
+        import torch
+
+        self.cuda = device.type == "cuda"
+        self.torch = torch
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def now(self):
+        self.sync()
+        return time.perf_counter()
+
+
+class Accumulator:
+    """Synchronised wall time of wrapped calls while `active`."""
+
+    def __init__(self, clock):
+        self.clock, self.active, self.calls = clock, False, {}
+
+    def reset(self):
+        self.calls = {}
+
+    def total(self, name):
+        return sum(self.calls.get(name, []))
+
+    def wrap_method(self, cls, method, name, only=None):
+        original = getattr(cls, method)
+        acc = self
+
+        def wrapper(*args, **kwargs):
+            if not acc.active or (only is not None and not only(*args, **kwargs)):
+                return original(*args, **kwargs)
+            start = acc.clock.now()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                acc.calls.setdefault(name, []).append(acc.clock.now() - start)
+
+        wrapper.__wrapped__ = original
+        setattr(cls, method, wrapper)
+
+    def hook_module(self, module, name):
+        acc, starts = self, []
+
+        def pre(mod, args, kwargs):
+            if acc.active:
+                starts.append(acc.clock.now())
+
+        def post(mod, args, kwargs, output):
+            if acc.active and starts:
+                acc.calls.setdefault(name, []).append(acc.clock.now() - starts.pop())
+
+        module.register_forward_pre_hook(pre, with_kwargs=True)
+        module.register_forward_hook(post, with_kwargs=True)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+def build_model(args, device, dtype):
+    import torch
+    from transformers.initialization import no_init_weights
+
+    from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
+    from modeling.offline import real_config, tiny_config
+
+    if args.quick:
+        config = tiny_config(
+            num_hidden_layers=8, vision_depth=4, vision_hidden_size=64, vision_num_heads=4,
+            fullatt_block_indexes=[1, 3],
+        )  # fmt: skip
+    else:
+        config = real_config(args.model)
+    torch.manual_seed(args.seed)
+    with device, no_init_weights():
+        model = Qwen2_5_VLPruneVid._from_config(
+            config, prunevid=PruneVidConfig.disabled(), dtype=dtype, attn_implementation="sdpa"
+        )
+    std = config.text_config.initializer_range if not args.quick else 0.05
+    with torch.no_grad():  # fast random init on the device: matrices N(0, std), norms 1, biases 0
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+            elif param.ndim == 1:
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, std)
+    model.tie_weights()
+    return model.eval(), config
+
+
+def set_prunevid(model, cfg):
+    """`model.prunevid = cfg`, plus the vision tower's `_prunevid_vision` (idempotent with the model's setter)."""
+    from modeling.vision_attention import vision_attention_for
+
+    model.prunevid = cfg
+    model.model.visual._prunevid_vision = vision_attention_for(cfg)
+
+
+def configs():
+    from modeling import PruneVidConfig
+
+    return {
+        "stock": PruneVidConfig.disabled(),
+        "paper": PruneVidConfig.paper(),
+        "stage1_only": PruneVidConfig.stage1_only(),
+        "paper_no_stage1": PruneVidConfig.paper(enable_stage1=False),
+        "fastv": PruneVidConfig.fastv(),
+        "paper_varlen": PruneVidConfig.paper(vision_attention="varlen"),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------- inputs
+def make_inputs(processor, frames, size, device, dtype, seed=0):
+    from modeling.clips import clip_frames
+
+    video = clip_frames(frames=frames, size=(size, size), squares=2, scene_cut_at=frames // 2, seed=seed)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    metadata = [{"fps": 2.0, "total_num_frames": frames, "frames_indices": list(range(frames))}]
+    out = processor(
+        text=[text], videos=[video], return_tensors="pt", do_sample_frames=False, video_metadata=metadata
+    )
+    inputs = {}
+    for key, value in out.items():
+        value = value.to(device)
+        inputs[key] = value.to(dtype) if key == "pixel_values_videos" else value
+    return inputs
+
+
+def text_inputs(inputs, batch=1):
+    """Everything but the pixels (the tower's output goes in `mm_encoder_outputs`), repeated `batch` times."""
+    out = {}
+    for key, value in inputs.items():
+        if key == "pixel_values_videos":
+            continue
+        if key in ("video_grid_thw",):
+            out[key] = value.repeat(batch, 1)
+        elif key == "second_per_grid_ts":
+            out[key] = value.repeat(batch)
+        else:
+            out[key] = value.repeat(batch, 1)
+    return out
+
+
+def encoder_outputs(pooled, batch=1):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return {"video": BaseModelOutputWithPooling(pooler_output=tuple([pooled] * batch))}
+
+
+def cache_bytes(cache) -> int:
+    total = 0
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        for layer in layers:
+            for name in ("keys", "values"):
+                t = getattr(layer, name, None)
+                if t is not None and hasattr(t, "numel"):
+                    total += t.numel() * t.element_size()
+        return total
+    for k, v in zip(getattr(cache, "key_cache", []), getattr(cache, "value_cache", [])):
+        total += k.numel() * k.element_size() + v.numel() * v.element_size()
+    return total
+
+
+# ------------------------------------------------------------------------------------------------------ the bench
+class Bench:
+    def __init__(self, args):
+        import torch
+
+        self.args = args
+        self.torch = torch
+        self.t_start = time.perf_counter()
+        self.device = torch.device("cpu" if args.quick else "cuda")
+        self.dtype = torch.float32 if args.quick else torch.bfloat16
+        self.clock = Clock(self.device)
+        self.acc = Accumulator(self.clock)
+        self.results: dict[str, Any] = {"per_frames": {}, "skipped": [], "notes": []}
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self):
+        torch = self.torch
+        from modeling.integration import PruneVidController
+        from modeling.offline import build_processor
+
+        t = time.perf_counter()
+        self.model, self.config = build_model(self.args, self.device, self.dtype)
+        build_s = time.perf_counter() - t
+        self.processor = build_processor()
+        self.configs = configs()
+        self.acc.wrap_method(
+            PruneVidController, "before_language_model", "stage1",
+            only=lambda self_, input_ids, inputs_embeds, position_ids, attention_mask, past, *a, **k: (
+                past is None or past.get_seq_length() == 0
+            ),
+        )  # fmt: skip
+        self.acc.wrap_method(PruneVidController, "_select", "select")
+        self.acc.hook_module(self.model.model.visual, "vision")
+        self.acc.hook_module(self.model, "forward")
+        self.acc.hook_module(self.model.model.language_model, "language_model")
+        env = {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(0) if self.device.type == "cuda" else platform.processor() or "cpu",
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "model": "tiny (quick)" if self.args.quick else f"Qwen2.5-VL-{self.args.model.upper()} architecture, random weights",
+            "model_build_s": round(build_s, 2),
+            "params_B": round(sum(p.numel() for p in self.model.parameters()) / 1e9, 3),
+        }
+        import transformers
+
+        env["transformers"] = transformers.__version__
+        if self.device.type == "cuda":
+            env["gpu_total_GiB"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2)
+            env["weights_GiB"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+        from modeling.vision_attention import varlen_unavailable_reason
+
+        env["varlen_unavailable"] = varlen_unavailable_reason(self.device, self.dtype)
+        self.results["env"] = env
+        self.results["command"] = " ".join(["python3", "tools/bench.py", *sys.argv[1:]])
+        log(f"setup: {env}")
+
+    def elapsed(self):
+        return time.perf_counter() - self.t_start
+
+    def left(self):
+        return self.args.budget_s - self.elapsed()
+
+    # ------------------------------------------------------------------ one generate, timed
+    def generate(self, inputs, new_tokens, **extra):
+        """(ttft_s from the call to the first token, per-step decode seconds, output, peak bytes, timers)."""
+        torch = self.torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        stamps = []
+        clock = self.clock
+
+        class Stamp(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                stamps.append(clock.now())
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.acc.reset()
+        self.acc.active = True
+        t0 = clock.now()
+        try:
+            out = self.model.generate(
+                **inputs, **extra, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                stopping_criteria=StoppingCriteriaList([Stamp()]), return_dict_in_generate=True,
+                pad_token_id=151643,
+            )  # fmt: skip
+        finally:
+            self.acc.active = False
+        peak = torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None
+        steps = [b - a for a, b in zip(stamps, stamps[1:])]
+        timers = {k: list(v) for k, v in self.acc.calls.items()}
+        return stamps[0] - t0, steps, out, peak, timers
+
+    def tower(self, inputs, varlen):
+        from modeling import PruneVidConfig
+
+        set_prunevid(self.model, PruneVidConfig.disabled().replace(vision_attention="varlen") if varlen else PruneVidConfig.disabled())
+        t0 = self.clock.now()
+        with self.torch.no_grad():
+            out = self.model.model.get_video_features(
+                inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True
+            )
+        seconds = self.clock.now() - t0
+        set_prunevid(self.model, PruneVidConfig.disabled())
+        return out.pooler_output[0], seconds
+
+    # ------------------------------------------------------------------ one frame count
+    def run_frames(self, frames):
+        torch = self.torch
+        args = self.args
+        size = args.size
+        t_begin = self.elapsed()
+        inputs = make_inputs(self.processor, frames, size, self.device, self.dtype, seed=args.seed)
+        n_visual = int((inputs["input_ids"] == self.config.video_token_id).sum())
+        rec: dict[str, Any] = {
+            "frames": frames, "size": size, "prompt_tokens": int(inputs["input_ids"].shape[1]),
+            "visual_tokens": n_visual, "patches": int(inputs["pixel_values_videos"].shape[0]), "configs": {},
+        }  # fmt: skip
+        log(f"[{frames} frames] prompt {rec['prompt_tokens']} tokens, {n_visual} visual, {rec['patches']} patches")
+
+        # Vision tower: stock and varlen, interleaved; one warm-up each.
+        towers = {"stock": [], "varlen": []}
+        pooled = {}
+        tower_repeats = max(args.repeats, 5) if frames <= 64 else args.repeats
+        for r in range(tower_repeats + 1):
+            for kind in ("stock", "varlen"):
+                emb, sec = self.tower(inputs, kind == "varlen")
+                if r:
+                    towers[kind].append(sec)
+                pooled[kind] = emb
+        rec["vision_stock_s"] = median(towers["stock"])
+        rec["vision_varlen_s"] = median(towers["varlen"])
+        rec["vision_speedup_varlen"] = rec["vision_stock_s"] / rec["vision_varlen_s"]
+        a, b = pooled["varlen"].double(), pooled["stock"].double()
+        rec["vision_varlen_rel_err"] = float((a - b).norm() / b.norm())
+        rec["vision_runs"] = towers
+        log(f"  tower stock {rec['vision_stock_s']:.4f}s varlen {rec['vision_varlen_s']:.4f}s "
+            f"x{rec['vision_speedup_varlen']:.2f} rel_err {rec['vision_varlen_rel_err']:.4f}")  # fmt: skip
+
+        # LLM prefill from the tower's output, every config interleaved per round.
+        text = text_inputs(inputs)
+        runs = {name: [] for name in CONFIG_ORDER}
+        for r in range(args.repeats + 1):
+            for name in CONFIG_ORDER:
+                cfg = self.configs[name]
+                set_prunevid(self.model, cfg)
+                emb = pooled["varlen" if cfg.vision_attention == "varlen" else "stock"]
+                # the warm-up round also decodes, so that every decode shape (KV length) has been seen once:
+                # attention kernels plan per shape (~60 ms a new shape on torch 2.11 / H100), timed rounds don't
+                new = 1 if r else DECODE_TOKENS + 1
+                ttft, _, out, peak, timers = self.generate(text, new, mm_encoder_outputs=encoder_outputs(emb))
+                stats = self.model.prunevid_stats
+                kv = cache_bytes(out.past_key_values)
+                del out
+                if r:
+                    runs[name].append(
+                        {
+                            "prefill_call_s": ttft,
+                            "prefill_forward_s": (timers.get("forward") or [None])[0],
+                            "language_model_s": (timers.get("language_model") or [None])[0],
+                            "stage1_s": sum(timers.get("stage1", [])),
+                            "select_s": sum(timers.get("select", [])),
+                            "peak_bytes": peak,
+                            "kv_bytes": kv,
+                            "stats": stats,
+                        }
+                    )
+        # Decode: 16-token greedy continuations, configs interleaved over 2 rounds; median over all steps.
+        decode = {name: [] for name in CONFIG_ORDER}
+        for _ in range(2):
+            for name in CONFIG_ORDER:
+                cfg = self.configs[name]
+                set_prunevid(self.model, cfg)
+                emb = pooled["varlen" if cfg.vision_attention == "varlen" else "stock"]
+                _, steps, out, _, _ = self.generate(text, DECODE_TOKENS + 1, mm_encoder_outputs=encoder_outputs(emb))
+                del out
+                decode[name] += steps
+        for name, steps in decode.items():
+            rec["configs"].setdefault(name, {})["decode_ms_per_token"] = 1e3 * median(steps)
+            rec["configs"][name]["decode_min_ms"] = 1e3 * min(steps)
+            rec["configs"][name]["decode_steps_ms"] = [round(1e3 * s, 3) for s in steps]
+        if frames == 64 or (self.args.quick and "stage1_profile" not in self.results):
+            self.profile_stage1(text, pooled["stock"])
+        # End to end from pixels (tower + prefill + first token) for the headline configs, interleaved.
+        e2e = {name: [] for name in E2E_CONFIGS}
+        e2e_repeats = args.repeats if frames < 256 else max(2, args.repeats - 1)
+        for r in range(e2e_repeats + 1):
+            for name in E2E_CONFIGS:
+                set_prunevid(self.model, self.configs[name])
+                ttft, _, out, peak, timers = self.generate(inputs, 1)
+                del out
+                if r:
+                    e2e[name].append({"ttft_s": ttft, "vision_s": (timers.get("vision") or [None])[0], "peak_bytes": peak})
+        set_prunevid(self.model, self.configs["stock"])
+
+        for name in CONFIG_ORDER:
+            c = rec["configs"].setdefault(name, {})
+            rs = runs[name]
+            c["llm_prefill_s"] = median([x["prefill_forward_s"] for x in rs])
+            c["prefill_call_s"] = median([x["prefill_call_s"] for x in rs])
+            c["language_model_s"] = median([x["language_model_s"] for x in rs])
+            c["stage1_s"] = median([x["stage1_s"] for x in rs])
+            c["select_s"] = median([x["select_s"] for x in rs])
+            c["prunevid_overhead_s"] = median([x["stage1_s"] + x["select_s"] for x in rs])
+            c["overhead_share_of_prefill"] = (
+                c["prunevid_overhead_s"] / c["llm_prefill_s"] if c["llm_prefill_s"] else None
+            )
+            c["peak_GiB_prefill"] = _gib(max((x["peak_bytes"] or 0) for x in rs)) if self.device.type == "cuda" else None
+            c["kv_cache_bytes"] = rs[-1]["kv_bytes"]
+            c["stats"] = _stats_summary(rs[-1]["stats"], n_visual)
+            c["runs"] = [{k: v for k, v in x.items() if k != "stats"} for x in rs]
+            vision = rec["vision_varlen_s"] if self.configs[name].vision_attention == "varlen" else rec["vision_stock_s"]
+            c["vision_s"] = vision
+            c["ttft_derived_s"] = vision + c["prefill_call_s"]
+            if name in e2e:
+                c["ttft_s"] = median([x["ttft_s"] for x in e2e[name]])
+                c["ttft_vision_s"] = median([x["vision_s"] for x in e2e[name]])
+                c["peak_GiB"] = _gib(max((x["peak_bytes"] or 0) for x in e2e[name])) if self.device.type == "cuda" else None
+                c["ttft_runs_s"] = [x["ttft_s"] for x in e2e[name]]
+            else:
+                c["ttft_s"] = c["ttft_derived_s"]
+        stock = rec["configs"]["stock"]
+        for name, c in rec["configs"].items():
+            c["vs_stock"] = {
+                "llm_prefill_speedup": _ratio(stock["llm_prefill_s"], c["llm_prefill_s"]),
+                "ttft_speedup": _ratio(stock["ttft_s"], c["ttft_s"]),
+                "kv_cache_share": _ratio(c["kv_cache_bytes"], stock["kv_cache_bytes"]),
+                "decode_speedup": _ratio(stock["decode_ms_per_token"], c["decode_ms_per_token"]),
+            }
+            log(f"  {name:16s} prefill {c['llm_prefill_s']:.4f}s (x{c['vs_stock']['llm_prefill_speedup']:.2f}) "
+                f"ttft {c['ttft_s']:.4f}s (x{c['vs_stock']['ttft_speedup']:.2f}) decode {c['decode_ms_per_token']:.2f}ms "
+                f"kv {c['kv_cache_bytes'] / 2**20:.1f}MiB ({c['vs_stock']['kv_cache_share']:.3f}) "
+                f"pv {1e3 * c['prunevid_overhead_s']:.2f}ms tokens {c['stats']}")  # fmt: skip
+        rec["wall_s"] = self.elapsed() - t_begin
+        self.results["per_frames"][str(frames)] = rec
+        self.pooled_cache = {frames: (inputs, pooled["stock"])}
+        del inputs, pooled
+        self.free()
+        return rec
+
+    def profile_stage1(self, text, pooled):
+        """One paper prefill with Stage 1 under cProfile and torch.profiler: where its time goes."""
+        import cProfile
+        import io
+        import pstats
+
+        from modeling.integration import PruneVidController
+
+        torch = self.torch
+        set_prunevid(self.model, self.configs["paper"])
+        original = PruneVidController.before_language_model
+        report = {}
+
+        def profiled(*args, **kwargs):
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            prof = cProfile.Profile()
+            with torch.profiler.profile(activities=activities) as tprof:
+                prof.enable()
+                result = original(*args, **kwargs)
+                self.clock.sync()
+                prof.disable()
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats("modeling", 30)
+            report["cprofile"] = buf.getvalue()
+            events = tprof.key_averages()
+            report["torch_ops"] = events.table(sort_by="cpu_time_total", row_limit=30)
+            report["host_syncs"] = sum(e.count for e in events if e.key in ("aten::_local_scalar_dense", "aten::item"))
+            report["ops"] = sum(e.count for e in events if e.key.startswith("aten::"))
+            return result
+
+        PruneVidController.before_language_model = profiled
+        try:
+            _, _, out, _, _ = self.generate(text, 1, mm_encoder_outputs=encoder_outputs(pooled))
+            del out
+        finally:
+            PruneVidController.before_language_model = original
+        summary = {k: report.get(k) for k in ("host_syncs", "ops")}
+        self.results["stage1_profile"] = summary
+        (self.out / "stage1_profile.txt").write_text(
+            f"Stage 1 (before_language_model) of one paper prefill, {summary}\n\n"
+            + report.get("cprofile", "") + "\n" + report.get("torch_ops", "")
+        )
+        log(f"  stage1 profile: {summary}")
+
+    def free(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ concurrency
+    def fits(self, cfg_name, inputs, pooled, batch):
+        torch = self.torch
+        set_prunevid(self.model, self.configs[cfg_name])
+        text = text_inputs(inputs, batch)
+        ok, peak, seconds = False, None, None
+        try:
+            t0 = self.clock.now()
+            _, _, out, peak, _ = self.generate(text, 4, mm_encoder_outputs=encoder_outputs(pooled, batch))
+            seconds = self.clock.now() - t0
+            ok = out.sequences.shape[0] == batch
+            del out
+        except torch.cuda.OutOfMemoryError:
+            ok = False
+        finally:
+            self.acc.active = False
+        del text
+        self.free()
+        if self.args.quick and batch > self.quick_cap:
+            ok = False  # CPU smoke: a pretend card that holds `quick_cap` videos
+        log(f"  concurrency {cfg_name} batch {batch}: {'fits' if ok else 'OOM'}"
+            + (f" peak {_gib(peak):.1f} GiB, {seconds:.1f}s" if ok and peak else ""))  # fmt: skip
+        return ok, peak, seconds
+
+    def concurrency(self, frames):
+        torch = self.torch
+        if frames in getattr(self, "pooled_cache", {}):
+            inputs, pooled = self.pooled_cache[frames]
+        else:
+            inputs = make_inputs(self.processor, frames, self.args.size, self.device, self.dtype, seed=self.args.seed)
+            pooled, _ = self.tower(inputs, False)
+        inputs = {k: v for k, v in inputs.items() if k != "pixel_values_videos"}
+        self.pooled_cache = {}
+        self.free()
+        self.quick_cap = 3
+        total = torch.cuda.get_device_properties(0).total_memory if self.device.type == "cuda" else None
+        res = {"frames": frames, "visual_tokens_per_video": int(pooled.shape[0]), "configs": {}}
+        for name in ("stock", "paper"):
+            tries = []
+            ok1, p1, s1 = self.fits(name, inputs, pooled, 1)
+            tries.append((1, ok1, p1, s1))
+            if not ok1:
+                res["configs"][name] = {"max_batch": 0, "tries": tries}
+                continue
+            ok2, p2, s2 = self.fits(name, inputs, pooled, 2)
+            tries.append((2, ok2, p2, s2))
+            lo, hi = (2, None) if ok2 else (1, 2)
+            if ok2 and total and p1 and p2 and p2 > p1:
+                guess = 2 + int((0.96 * total - p2) / (p2 - p1))
+            else:
+                guess = 4
+            candidate = max(lo + 1, guess)
+            attempts = 0
+            while hi is None or hi - lo > 1:
+                if attempts >= self.args.max_attempts or self.left() < 25:
+                    break
+                if tries and tries[-1][3]:  # time guard: an attempt costs about the last one scaled by batch
+                    est = tries[-1][3] * candidate / max(1, tries[-1][0])
+                    if est > self.left() - 10:
+                        self.results["notes"].append(f"concurrency {name}: stopped at batch {candidate} (time)")
+                        break
+                ok, peak, sec = self.fits(name, inputs, pooled, candidate)
+                tries.append((candidate, ok, peak, sec))
+                attempts += 1
+                if ok:
+                    lo = candidate
+                    candidate = (lo + hi) // 2 if hi is not None else lo + max(1, lo // 8)
+                else:
+                    hi = candidate
+                    candidate = (lo + hi) // 2
+            res["configs"][name] = {
+                "max_batch": lo,
+                "first_failing_batch": hi,
+                "exact": hi is not None and hi - lo == 1,
+                "slope_GiB_per_video": _gib(p2 - p1) if ok2 and p1 and p2 else None,
+                "tries": [{"batch": b, "fits": o, "peak_GiB": _gib(p) if p else None, "s": s} for b, o, p, s in tries],
+            }
+        stock, paper = res["configs"].get("stock", {}), res["configs"].get("paper", {})
+        res["ratio"] = _ratio(paper.get("max_batch"), stock.get("max_batch"))
+        if self.args.quick:
+            res["note"] = "quick mode: a pretend card of 3 videos; the numbers mean nothing"
+        self.results["concurrency"] = res
+        set_prunevid(self.model, self.configs["stock"])
+        self.free()
+        return res
+
+    # ------------------------------------------------------------------ driver
+    def run(self):
+        self.setup()
+        frames = list(dict.fromkeys(self.args.frames))
+        order = sorted(frames, key=lambda f: (f != 64, f))  # 64 first (the targets), then ascending
+        largest = max(frames)
+        conc_frames = self.args.concurrency_frames
+        last_wall = None
+        for f in order:
+            if f == largest and not self.args.no_concurrency and len(order) > 1 and "concurrency" not in self.results:
+                self.maybe_concurrency(conc_frames)
+            if last_wall is not None:
+                est = last_wall[1] * f / last_wall[0]
+                if est > self.left():
+                    self.results["skipped"].append(f"{f} frames (estimated {est:.0f}s, {self.left():.0f}s left)")
+                    log(f"skip {f} frames: estimated {est:.0f}s, {self.left():.0f}s left")
+                    continue
+            rec = self.run_frames(f)
+            last_wall = (f, rec["wall_s"])
+            self.save()
+        if not self.args.no_concurrency and "concurrency" not in self.results:
+            self.maybe_concurrency(conc_frames)
+        self.results["targets"] = targets(self.results)
+        self.results["total_wall_s"] = self.elapsed()
+        self.save(final=True)
+        return self.results
+
+    def maybe_concurrency(self, frames):
+        if self.left() < 60:
+            self.results["skipped"].append(f"concurrency ({self.left():.0f}s left)")
+            return
+        try:
+            self.concurrency(frames)
+        except Exception as error:  # noqa: BLE001 - report, keep the rest of the results
+            self.results["skipped"].append(f"concurrency failed: {type(error).__name__}: {error}")
+            log(f"concurrency failed: {error!r}")
+        self.save()
+
+    def save(self, final=False):
+        (self.out / "bench.json").write_text(json.dumps(self.results, indent=1, default=_json_default))
+        if final:
+            (self.out / "bench.md").write_text(markdown(self.results))
+            try:
+                plot(self.results, self.out / "bench.png")
+            except Exception as error:  # noqa: BLE001
+                log(f"plot failed: {error!r}")
+
+
+# ------------------------------------------------------------------------------------------------------- reports
+def _gib(b):
+    return None if b is None else b / 2**30
+
+
+def _ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+def _json_default(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def _stats_summary(stats, n_visual):
+    if not stats:
+        return {"visual_tokens": n_visual, "after_stage1": n_visual, "after_stage2": n_visual, "kv_cache_tokens": None}
+    return {k: stats.get(k) for k in ("visual_tokens", "after_stage1", "after_stage2", "kv_cache_tokens", "static_ratio", "pruning_layer")}
+
+
+def targets(results):
+    rec = results["per_frames"].get("64")
+    out = []
+
+    def add(name, value, goal, better, text):
+        met = None if value is None else (value >= goal if better == "higher" else value <= goal)
+        out.append({"target": name, "measured": value, "goal": goal, "met": met, "definition": text})
+
+    if rec:
+        c, s = rec["configs"], rec["configs"]["stock"]
+        add("llm_prefill_speedup_paper_64f", c["paper"]["vs_stock"]["llm_prefill_speedup"], 4.0, "higher",
+            "stock / paper LLM prefill forward (tower output given), 64 frames")
+        add("prunevid_overhead_share_64f", c["paper"]["overhead_share_of_prefill"], 0.05, "lower",
+            "(Stage 1 + Stage 2 selection) / paper LLM prefill, 64 frames")
+        add("ttft_speedup_paper_varlen_64f", c["paper_varlen"]["vs_stock"]["ttft_speedup"], 3.0, "higher",
+            "stock / (paper + varlen) time to first token from pixels, 64 frames")
+        add("kv_cache_share_paper_64f", c["paper"]["vs_stock"]["kv_cache_share"], 0.20, "lower",
+            "paper / stock KV-cache bytes after prefill, 64 frames")
+    conc = results.get("concurrency")
+    add("concurrency_ratio_128f", conc.get("ratio") if conc else None, 4.0, "higher",
+        "paper / stock largest batch of 128-frame videos in one prefill + decode")
+    return out  # fmt: skip
+
+
+def markdown(results):
+    env = results.get("env", {})
+    lines = [
+        "# PruneVid benchmark",
+        "",
+        f"`{results.get('command', '')}` on {env.get('device')} ({env.get('model')}, {env.get('dtype')}; torch "
+        f"{env.get('torch')}, transformers {env.get('transformers')}). Medians over the timed rounds; every timer "
+        "CUDA-synchronised; one model instance switched by `model.prunevid`; configs interleaved per round.",
+        "",
+        "LLM prefill = the prefill forward given the vision tower's output (embedding, 3-D positions, Stage 1, 28 "
+        "layers with Stage 2/3, last-token logits). TTFT = from pixels to the first token (measured end to end for "
+        "stock / paper / paper_varlen; tower + prefill call for the others). PV overhead = Stage 1 "
+        "(`before_language_model`) + Stage 2 scoring (`_select`).",
+        "",
+        "## Targets (64 frames unless named)",
+        "",
+        "| target | measured | goal | met |",
+        "|---|---|---|---|",
+    ]
+    for t in results.get("targets", []):
+        m = t["measured"]
+        lines.append(f"| {t['definition']} | {'n/a' if m is None else f'{m:.3f}'} | "
+                     f"{'>=' if 'speedup' in t['target'] or 'ratio' in t['target'] else '<='} {t['goal']} | "
+                     f"{'n/a' if t['met'] is None else ('yes' if t['met'] else 'NO')} |")  # fmt: skip
+    for f, rec in sorted(results["per_frames"].items(), key=lambda kv: int(kv[0])):
+        lines += [
+            "",
+            f"## {f} frames ({rec['visual_tokens']} visual tokens, {rec['patches']} patches, prompt {rec['prompt_tokens']})",
+            "",
+            f"Vision tower: stock {rec['vision_stock_s']:.3f} s, varlen {rec['vision_varlen_s']:.3f} s "
+            f"(x{rec['vision_speedup_varlen']:.2f}, rel. error {rec['vision_varlen_rel_err']:.4f}).",
+            "",
+            "| config | vision s | LLM prefill s (x) | TTFT s (x) | decode ms/tok | peak GiB | KV MiB (share) "
+            "| tokens visual > S1 > S2 (KV) | PV overhead ms (% prefill) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name in CONFIG_ORDER:
+            c = rec["configs"].get(name)
+            if not c:
+                continue
+            v = c["vs_stock"]
+            st = c["stats"]
+            peak = c.get("peak_GiB") or c.get("peak_GiB_prefill")
+            share = c["overhead_share_of_prefill"]
+            lines.append(
+                f"| {name} | {c['vision_s']:.3f} | {c['llm_prefill_s']:.4f} ({v['llm_prefill_speedup']:.2f}) | "
+                f"{c['ttft_s']:.3f} ({v['ttft_speedup']:.2f}) | {c['decode_ms_per_token']:.2f} | "
+                f"{'-' if peak is None else f'{peak:.1f}'} | {c['kv_cache_bytes'] / 2**20:.1f} ({v['kv_cache_share']:.3f}) | "
+                f"{st.get('visual_tokens')} > {st.get('after_stage1')} > {st.get('after_stage2')} ({st.get('kv_cache_tokens')}) | "
+                f"{1e3 * c['prunevid_overhead_s']:.2f} ({'-' if share is None else f'{100 * share:.1f}%'}) |"
+            )  # fmt: skip
+    conc = results.get("concurrency")
+    if conc:
+        lines += ["", f"## Concurrency: {conc['frames']}-frame videos in one prefill + 4 decoded tokens", ""]
+        lines.append("Vision tower excluded (each video encoded beforehand, features given as `mm_encoder_outputs`).")
+        lines.append("")
+        lines.append("| config | max batch | first failing | GiB per video | tries (batch: fits) |")
+        lines.append("|---|---|---|---|---|")
+        for name, c in conc["configs"].items():
+            tries = ", ".join(f"{t['batch']}:{'y' if t['fits'] else 'n'}" for t in c.get("tries", []))
+            slope = c.get("slope_GiB_per_video")
+            lines.append(f"| {name} | {c.get('max_batch')} | {c.get('first_failing_batch')} | "
+                         f"{'-' if slope is None else f'{slope:.2f}'} | {tries} |")  # fmt: skip
+        lines.append("")
+        lines.append(f"Ratio paper / stock: {conc.get('ratio')}")
+    for s in results.get("skipped", []):
+        lines.append(f"\nSkipped: {s}")
+    for n in results.get("notes", []):
+        lines.append(f"\nNote: {n}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = sorted(results["per_frames"].values(), key=lambda r: r["frames"])
+    if not per:
+        return
+    shown = ("stock", "paper", "paper_varlen", "stage1_only", "paper_no_stage1", "fastv")
+    parts = [("vision tower", "#6a8caf"), ("Stage 1", "#d9822b"), ("Stage 2 scoring", "#c23b22"),
+             ("LLM prefill (rest)", "#59a14f")]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    width = 0.8 / len(shown)
+    for j, name in enumerate(shown):
+        for i, rec in enumerate(per):
+            c = rec["configs"].get(name)
+            if not c:
+                continue
+            s1, sel = c["stage1_s"] or 0.0, c["select_s"] or 0.0
+            values = [c["vision_s"], s1, sel, max(0.0, c["llm_prefill_s"] - s1 - sel)]
+            bottom = 0.0
+            x = i + (j - (len(shown) - 1) / 2) * width
+            for (label, colour), v in zip(parts, values):
+                ax.bar(x, v, width * 0.92, bottom=bottom, color=colour, label=label if (i == 0 and j == 0) else None)
+                bottom += v
+            ax.text(x, bottom, name.replace("paper_", "p+").replace("_", "\n"), ha="center", va="bottom", fontsize=5.5)
+    ax.set_xticks(range(len(per)), [f"{r['frames']} frames\n({r['visual_tokens']} tokens)" for r in per])
+    ax.set_ylabel("seconds to first token (prefill components)")
+    env = results.get("env", {})
+    ax.set_title(f"PruneVid on {env.get('model')} - {env.get('device')}", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.quick:
+        args.frames = [f for f in args.frames if f <= 16] or [8, 16]
+        args.size = min(args.size, 112)
+        args.repeats = min(args.repeats, 1)
+        args.concurrency_frames = min(args.concurrency_frames, 8)
+    else:
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    import torch
+
+    if not args.quick and not torch.cuda.is_available():
+        sys.exit("tools/bench.py: no CUDA device; use --quick for the CPU smoke test")
+    bench = Bench(args)
+    with torch.inference_mode(False), torch.no_grad():
+        results = bench.run()
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
