@@ -360,3 +360,18 @@ def test_sampling_and_beam_search_run_on_the_pruned_cache(checkpoints, processor
         sampled = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=True, top_k=20)
     width = inputs["input_ids"].shape[1]
     assert beams.shape == sampled.shape == (3, width + 5)
+
+
+def test_include_images_makes_image_tokens_candidates(checkpoints, processor, media):
+    """With `include_images`, each image is one Stage-2 group (never merged) and loses tokens like a video frame."""
+    inputs = make_inputs(processor, media, "multi")
+    model = load(checkpoints["gqa2"], PruneVidConfig.paper(include_images=True))
+    with torch.no_grad():
+        model(**inputs)
+    state = model.model._prunevid.state
+    image = (inputs["input_ids"][0] == model.config.image_token_id)[state.origin[0]]
+    assert int(image.sum()) == int((inputs["input_ids"] == model.config.image_token_id).sum())  # not merged
+    groups = state.group[0][image].unique()
+    assert len(groups) == 1 and groups.item() >= 0
+    kept = int((state.keep[0] & image).sum())
+    assert kept == math.ceil(0.4 * int(image.sum()))
