@@ -56,6 +56,7 @@ def dpc_knn(
     num_clusters: int | Tensor,
     k: int,
     valid: Tensor | None = None,
+    max_clusters: int | None = None,
 ) -> DPCResult:
     """Cluster each row of ``x`` with DPC-KNN (PruneVid Sec. 3.2), over the valid points only.
 
@@ -72,6 +73,9 @@ def dpc_knn(
         num_clusters: wanted cluster count, an int or ``LongTensor[B]``; clamped to ``[1, n_valid_b]``.
         k: neighbours for the density (self included), ``>= 1``; clamped to ``n_valid_b``.
         valid: optional ``BoolTensor[B, N]``; invalid points are ignored and get label ``-1``.
+        max_clusters: optional host-known ``max_b c_b`` (after clamping), the padded width of ``centers``; it
+            saves the one device-to-host sync of the call. Without it, it is derived on the host when
+            ``num_clusters`` is an int and ``valid`` is None, else read back from the device.
 
     Returns:
         :class:`DPCResult` with clusters numbered in ascending order of their centre's index.
@@ -84,6 +88,7 @@ def dpc_knn(
         raise ValueError(f"k must be >= 1, got {k}")
     batch, n_points, channels = x.shape
     device = x.device
+    all_valid = valid is None
     if valid is None:
         valid = torch.ones(batch, n_points, dtype=torch.bool, device=device)
     else:
@@ -110,40 +115,45 @@ def dpc_knn(
 
     # 1. kNN density; k is clamped per row to its valid count (the topk values come sorted ascending).
     k_max = min(k, n_points)
-    knn = torch.topk(dist.masked_fill(~col_valid, inf), k_max, dim=-1, largest=False, sorted=True).values
+    knn = torch.topk(torch.where(col_valid, dist, inf), k_max, dim=-1, largest=False, sorted=True).values
     k_row = n_valid.clamp(min=1, max=k)
     take = torch.arange(k_max, device=device)[None, :] < k_row[:, None]  # [B, k_max]
     sq_sum = torch.where(take[:, None, :], knn.square(), torch.zeros((), device=device)).sum(-1)
-    rho = torch.exp(-sq_sum / k_row[:, None].float()).masked_fill(~valid, -inf)
+    rho = torch.where(valid, torch.exp(-sq_sum / k_row[:, None].float()), -inf)
 
     # 2. delta: distance to the nearest denser point; (rho, -index) is a strict total order.
     density_rank = _rank_descending(rho)  # 0 = densest
     denser = (density_rank[:, None, :] < density_rank[:, :, None]) & col_valid  # [B, i, j]: j denser than i
-    delta_min = dist.masked_fill(~denser, inf).amin(dim=-1)
-    delta_max = dist.masked_fill(~pair_valid, -inf).amax(dim=-1)
+    delta_min = torch.where(denser, dist, inf).amin(dim=-1)
+    delta_max = torch.where(pair_valid, dist, -inf).amax(dim=-1)
     delta = torch.where(denser.any(dim=-1), delta_min, delta_max)
 
     # 3. centres: top-c_b scores (ties -> lower index), then renumbered in raster order.
-    score = (rho * delta).masked_fill(~valid, -inf)
+    score = torch.where(valid, rho * delta, -inf)
     is_center = (_rank_descending(score) < n_clusters[:, None]) & valid
-    c_max = int(n_clusters.max().item())
+    if max_clusters is not None:
+        c_max = int(max_clusters)
+    elif not isinstance(num_clusters, Tensor) and all_valid:
+        c_max = min(max(int(num_clusters), 1), n_points)
+    else:
+        c_max = int(n_clusters.max().item())
     point_idx = torch.arange(n_points, device=device).expand(batch, n_points)
     centers = torch.sort(torch.where(is_center, point_idx, n_points), dim=1).values[:, :c_max]
     center_ok = centers < n_points
-    centers = centers.masked_fill(~center_ok, -1)
+    centers = torch.where(center_ok, centers, -1)
 
     # 4. assignment to the nearest centre (argmin returns the first minimum -> lower cluster index).
     labels = torch.full((batch, n_points), -1, dtype=torch.long, device=device)
     if c_max > 0:
         gather_idx = centers.clamp_min(0)[:, None, :].expand(batch, n_points, c_max)
-        d_center = dist.gather(2, gather_idx).masked_fill(~center_ok[:, None, :], inf)
+        d_center = torch.where(center_ok[:, None, :], dist.gather(2, gather_idx), inf)
         labels = d_center.argmin(dim=-1)
         # A centre always belongs to itself (a duplicate of a lower-index centre would otherwise win the tie).
         own = torch.full((batch, n_points + 1), -1, dtype=torch.long, device=device)
         cluster_idx = torch.arange(c_max, device=device).expand(batch, c_max)
         own.scatter_(1, torch.where(center_ok, centers, n_points), cluster_idx)
         own = own[:, :n_points]
-        labels = torch.where(own >= 0, own, labels).masked_fill(~valid, -1)
+        labels = torch.where(valid, torch.where(own >= 0, own, labels), -1)
     return DPCResult(labels, centers, n_clusters)
 
 
@@ -163,13 +173,25 @@ def merge_by_labels(x: Tensor, labels: Tensor, num_clusters_max: int) -> Tensor:
     batch, n_points, channels = x.shape
     if labels.shape != (batch, n_points):
         raise ValueError(f"labels must be [B, N] = {(batch, n_points)}, got {tuple(labels.shape)}")
-    member = labels >= 0
     if bool((labels >= num_clusters_max).any()):
         raise ValueError("labels must be < num_clusters_max")
-    flat = (torch.arange(batch, device=x.device)[:, None] * num_clusters_max + labels)[member]
-    sums = torch.zeros(batch * num_clusters_max, channels, dtype=torch.float32, device=x.device)
-    sums.index_add_(0, flat, x.float()[member])
-    counts = torch.zeros(batch * num_clusters_max, dtype=torch.float32, device=x.device)
-    counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
-    means = sums / counts.clamp_min(1.0)[:, None]
+    return _cluster_means(x, labels, num_clusters_max)
+
+
+def _cluster_means(x: Tensor, labels: Tensor, num_clusters_max: int) -> Tensor:
+    """:func:`merge_by_labels` without the label check and without a host sync.
+
+    Non-members (label ``-1``) are summed into one spare row that is dropped, instead of being removed by boolean
+    indexing (which reads the member count back to the host); members are added in the same order either way.
+    """
+    batch, n_points, channels = x.shape
+    n_slots = batch * num_clusters_max
+    member = labels >= 0
+    flat = torch.where(member, torch.arange(batch, device=x.device)[:, None] * num_clusters_max + labels, n_slots)
+    flat = flat.reshape(-1)
+    sums = torch.zeros(n_slots + 1, channels, dtype=torch.float32, device=x.device)
+    sums.index_add_(0, flat, x.float().reshape(-1, channels))
+    counts = torch.zeros(n_slots + 1, dtype=torch.float32, device=x.device)
+    counts.index_add_(0, flat, member.reshape(-1).float())
+    means = sums[:n_slots] / counts[:n_slots].clamp_min(1.0)[:, None]
     return means.view(batch, num_clusters_max, channels).to(x.dtype)

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dpc_knn import dpc_knn, merge_by_labels
+from .dpc_knn import _cluster_means, dpc_knn
 
 __all__ = ["MergeResult", "merge_video", "temporal_segments", "contiguous_segments", "static_mask"]
 
@@ -70,44 +72,44 @@ def contiguous_segments(labels: list[int] | Tensor) -> list[tuple[int, int]]:
     the kept runs so extended. If no run is kept (every label's longest run is a single frame), the whole video is
     one segment.
 
+    Works on the host (``T`` small integers, one read-back for a tensor): plain Python over the runs.
+
     Args:
         labels: ``T`` integer labels (list or ``LongTensor[T]``).
 
     Returns:
         ``[start, end)`` ranges covering ``0..T`` in order.
     """
-    lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1).cpu()
-    n_frames = lab.numel()
+    lab = labels.reshape(-1).tolist() if isinstance(labels, Tensor) else [int(v) for v in labels]
+    n_frames = len(lab)
     if n_frames == 0:
         return []
-    run_label, run_len = torch.unique_consecutive(lab, return_counts=True)
-    n_runs = run_label.numel()
-    run_idx = torch.arange(n_runs)
-    # Longest run of each label, ties -> earliest: a key unique per run, larger = preferred.
-    key = run_len * (n_runs + 1) + (n_runs - run_idx)
-    _, label_id = torch.unique(run_label, return_inverse=True)
-    best = torch.zeros(int(label_id.max()) + 1, dtype=torch.long).scatter_reduce(
-        0, label_id, key, reduce="amax", include_self=False
-    )
-    kept = (key == best[label_id]) & (run_len > 1)
-    if not bool(kept.any()):
+    runs: list[list[int]] = []  # [label, start, end) of the maximal runs
+    for t, v in enumerate(lab):
+        if runs and runs[-1][0] == v:
+            runs[-1][2] = t + 1
+        else:
+            runs.append([v, t, t + 1])
+    best: dict[int, int] = {}  # label -> index of its longest run (ties -> earliest)
+    for i, (v, start, end) in enumerate(runs):
+        j = best.get(v)
+        if j is None or end - start > runs[j][2] - runs[j][1]:
+            best[v] = i
+    kept = [(runs[i][1], runs[i][2]) for i in sorted(best.values()) if runs[i][2] - runs[i][1] > 1]
+    if not kept:
         return [(0, n_frames)]
-    kept_len = run_len[kept]
-    n_kept = kept_len.numel()
-    run_of_frame = torch.repeat_interleave(run_idx, run_len)
-    kept_ordinal = torch.cumsum(kept.long(), 0) - 1
-    frame_seg = torch.where(kept[run_of_frame], kept_ordinal[run_of_frame], -1)  # -1 = orphan
-    # Nearest kept run to the left (cummax) and to the right (reverse cummin) of every frame.
-    left = torch.cummax(frame_seg, 0).values
-    right_src = torch.where(frame_seg >= 0, frame_seg, n_kept).flip(0)
-    right = torch.cummin(right_src, 0).values.flip(0)
-    left_len = torch.where(left >= 0, kept_len[left.clamp_min(0)], -1)
-    right_len = torch.where(right < n_kept, kept_len[right.clamp_max(n_kept - 1)], -1)
-    join = torch.where(left_len >= right_len, left, right)
-    frame_seg = torch.where(frame_seg >= 0, frame_seg, join)
-    _, seg_len = torch.unique_consecutive(frame_seg, return_counts=True)
-    ends = torch.cumsum(seg_len, 0)
-    return list(zip((ends - seg_len).tolist(), ends.tolist()))
+    # Orphan stretches: before the first kept run, between two kept runs, after the last one.
+    starts = [s for s, _ in kept]
+    ends = [e for _, e in kept]
+    starts[0], ends[-1] = 0, n_frames
+    for i in range(len(kept) - 1):
+        gap_start, gap_end = kept[i][1], kept[i + 1][0]
+        if gap_end > gap_start:  # joins the longer neighbour, ties -> left
+            if kept[i][1] - kept[i][0] >= kept[i + 1][1] - kept[i + 1][0]:
+                ends[i] = gap_end
+            else:
+                starts[i + 1] = gap_start
+    return list(zip(starts, ends))
 
 
 def temporal_segments(frame_features: Tensor, ratio: float, k: int) -> list[tuple[int, int]]:
@@ -126,15 +128,18 @@ def temporal_segments(frame_features: Tensor, ratio: float, k: int) -> list[tupl
         return [(0, n_frames)] if n_frames == 1 else []
     n_clusters = max(1, int(n_frames * ratio))
     labels = dpc_knn(frame_features[None], n_clusters, min(k, n_frames)).labels[0]
-    return contiguous_segments(labels)
+    return contiguous_segments(labels.tolist())  # the one device-to-host read of the segmentation
 
 
-def _segment_static(tokens: Tensor, seg_of_frame: Tensor, num_segments: int, tau: float) -> Tensor:
+def _segment_static(
+    tokens: Tensor, seg_of_frame: Tensor, num_segments: int, tau: float, width: Tensor | None = None
+) -> Tensor:
     """Static decision per (segment, location): mean off-diagonal pairwise cosine similarity ``> tau``.
 
     Batched over segments with the identity ``sum_{i != j} u_i . u_j = |sum_i u_i|^2 - sum_i |u_i|^2`` on the
     L2-normalised tokens ``u`` (a zero token has cosine similarity 0 with everything), so no ``w x w`` Gram matrix
-    is formed. Segments of length 1 are all dynamic. Returns ``BoolTensor[S, L]``.
+    is formed. Segments of length 1 are all dynamic. ``width`` (``LongTensor[S]``, the segment lengths) may be given
+    to save the ``bincount`` (a host sync on CUDA). Returns ``BoolTensor[S, L]``.
     """
     n_frames, n_loc, channels = tokens.shape
     unit = F.normalize(tokens.float(), dim=-1)
@@ -142,7 +147,8 @@ def _segment_static(tokens: Tensor, seg_of_frame: Tensor, num_segments: int, tau
     seg_sum.index_add_(0, seg_of_frame, unit)
     self_sq = torch.zeros(num_segments, n_loc, device=tokens.device)
     self_sq.index_add_(0, seg_of_frame, unit.square().sum(-1))
-    width = torch.bincount(seg_of_frame, minlength=num_segments).to(tokens.device)
+    if width is None:
+        width = torch.bincount(seg_of_frame, minlength=num_segments).to(tokens.device)
     pairs = (width * (width - 1)).clamp_min(1).float()
     mean_sim = (seg_sum.square().sum(-1) - self_sq) / pairs[:, None]
     return (mean_sim > tau) & (width >= 2)[:, None]
@@ -204,16 +210,15 @@ def merge_video(
     channels = features.shape[1]
     frames = features.reshape(n_frames, n_loc, channels).float()
 
-    # 1. temporal segments
+    # 1. temporal segments (one device-to-host read: the T frame labels); segment bookkeeping stays on the host
     segments = temporal_segments(frames.mean(dim=1), temporal_segment_ratio, k)
     n_seg = len(segments)
-    seg_start = torch.tensor([s for s, _ in segments], dtype=torch.long, device=device)
-    seg_len = torch.tensor([e - s for s, e in segments], dtype=torch.long, device=device)
-    seg_of_frame = torch.repeat_interleave(torch.arange(n_seg, device=device), seg_len)
-    frame_idx = torch.arange(n_frames, device=device)
+    seg_len_h = [e - s for s, e in segments]
+    seg_info = _to_device([i for i, n in enumerate(seg_len_h) for _ in range(n)] + seg_len_h, device)
+    seg_of_frame, seg_len = seg_info[:n_frames], seg_info[n_frames:]
 
     # 2. static / dynamic
-    static_seg = _segment_static(frames, seg_of_frame, n_seg, tau)  # [S, L]
+    static_seg = _segment_static(frames, seg_of_frame, n_seg, tau, width=seg_len)  # [S, L]
     static_tl = static_seg[seg_of_frame]  # [T, L]
 
     # 3.+4. one batched clustering: rows 0..S-1 = segment means (static), rows S..S+T-1 = frames (dynamic)
@@ -221,35 +226,43 @@ def merge_video(
     seg_mean = seg_mean / seg_len[:, None, None].float()
     rows = torch.cat([seg_mean, frames], dim=0)
     valid = torch.cat([static_seg, ~static_tl], dim=0)
-    n_valid = valid.sum(dim=1)
-    n_reduced = torch.floor(n_valid.double() * cluster_ratio).long().clamp_min(1)
-    n_clusters = torch.where(n_valid > min_tokens_to_cluster, n_reduced, n_valid)
-    dpc = dpc_knn(rows, n_clusters, k, valid)
-    c_max = dpc.centers.shape[1]
-    merged = merge_by_labels(rows, dpc.labels, c_max)  # [R, Cmax, C] float32
-
-    # 5. output order: segment static block (key 2*start) before its frames (key 2*t+1), time order overall
-    order = torch.argsort(torch.cat([2 * seg_start, 2 * frame_idx + 1]), stable=True)
     n_rows = n_seg + n_frames
-    slot = torch.arange(c_max, device=device)[None, :] < dpc.num_clusters[:, None]  # [R, Cmax]
-    slot_o = slot[order]
-    out_features = merged[order][slot_o].to(features.dtype)
-    base = torch.cat([seg_start, frame_idx]) * n_loc
-    source = (base[:, None] + dpc.centers)[order][slot_o]
-    is_static = (order < n_seg)[:, None].expand(n_rows, c_max)[slot_o]
-    group_of_row = torch.cumsum((dpc.num_clusters[order] > 0).long(), 0) - 1
-    group = group_of_row[:, None].expand(n_rows, c_max)[slot_o]
+    # The second (and last) device-to-host read: the valid count of every row. Cluster counts as dpc_knn clamps
+    # them: max(1, floor(n * cluster_ratio)) above the threshold, else n (an empty row stays at 0).
+    counts = [
+        min(max(math.floor(n * cluster_ratio), 1), n) if n > min_tokens_to_cluster else n
+        for n in valid.sum(dim=1).tolist()
+    ]
+    c_max = max(counts)
 
-    # assignment: output row of (row, cluster), then looked up per input token
-    n_out = int(slot_o.sum().item())
-    out_idx_o = torch.full((n_rows, c_max), -1, dtype=torch.long, device=device)
-    out_idx_o[slot_o] = torch.arange(n_out, device=device)
-    out_idx = torch.empty_like(out_idx_o)
-    out_idx[order] = out_idx_o
-    token_row = torch.where(static_tl, seg_of_frame[:, None], n_seg + frame_idx[:, None])  # [T, L]
-    loc = torch.arange(n_loc, device=device)[None, :].expand(n_frames, n_loc)
-    token_label = dpc.labels[token_row, loc]
-    assignment = out_idx[token_row, token_label].reshape(-1)
+    # 5. output order: each segment's static block (row s) before its frames' dynamic blocks (rows S+t), time order
+    #    overall. The (row, cluster) slot of every output token, its base token index and group are host-known.
+    base = [s * n_loc for s, _ in segments] + [t * n_loc for t in range(n_frames)]
+    slot, slot_base, slot_group, out_idx = [], [], [], [-1] * (n_rows * c_max)
+    for r in (r for s, (a, e) in enumerate(segments) for r in (s, *range(n_seg + a, n_seg + e))):
+        c = counts[r]
+        if c == 0:  # empty block: no group id
+            continue
+        out_idx[r * c_max : r * c_max + c] = range(len(slot), len(slot) + c)
+        slot_group.extend([slot_group[-1] + 1 if slot_group else 0] * c)
+        slot.extend(range(r * c_max, r * c_max + c))
+        slot_base.extend([base[r]] * c)
+    n_out = len(slot)
+    host = _to_device(counts + slot + slot_base + slot_group + out_idx, device)
+    n_clusters, slot = host[:n_rows], host[n_rows : n_rows + n_out]
+    slot_base = host[n_rows + n_out : n_rows + 2 * n_out]
+    group, out_idx = host[n_rows + 2 * n_out : n_rows + 3 * n_out], host[n_rows + 3 * n_out :]
+
+    dpc = dpc_knn(rows, n_clusters, k, valid, max_clusters=c_max)
+    merged = _cluster_means(rows, dpc.labels, c_max)  # [R, Cmax, C] float32
+    out_features = merged.reshape(n_rows * c_max, channels)[slot].to(features.dtype)
+    source = dpc.centers.reshape(-1)[slot] + slot_base
+    is_static = slot < n_seg * c_max  # the static rows come first in the batch
+
+    # assignment: output row of each input token's (row, cluster)
+    token_row = torch.where(static_tl, seg_of_frame[:, None], n_seg + torch.arange(n_frames, device=device)[:, None])
+    token_label = dpc.labels.reshape(-1)[token_row * n_loc + torch.arange(n_loc, device=device)]  # [T, L]
+    assignment = out_idx[token_row * c_max + token_label].reshape(-1)
 
     return MergeResult(
         features=out_features,
@@ -260,3 +273,9 @@ def merge_video(
         segments=segments,
         static_mask=static_tl,
     )
+
+
+def _to_device(values: list[int], device: torch.device) -> Tensor:
+    """A host list of ints as a LongTensor on ``device``: one copy, not waited for (no host sync)."""
+    host = torch.tensor(values, dtype=torch.long)
+    return host.to(device, non_blocking=True) if host.device != torch.device(device) else host

@@ -32,9 +32,9 @@ def _reduce(x: Tensor, mask: Tensor | None, dim: int, how: str) -> Tensor:
     mask = mask.expand_as(x)
     count = mask.sum(dim=dim)
     if how == "max":
-        out = x.masked_fill(~mask, float("-inf")).amax(dim=dim)
+        out = torch.where(mask, x, float("-inf")).amax(dim=dim)
     else:
-        out = x.masked_fill(~mask, 0.0).sum(dim=dim) / count.clamp_min(1)
+        out = torch.where(mask, x, 0.0).sum(dim=dim) / count.clamp_min(1)
     return out.masked_fill(count == 0, 0.0)
 
 
@@ -76,12 +76,12 @@ def attention_importance(
     k = key.float()[:, :, None]  # [B, Hk, 1, L, D], broadcast over the n_rep query heads of each key head
     logits = torch.matmul(q, k.transpose(-1, -2)).reshape(batch, n_heads, n_query, n_keys) * scaling
     kmask = key_mask.to(device=logits.device, dtype=torch.bool)[:, None, None, :]
-    probs = torch.softmax(logits.masked_fill(~kmask, float("-inf")), dim=-1)
+    probs = torch.softmax(torch.where(kmask, logits, float("-inf")), dim=-1)
     probs = torch.nan_to_num(probs, nan=0.0)  # rows without any valid key
     per_query = _reduce(probs, None, 1, head_reduce)  # [B, Nq, L]
     qmask = query_mask.to(device=logits.device, dtype=torch.bool)[:, :, None]
     scores = _reduce(per_query, qmask, 1, query_reduce)  # [B, L]
-    return scores.masked_fill(~kmask[:, 0, 0, :], 0.0)
+    return torch.where(kmask[:, 0, 0, :], scores, 0.0)
 
 
 def grouped_topk(scores: Tensor, group: Tensor, keep_ratio: float) -> Tensor:
