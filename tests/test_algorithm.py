@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from modeling.prunevid.dpc_knn import dpc_knn, merge_by_labels
+from modeling.prunevid.dpc_knn import dpc_knn, merge_by_labels, pairwise_distances
 from modeling.prunevid.merge import contiguous_segments, merge_video, static_mask, temporal_segments
 from modeling.prunevid.select import attention_importance, grouped_topk
 
@@ -109,6 +109,27 @@ def test_dpc_tie_breaks() -> None:
             check_dpc(dup, c, k, valid)
     res = dpc_knn(dup, 11, 2)
     assert res.labels[0].tolist() == list(range(11))  # every duplicate is its own centre
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pairwise_distances(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = (5 * torch.randn(3, 40, 3584, generator=g)).to(dtype)
+    x[0, 7] = x[0, 3]  # duplicates
+    x[1, 10:13] = x[1, 2]
+    x[2, 5] = 0.0  # a zero vector, twice
+    x[2, 6] = 0.0
+    d = pairwise_distances(x)
+    assert d.dtype == torch.float32 and d.shape == (3, 40, 40)
+    assert torch.equal(d, d.transpose(1, 2))  # exactly symmetric
+    assert torch.all(d.diagonal(dim1=1, dim2=2) == 0)
+    assert d[0, 3, 7] == 0 and torch.all(d[1, 2, 10:13] == 0) and torch.all(d[1, 10:13, 10:13] == 0)
+    assert d[2, 5, 6] == 0
+    ref = torch.cdist(x.double(), x.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    distinct = ref > 0
+    assert torch.all(d[~distinct] == 0)
+    rel = (d.double() - ref).abs()[distinct] / ref[distinct]
+    assert float(rel.max()) < 1e-6  # float32 rounding of the exact distance; distinct points never snapped to 0
 
 
 def test_dpc_deterministic_and_blobs() -> None:
