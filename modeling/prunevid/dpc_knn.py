@@ -84,7 +84,7 @@ def dpc_knn(
 ) -> DPCResult:
     """Cluster each row of ``x`` with DPC-KNN (PruneVid Sec. 3.2), over the valid points only.
 
-    Per batch row, with ``d = cdist(x, x) / sqrt(C)`` (float32):
+    Per batch row, with ``d = pairwise_distances(x) / sqrt(C)`` (float32 Euclidean distances):
 
     1. density ``rho_i = exp(-mean_{j in kNN(i)} d_ij^2)`` over the ``k`` nearest valid points, self included;
     2. ``delta_i = min d_ij`` over the points ``j`` denser than ``i`` (ties by index, see module docstring),
@@ -104,7 +104,7 @@ def dpc_knn(
     Returns:
         :class:`DPCResult` with clusters numbered in ascending order of their centre's index.
 
-    Memory is ``O(B * N^2)`` (the distance matrix; ``N`` is a frame's or segment's token count).
+    Memory is ``O(B * N^2)`` for the distance matrix plus a float64 copy of ``x`` (``B * N * C``), transient.
     """
     if x.dim() != 3:
         raise ValueError(f"x must be [B, N, C], got shape {tuple(x.shape)}")
