@@ -118,6 +118,22 @@ def test_save_load_roundtrip(checkpoints, tmp_path):
     assert built.prunevid == PruneVidConfig.disabled()
 
 
+def test_loads_the_released_checkpoint_layout(checkpoints):
+    """Checkpoints on disk use the released key layout (`visual.*`, `model.layers.*`); the drop-in class renames them
+    like the stock class (transformers skips the renaming for classes outside `transformers.` unless registered)."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoints["gqa2"] / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert any(k.startswith("visual.blocks.") for k in keys) and any(k.startswith("model.layers.") for k in keys)
+    ours, info = Qwen2_5_VLPruneVid.from_pretrained(checkpoints["gqa2"], output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    stock = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoints["gqa2"])
+    assert ours.state_dict().keys() == stock.state_dict().keys()
+    for name, tensor in stock.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], tensor), name
+
+
 def test_vendored_file_matches_installed_release():
     """The equivalence above compares against the installed transformers: it must be the vendored release."""
     import json
