@@ -10,7 +10,7 @@ and left padding. [`build_processor`] wraps it with the image and video processo
 `preprocessor_config.json`.
 
 [`tiny_config`] gives a random-weight model small enough for CPU tests that still uses the real token ids, and
-[`real_config`] the released 3B / 7B architectures (for shapes and meta-device work; no weights are involved).
+[`real_config`] the released 3B / 7B / 32B architectures (for shapes and meta-device work; no weights are involved).
 """
 
 from __future__ import annotations
@@ -310,14 +310,25 @@ _REAL_TEXT = {
         "max_window_layers": 70,
         "tie_word_embeddings": True,
     },
+    "32b": {
+        "vocab_size": 152064,
+        "hidden_size": 5120,
+        "intermediate_size": 27648,
+        "num_hidden_layers": 64,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "max_window_layers": 64,
+        "tie_word_embeddings": False,
+    },
 }
+_REAL_VISION_MLP = {"7b": 3420, "3b": 3420, "32b": 3456}  # the vision tower is otherwise the same in all sizes
 
 
-def real_config(size: Literal["7b", "3b"] = "7b") -> Qwen2_5_VLConfig:
-    """The released Qwen2.5-VL-{7B,3B}-Instruct architecture (`config.json`), without any weights.
+def real_config(size: Literal["7b", "3b", "32b"] = "7b") -> Qwen2_5_VLConfig:
+    """The released Qwen2.5-VL-{7B,3B,32B}-Instruct architecture (`config.json`), without any weights.
 
     Args:
-        size: `"7b"` or `"3b"` (case-insensitive).
+        size: `"7b"`, `"3b"` or `"32b"` (case-insensitive).
     """
     key = size.lower()
     if key not in _REAL_TEXT:
@@ -340,7 +351,7 @@ def real_config(size: Literal["7b", "3b"] = "7b") -> Qwen2_5_VLConfig:
         "depth": 32,
         "hidden_size": 1280,
         "num_heads": 16,
-        "intermediate_size": 3420,
+        "intermediate_size": _REAL_VISION_MLP[key],
         "hidden_act": "silu",
         "in_channels": 3,
         "patch_size": 14,

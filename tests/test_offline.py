@@ -301,7 +301,11 @@ def test_tiny_config():
 
 @pytest.mark.parametrize(
     "size,layers,hidden,heads,kv,inter,vocab,tie",
-    [("7b", 28, 3584, 28, 4, 18944, 152064, False), ("3b", 36, 2048, 16, 2, 11008, 151936, True)],
+    [
+        ("7b", 28, 3584, 28, 4, 18944, 152064, False),
+        ("3b", 36, 2048, 16, 2, 11008, 151936, True),
+        ("32b", 64, 5120, 40, 8, 27648, 152064, False),
+    ],
 )
 def test_real_config(size, layers, hidden, heads, kv, inter, vocab, tie):
     config = real_config(size)
@@ -310,6 +314,7 @@ def test_real_config(size, layers, hidden, heads, kv, inter, vocab, tie):
     assert (text.num_key_value_heads, text.intermediate_size, text.vocab_size) == (kv, inter, vocab)
     assert text.rope_parameters["mrope_section"] == [16, 24, 24]
     assert text.rope_parameters["rope_theta"] == 1e6
-    assert (vision.depth, vision.hidden_size, vision.num_heads, vision.intermediate_size) == (32, 1280, 16, 3420)
+    assert (vision.depth, vision.hidden_size, vision.num_heads) == (32, 1280, 16)
+    assert vision.intermediate_size == (3456 if size == "32b" else 3420)
     assert (vision.out_hidden_size, vision.window_size, vision.fullatt_block_indexes) == (hidden, 112, [7, 15, 23, 31])
     assert config.tie_word_embeddings is tie

@@ -21,7 +21,7 @@ CUDA-synchronised):
   paper + `vision_attention="varlen"` (the fused vision attention, modeling/vision_attention.py).
 * vision tower time (stock and varlen tower, separately, plus the varlen tower's relative error vs stock);
   LLM prefill (the prefill forward of `generate` given the tower's output through `mm_encoder_outputs`: embedding,
-  3-D positions, PruneVid Stage 1, the 28 layers with Stage 2/3, the last token's logits); time to first token
+  3-D positions, PruneVid Stage 1, the LLM layers with Stage 2/3, the last token's logits); time to first token
   (end to end from pixels: tower + prefill + first token; measured for stock, paper and paper+varlen, derived as
   tower + prefill for the others); decode ms/token (median step of a 16-token greedy continuation); peak GPU memory;
   KV-cache bytes after prefill; tokens per stage (`model.prunevid_stats`); the time in PruneVid's own code: Stage 1
@@ -74,7 +74,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench", help="folder for bench.json/md/png")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round")
     parser.add_argument("--size", type=int, default=448, help="frame side in pixels")
-    parser.add_argument("--model", default="7b", choices=("7b", "3b"), help="released architecture to mimic")
+    parser.add_argument("--model", default="7b", choices=("7b", "3b", "32b"), help="released architecture to mimic")
     parser.add_argument("--concurrency-frames", type=int, default=128, help="frames per video of the batch test")
     parser.add_argument("--no-concurrency", action="store_true", help="skip the batch test")
     parser.add_argument("--max-attempts", type=int, default=8, help="batch sizes tried per config (after 1 and 2)")
@@ -740,8 +740,8 @@ def markdown(results):
         f"{env.get('torch')}, transformers {env.get('transformers')}). Medians over the timed rounds; every timer "
         "CUDA-synchronised; one model instance switched by `model.prunevid`; configs interleaved per round.",
         "",
-        "LLM prefill = the prefill forward given the vision tower's output (embedding, 3-D positions, Stage 1, 28 "
-        "layers with Stage 2/3, last-token logits). TTFT = from pixels to the first token (measured end to end for "
+        "LLM prefill = the prefill forward given the vision tower's output (embedding, 3-D positions, Stage 1, the "
+        "LLM's layers with Stage 2/3, last-token logits). TTFT = from pixels to the first token (measured end to end for "
         "stock / paper / paper_varlen; tower + prefill call for the others). PV overhead = Stage 1 "
         "(`before_language_model`) + Stage 2 scoring (`_select`).",
         "",
