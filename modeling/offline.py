@@ -209,6 +209,33 @@ _VISION_KEYS = frozenset(
 )  # fmt: skip
 
 
+def _token_id(token: str) -> int:
+    return FIRST_SPECIAL_ID + SPECIAL_TOKENS.index(token)
+
+
+# What every Qwen2.5-VL size shares and the processor relies on: the patching of the vision tower, and the special
+# token ids, read off the tokenizer's added tokens above (151655 / 151656 / 151652 / 151653; bos 151643, eos 151645).
+_VISION_COMMON: dict[str, Any] = {
+    "hidden_act": "silu",
+    "in_channels": 3,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "window_size": 112,
+    "tokens_per_second": 2,
+}
+_TOKEN_IDS: dict[str, int] = {
+    "image_token_id": _token_id("<|image_pad|>"),
+    "video_token_id": _token_id("<|video_pad|>"),
+    "vision_start_token_id": _token_id("<|vision_start|>"),
+    "vision_end_token_id": _token_id("<|vision_end|>"),
+}
+_TEXT_TOKEN_IDS: dict[str, int] = {
+    "bos_token_id": _token_id("<|endoftext|>"),
+    "eos_token_id": _token_id("<|im_end|>"),
+}
+
+
 def tiny_config(**overrides: Any) -> Qwen2_5_VLConfig:
     """A small random-weight Qwen2.5-VL config that works with the real tokenizer's ids.
 
@@ -242,30 +269,17 @@ def tiny_config(**overrides: Any) -> Qwen2_5_VLConfig:
         "hidden_act": "silu",
         "max_position_embeddings": 32768,
         "rms_norm_eps": 1e-6,
-        "bos_token_id": 151643,
-        "eos_token_id": 151645,
+        **_TEXT_TOKEN_IDS,
     }
     vision: dict[str, Any] = {
         "depth": 2,
         "hidden_size": 32,
         "num_heads": 2,
         "intermediate_size": 64,
-        "hidden_act": "silu",
-        "in_channels": 3,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "window_size": 112,
+        **_VISION_COMMON,
         "fullatt_block_indexes": [1],
-        "tokens_per_second": 2,
     }
-    top: dict[str, Any] = {
-        "image_token_id": 151655,
-        "video_token_id": 151656,
-        "vision_start_token_id": 151652,
-        "vision_end_token_id": 151653,
-        "tie_word_embeddings": True,
-    }
+    top: dict[str, Any] = {**_TOKEN_IDS, "tie_word_embeddings": True}
     text.update(overrides.pop("text_config", None) or {})
     vision.update(overrides.pop("vision_config", None) or {})
     if "rope_scaling" in overrides:
@@ -299,6 +313,7 @@ _REAL_TEXT = {
         "num_key_value_heads": 4,
         "max_window_layers": 28,
         "tie_word_embeddings": False,
+        "vision_intermediate_size": 3420,
     },
     "3b": {
         "vocab_size": 151936,
@@ -309,6 +324,7 @@ _REAL_TEXT = {
         "num_key_value_heads": 2,
         "max_window_layers": 70,
         "tie_word_embeddings": True,
+        "vision_intermediate_size": 3420,
     },
     "32b": {
         "vocab_size": 152064,
@@ -319,9 +335,9 @@ _REAL_TEXT = {
         "num_key_value_heads": 8,
         "max_window_layers": 64,
         "tie_word_embeddings": False,
+        "vision_intermediate_size": 3456,  # the vision tower is otherwise the same in all sizes
     },
 }
-_REAL_VISION_MLP = {"7b": 3420, "3b": 3420, "32b": 3456}  # the vision tower is otherwise the same in all sizes
 
 
 def real_config(size: Literal["7b", "3b", "32b"] = "7b") -> Qwen2_5_VLConfig:
@@ -335,6 +351,7 @@ def real_config(size: Literal["7b", "3b", "32b"] = "7b") -> Qwen2_5_VLConfig:
         raise ValueError(f"Unknown Qwen2.5-VL size {size!r}; expected one of {sorted(_REAL_TEXT)}.")
     text = dict(_REAL_TEXT[key])
     tie = text.pop("tie_word_embeddings")
+    vision_mlp = text.pop("vision_intermediate_size")
     text.update(
         hidden_act="silu",
         max_position_embeddings=128000,
@@ -343,32 +360,22 @@ def real_config(size: Literal["7b", "3b", "32b"] = "7b") -> Qwen2_5_VLConfig:
         sliding_window=32768,
         attention_dropout=0.0,
         initializer_range=0.02,
-        bos_token_id=151643,
-        eos_token_id=151645,
+        **_TEXT_TOKEN_IDS,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
     )
     vision = {
         "depth": 32,
         "hidden_size": 1280,
         "num_heads": 16,
-        "intermediate_size": _REAL_VISION_MLP[key],
-        "hidden_act": "silu",
-        "in_channels": 3,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "window_size": 112,
+        "intermediate_size": vision_mlp,
+        **_VISION_COMMON,
         "fullatt_block_indexes": [7, 15, 23, 31],
-        "tokens_per_second": 2,
         "out_hidden_size": text["hidden_size"],
         "initializer_range": 0.02,
     }
     return Qwen2_5_VLConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=151655,
-        video_token_id=151656,
-        vision_start_token_id=151652,
-        vision_end_token_id=151653,
+        **_TOKEN_IDS,
         tie_word_embeddings=tie,
     )

@@ -129,9 +129,10 @@ def test_loads_the_released_checkpoint_layout(checkpoints):
     ours, info = Qwen2_5_VLPruneVid.from_pretrained(checkpoints["gqa2"], output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     stock = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoints["gqa2"])
-    assert ours.state_dict().keys() == stock.state_dict().keys()
-    for name, tensor in stock.state_dict().items():
-        assert torch.equal(ours.state_dict()[name], tensor), name
+    ours_sd, stock_sd = ours.state_dict(), stock.state_dict()
+    assert ours_sd.keys() == stock_sd.keys()
+    for name, tensor in stock_sd.items():
+        assert torch.equal(ours_sd[name], tensor), name
 
 
 def test_vendored_file_matches_installed_release():
