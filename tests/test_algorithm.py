@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
 
@@ -166,41 +167,51 @@ def test_merge_by_labels() -> None:
 # Temporal segmentation and static mask
 # ----------------------------------------------------------------------------------------------------------------
 def ref_contiguous(labels: list[int]) -> list[tuple[int, int]]:
+    """The authors' contiguity rule, frame by frame, straight from its text (reference doc, Stage 1 step 1 a-d)."""
     n = len(labels)
-    runs = []  # (label, start, end)
+    runs = []  # (label, start, end) of the maximal runs
     s = 0
     for t in range(1, n + 1):
         if t == n or labels[t] != labels[s]:
             runs.append((labels[s], s, t))
             s = t
-    kept = []
-    for lab in dict.fromkeys(labels):
-        best = None
-        for r in runs:
-            if r[0] == lab and (best is None or r[2] - r[1] > best[2] - best[1]):
-                best = r
-        if best[2] - best[1] > 1:
-            kept.append(best)
-    kept.sort(key=lambda r: r[1])
-    if not kept:
-        return [(0, n)]
-    owner = [-1] * n
-    for i, (_, s, e) in enumerate(kept):
-        for t in range(s, e):
-            owner[t] = i
-    final = list(owner)
-    for t in range(n):
-        if owner[t] >= 0:
+    longest = {lab: max(e - s for l2, s, e in runs if l2 == lab) for lab in labels}
+    out = [-1] * n
+    for lab, s, e in runs:  # a. every run as long as the label's longest stays; b. longest run 1 -> removed
+        if e - s == longest[lab] and longest[lab] > 1:
+            for t in range(s, e):
+                out[t] = lab
+    t = 0
+    while t < n:  # c. fill the unlabelled stretches left to right, measuring the array as filled so far
+        if out[t] != -1:
+            t += 1
             continue
-        left = next((owner[u] for u in range(t, -1, -1) if owner[u] >= 0), None)
-        right = next((owner[u] for u in range(t, n) if owner[u] >= 0), None)
-        llen = -1 if left is None else kept[left][2] - kept[left][1]
-        rlen = -1 if right is None else kept[right][2] - kept[right][1]
-        final[t] = left if llen >= rlen else right
-    segs = []
+        e = t
+        while e < n and out[e] == -1:
+            e += 1
+        left = out[t - 1] if t > 0 else None
+        right = out[e] if e < n else None
+        left_len = 0
+        while left is not None and t - 1 - left_len >= 0 and out[t - 1 - left_len] == left:
+            left_len += 1
+        right_len = 0
+        while right is not None and e + right_len < n and out[e + right_len] == right:
+            right_len += 1
+        if left is None and right is None:
+            fill = 0
+        elif right is None:
+            fill = left
+        elif left is None:
+            fill = right
+        else:
+            fill = left if left_len >= right_len else right
+        for u in range(t, e):
+            out[u] = fill
+        t = e
+    segs = []  # d. cut wherever the label changes
     s = 0
     for t in range(1, n + 1):
-        if t == n or final[t] != final[s]:
+        if t == n or out[t] != out[s]:
             segs.append((s, t))
             s = t
     return segs
@@ -208,31 +219,37 @@ def ref_contiguous(labels: list[int]) -> list[tuple[int, int]]:
 
 def test_contiguous_segments_crafted() -> None:
     cases = {
-        (0, 0, 1, 0, 0, 2, 2, 2): [(0, 2), (2, 8)],
+        (0, 0, 1, 1, 0, 0): [(0, 2), (2, 4), (4, 6)],  # tied longest runs of a label all stay
+        (0, 1, 1, 0, 2, 2, 2): [(0, 4), (4, 7)],  # the left run counts the orphan it absorbed: 3 vs 3 -> left
+        (0, 0, 1, 1, 0, 0, 1, 1): [(0, 2), (2, 4), (4, 6), (6, 8)],  # A A B B A A B B: 4 segments
+        (0, 0, 1, 0, 0, 2, 2, 2): [(0, 5), (5, 8)],  # both runs of 0 stay; the orphan joins them into one
         (0, 0, 0, 1, 1, 1): [(0, 3), (3, 6)],
-        (0, 1, 0, 1): [(0, 4)],  # no run longer than 1
+        (0, 1, 0, 1): [(0, 4)],  # every longest run is 1: no label survives -> label 0, one segment
+        (0, 1, 2, 0, 1, 2): [(0, 6)],
         (0, 0, 1, 2, 2): [(0, 3), (3, 5)],  # orphan between equal runs -> left
         (0, 0, 1, 2, 2, 2): [(0, 2), (2, 6)],  # orphan joins the longer (right) run
+        (0, 0, 0, 1, 2, 2, 2, 2): [(0, 3), (3, 8)],  # 3 vs 4: the orphan joins the right run
         (1, 0, 0): [(0, 3)],  # orphan with a single neighbour
+        (0, 0, 1): [(0, 3)],
         (5,): [(0, 1)],
         (3, 3, 3, 3): [(0, 4)],
+        (): [],
     }
     for labels, expected in cases.items():
         assert contiguous_segments(list(labels)) == expected, labels
         assert ref_contiguous(list(labels)) == expected, labels
-        assert contiguous_segments(torch.tensor(labels)) == expected
+        assert contiguous_segments(torch.tensor(labels, dtype=torch.long)) == expected
 
 
-def test_contiguous_segments_random() -> None:
-    g = torch.Generator().manual_seed(3)
-    for _ in range(300):
-        n = int(torch.randint(1, 20, (1,), generator=g))
-        nl = int(torch.randint(1, 5, (1,), generator=g))
-        labels = torch.randint(0, nl, (n,), generator=g).tolist()
-        got = contiguous_segments(labels)
-        assert got == ref_contiguous(labels), labels
-        assert got[0][0] == 0 and got[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
+def test_contiguous_segments_exhaustive() -> None:
+    # every label sequence of length 1..10 over 3 labels (88,572 sequences) against the rule's text
+    for n in range(1, 11):
+        for labels in itertools.product(range(3), repeat=n):
+            labels = list(labels)
+            got = contiguous_segments(labels)
+            assert got == ref_contiguous(labels), labels
+            assert got[0][0] == 0 and got[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
 
 
 def test_temporal_segments_three_scenes() -> None:

@@ -10,7 +10,7 @@ here is ``(grid_t, grid_h // 2, grid_w // 2)``.
 
 Decisions (beyond the paper's text):
 
-* Temporal segmentation is made contiguous with the rule of :func:`contiguous_segments`.
+* Temporal segmentation is made contiguous exactly as the authors' code does it (:func:`contiguous_segments`).
 * A segment of a single frame has no off-diagonal pairs: all its tokens are dynamic (the authors' code divides by
   zero there). ``T == 1`` therefore gives one segment whose tokens are all dynamic and clustered per frame.
 * A block with ``n <= min_tokens_to_cluster`` tokens is kept as it is; otherwise it is clustered to
@@ -66,11 +66,19 @@ class MergeResult:
 def contiguous_segments(labels: list[int] | Tensor) -> list[tuple[int, int]]:
     """Turn per-frame cluster labels into contiguous temporal segments (PruneVid Sec. 3.2).
 
-    Rule: each label keeps only its longest run of consecutive frames (ties -> the earliest run); labels whose
-    longest run has length 1 are dropped; every maximal stretch of the remaining ("orphaned") frames joins the
-    neighbouring kept run that is longer (ties -> the left one; the only neighbour if there is one). Segments are
-    the kept runs so extended. If no run is kept (every label's longest run is a single frame), the whole video is
-    one segment.
+    The rule of the authors' ``refine_clusters`` + ``segment_lengths``, step by step:
+
+    a. for each label, every run of consecutive frames as long as that label's longest run is kept (several runs
+       can tie and all stay); its shorter runs become unlabelled;
+    b. a label whose longest run is a single frame is removed entirely (all its frames unlabelled);
+    c. the maximal unlabelled stretches are filled from left to right, each with the label of the longer
+       neighbouring run, measured in the array as filled so far (a left run that has just absorbed orphans counts
+       with them; a right run is still as in step a); ties go to the left; with one neighbour, that one; with none
+       (no label survived), label 0;
+    d. segments are cut wherever the filled label changes, so two kept runs of one label that meet after filling
+       are one segment, and the segment count can differ from the cluster count.
+
+    Examples: ``[0,0,1,1,0,0] -> (0,2),(2,4),(4,6)``; ``[0,1,1,0,2,2,2] -> (0,4),(4,7)``; ``[0,1,0,1] -> (0,4)``.
 
     Works on the host (``T`` small integers, one read-back for a tensor): plain Python over the runs.
 
@@ -81,35 +89,45 @@ def contiguous_segments(labels: list[int] | Tensor) -> list[tuple[int, int]]:
         ``[start, end)`` ranges covering ``0..T`` in order.
     """
     lab = labels.reshape(-1).tolist() if isinstance(labels, Tensor) else [int(v) for v in labels]
-    n_frames = len(lab)
-    if n_frames == 0:
+    if not lab:
         return []
-    runs: list[list[int]] = []  # [label, start, end) of the maximal runs
-    for t, v in enumerate(lab):
+    runs: list[list[int]] = []  # [label, length] of the maximal runs
+    for v in lab:
         if runs and runs[-1][0] == v:
-            runs[-1][2] = t + 1
+            runs[-1][1] += 1
         else:
-            runs.append([v, t, t + 1])
-    best: dict[int, int] = {}  # label -> index of its longest run (ties -> earliest)
-    for i, (v, start, end) in enumerate(runs):
-        j = best.get(v)
-        if j is None or end - start > runs[j][2] - runs[j][1]:
-            best[v] = i
-    kept = [(runs[i][1], runs[i][2]) for i in sorted(best.values()) if runs[i][2] - runs[i][1] > 1]
-    if not kept:
-        return [(0, n_frames)]
-    # Orphan stretches: before the first kept run, between two kept runs, after the last one.
-    starts = [s for s, _ in kept]
-    ends = [e for _, e in kept]
-    starts[0], ends[-1] = 0, n_frames
-    for i in range(len(kept) - 1):
-        gap_start, gap_end = kept[i][1], kept[i + 1][0]
-        if gap_end > gap_start:  # joins the longer neighbour, ties -> left
-            if kept[i][1] - kept[i][0] >= kept[i + 1][1] - kept[i + 1][0]:
-                ends[i] = gap_end
+            runs.append([v, 1])
+    longest: dict[int, int] = {}
+    for v, n in runs:
+        longest[v] = max(longest.get(v, 0), n)
+    # a.+b.: unlabelled (None) unless a longest run of more than one frame; adjacent unlabelled runs are one stretch
+    blocks: list[list] = []
+    for v, n in runs:
+        label = v if n == longest[v] > 1 else None
+        if blocks and label is None and blocks[-1][0] is None:
+            blocks[-1][1] += n
+        else:
+            blocks.append([label, n])
+    # c.: `filled` holds the maximal runs of the array filled so far, left to right
+    filled: list[list[int]] = []
+    for i, (label, n) in enumerate(blocks):
+        if label is None:
+            left = filled[-1] if filled else None
+            right = blocks[i + 1] if i + 1 < len(blocks) else None  # labelled: unlabelled stretches are maximal
+            if left is not None and (right is None or left[1] >= right[1]):
+                label = left[0]
             else:
-                starts[i + 1] = gap_start
-    return list(zip(starts, ends))
+                label = right[0] if right is not None else 0
+        if filled and filled[-1][0] == label:
+            filled[-1][1] += n
+        else:
+            filled.append([label, n])
+    # d.
+    segments, start = [], 0
+    for _, n in filled:
+        segments.append((start, start + n))
+        start += n
+    return segments
 
 
 def temporal_segments(frame_features: Tensor, ratio: float, k: int) -> list[tuple[int, int]]:
