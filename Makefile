@@ -6,7 +6,7 @@ PATCHTOOL = $(SYSPY) tools/patchtool.py
 # torch/torchvision from the local wheel mirror; the CUDA build also runs on CPU.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test check patches apply sync-upstream demo clean
+.PHONY: install test check patches apply sync-upstream sync-matrix demo clean
 
 install: $(VENV)/.installed
 
@@ -31,12 +31,17 @@ patches:
 apply:
 	$(PATCHTOOL) apply
 
-# make sync-upstream VERSION=x.y.z: rebase the series onto another transformers release, then run the equivalence tests.
-sync-upstream:
-	@test -n "$(VERSION)" || (echo "usage: make sync-upstream VERSION=x.y.z" >&2; exit 2)
-	$(PATCHTOOL) sync-upstream --version $(VERSION)
-	$(PY) -m pip install -q --disable-pip-version-check transformers==$(VERSION)
-	$(PY) -m pytest -q tests/test_equivalence.py
+# make sync-upstream VERSION=x.y.z [KEEP=1] [FORCE=1]: rebase the series onto another transformers release, install
+# it, run the equivalence/stage/vision/patch-tool tests; all or nothing (a failure leaves the tree as it was).
+# VERSION reaches the shell only as an environment variable (command-line variables are exported), never as code.
+sync-upstream: install
+	@test -n "$$VERSION" || (echo "usage: make sync-upstream VERSION=x.y.z [KEEP=1] [FORCE=1]" >&2; exit 2)
+	$(PATCHTOOL) sync-upstream --version "$$VERSION" --python '$(PY)' $(if $(KEEP),--keep) $(if $(FORCE),--force)
+
+# The support window: sync scratch clones onto the latest patch of every minor in MINORS and test each one.
+MINORS ?= 5.4 5.23
+sync-matrix:
+	nice -n 19 $(SYSPY) tools/sync_matrix.py --minors $(MINORS) --out docs/compatibility.md
 
 demo: install
 	$(PY) -m modeling

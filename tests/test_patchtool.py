@@ -7,7 +7,9 @@ The tool is always run as a script with `-S` (no site-packages), which also prov
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -62,6 +64,11 @@ def run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
+
+
+def git(root: Path, *args: str) -> str:
+    command = ["git", "-C", str(root), "-c", "user.name=test", "-c", "user.email=test@example.com", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
 def failed(result: subprocess.CompletedProcess[str]) -> str:
@@ -133,6 +140,10 @@ def template(tmp_path_factory) -> Path:
     generated.write_text(edited)
     ok(run(root, "refresh"))
     (root / "edited.py").write_text(edited)
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "template")  # sync-upstream refuses to run over uncommitted changes
     return root
 
 
@@ -252,6 +263,14 @@ VIOLATIONS = {
         lambda root: edit(root / "modeling" / TARGET, "prunevid:stage1-merge", "prunevid:", count=2),
         ["empty marker name"],
     ),
+    "pin differs from UPSTREAM.json": (
+        lambda root: edit(root / "pyproject.toml", '"transformers==5.22.2"', '"transformers==5.22.1"'),
+        ["pyproject.toml: transformers==5.22.1, UPSTREAM.json says 5.22.2"],
+    ),
+    "pin missing": (
+        lambda root: edit(root / "pyproject.toml", '"transformers==5.22.2"', '"transformers>=5.22"'),
+        ["pyproject.toml: no `\"transformers==...\"` pin, UPSTREAM.json says 5.22.2"],
+    ),
     "tampered snapshot": (
         lambda root: edit(root / "upstream_snapshot" / TARGET, "class Qwen2_5_VLMLP(", "class  Qwen2_5_VLMLP("),
         ["does not match UPSTREAM.json", "drift"],
@@ -325,10 +344,10 @@ def test_apply_failure_names_patch_hunk_and_function(repo: Path):
     assert generated.read_bytes() == before
 
 
-def sync(root: Path, new_text: str, version: str = "5.22.3") -> subprocess.CompletedProcess[str]:
+def sync(root: Path, new_text: str, version: str = "5.22.3", *extra: str) -> subprocess.CompletedProcess[str]:
     new_file = root.parent / "new_upstream.py"
     new_file.write_text(new_text)
-    return run(root, "sync-upstream", "--version", version, "--from-file", str(new_file))
+    return run(root, "sync-upstream", "--version", version, "--from-file", str(new_file), *extra)
 
 
 def assert_synced(root: Path, new_bytes: bytes, version: str) -> None:
@@ -406,9 +425,9 @@ def test_sync_upstream_anchor_function_removed(repo: Path):
 
 
 def test_sync_upstream_real_release(repo: Path):
-    """A real sync: from the first vendored release (5.22.2) to the one the repository is on now."""
+    """A real sync: from the first vendored release (5.22.2) to the one the repository is pinned to now (whichever
+    that is: on 5.22.2 itself this is the identity sync)."""
     version = json.loads(read(REPO / "upstream_snapshot" / "UPSTREAM.json"))["transformers_version"]
-    assert version != "5.22.2", "the repository should have been synced past its first snapshot"
     new = REPO / "upstream_snapshot" / TARGET
     out = ok(run(repo, "sync-upstream", "--version", version, "--from-file", str(new)))
     assert f"transformers 5.22.2 -> {version}" in out
@@ -429,3 +448,200 @@ def test_check_passes_on_the_real_repository():
         "(patches/series, patches/*.patch and modeling/ must be consistent):\n" + result.stdout + result.stderr
     )
     assert "check: OK" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# sync-upstream around the rebase: dirty tree, version validation, stale rejects, all-or-nothing writes, the tests
+
+
+def far_change(root: Path) -> str:
+    """A new upstream file that rebases cleanly (two comment lines far from every hunk)."""
+    return read(root / "upstream_snapshot" / TARGET).replace(
+        "class Qwen2_5_VisionPatchEmbed(nn.Module):\n", "class Qwen2_5_VisionPatchEmbed(nn.Module):\n    # new\n    # two\n"
+    )
+
+
+DIRTY = {
+    "edit inside a block": lambda root: edit(
+        root / "modeling" / TARGET, "# drop the least attended", "# drop the least-attended"
+    ),
+    "edit outside a block": lambda root: edit(root / "modeling" / TARGET, "class Qwen2_5_VLMLP(", "class  Qwen2_5_VLMLP("),
+    "edited patch": lambda root: edit(root / "patches" / "stage1-merge.patch", "Stage 1:", "Stage one:"),
+    "new file": lambda root: (root / "modeling" / "helper.py").write_text("x = 1\n"),
+    "pyproject": lambda root: edit(root / "pyproject.toml", "dependencies", "dependencies "),
+}
+
+
+@pytest.mark.parametrize("case", list(DIRTY))
+def test_sync_refuses_uncommitted_changes_unless_forced(repo: Path, case: str):
+    DIRTY[case](repo)
+    before = hashes(repo)
+    out = failed(sync(repo, far_change(repo)))
+    assert "refusing to sync over uncommitted changes" in out and "--force" in out
+    changed = git(repo, "status", "--porcelain").split()[-1]
+    assert changed in out
+    assert hashes(repo) == before
+    ok(sync(repo, far_change(repo), "5.22.3", "--force"))
+    assert json.loads(read(repo / "upstream_snapshot" / "UPSTREAM.json"))["transformers_version"] == "5.22.3"
+
+
+def test_sync_outside_git_needs_force(repo: Path):
+    shutil.rmtree(repo / ".git")
+    assert "cannot tell whether" in failed(sync(repo, far_change(repo)))
+    ok(sync(repo, far_change(repo), "5.22.3", "--force"))
+
+
+RELEASES = "5.21.0,5.22.0,5.22.1,5.22.2,5.22.3,4.49.0,4.48.0"
+BAD_VERSIONS = {
+    "5.22": "`5.22` is not an exact transformers release: give one as x.y.z; releases of 5.22: 5.22.0, 5.22.1, "
+    "5.22.2, 5.22.3",
+    "latest": "`latest` is not an exact transformers release: give one as x.y.z",
+    "5.22.3rc1": "`5.22.3rc1` is not an exact transformers release: give one as x.y.z",
+    "4.48.0": "transformers 4.48.0 has no Qwen2.5-VL model (it first shipped in 4.49.0)",
+    "5.22.9": "transformers 5.22.9 is not a release on the package index (releases of 5.22: 5.22.0, 5.22.1, 5.22.2, "
+    "5.22.3)",
+}
+
+
+@pytest.mark.parametrize("version", list(BAD_VERSIONS))
+def test_sync_validates_the_version_first(repo: Path, version: str):
+    before = hashes(repo)
+    result = run(repo, "sync-upstream", "--version", version, "--releases", RELEASES)  # no file: it would download
+    out = failed(result)
+    assert result.stdout == "" and result.stderr == f"sync-upstream: error: {BAD_VERSIONS[version]}\n"
+    assert hashes(repo) == before
+
+
+def test_sync_normalises_a_leading_v(repo: Path):
+    new = far_change(repo)
+    out = ok(sync(repo, new, "v5.22.3", "--releases", RELEASES))
+    assert "transformers 5.22.2 -> 5.22.3" in out
+    assert_synced(repo, new.encode(), "5.22.3")
+
+
+def load_patchtool(root: Path, monkeypatch):
+    """The repository copy's patchtool as a module, to inject failures into its writes."""
+    spec = importlib.util.spec_from_file_location("patchtool_under_test", root / "tools" / "patchtool.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("seam", ["write_bytes", "os.replace"])
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_sync_interrupted_at_any_write_changes_nothing(repo: Path, monkeypatch, capsys, seam: str, error: type):
+    """A failure or Ctrl-C at each file write (staging: `write_bytes`; moving into place: `os.replace`) leaves every
+    file as it was and no staging folder behind; without a failure, the same sync goes through."""
+    patchtool = load_patchtool(repo, monkeypatch)
+    new_file = repo.parent / "new_upstream.py"
+    new_file.write_text(far_change(repo))
+    argv = ["--root", str(repo), "sync-upstream", "--version", "5.22.3", "--from-file", str(new_file)]
+    module, name = (patchtool, "write_bytes") if seam == "write_bytes" else (patchtool.os, "replace")
+    real = getattr(module, name)
+    before = hashes(repo)
+    files = 6  # snapshot, UPSTREAM.json, two patches, generated file, pyproject.toml
+    for step in range(1, files + 1):
+        calls = []
+
+        def failing(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == step:
+                raise error("injected")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, failing)
+        status = patchtool.main(argv)
+        monkeypatch.setattr(module, name, real)
+        assert status == (130 if error is KeyboardInterrupt else 1), capsys.readouterr()
+        assert len(calls) >= step
+        assert hashes(repo) == before, f"step {step} changed the tree"
+        assert not list(repo.glob(".patchtool-sync-*")), "staging folder left behind"
+    capsys.readouterr()
+    assert patchtool.main(argv) == 0
+    assert hashes(repo) != before
+    assert_synced(repo, new_file.read_bytes(), "5.22.3")
+    assert not list(repo.glob(".patchtool-sync-*"))
+
+
+def test_sync_removes_stale_rejects(repo: Path):
+    conflict = read(repo / "upstream_snapshot" / TARGET).replace(
+        "            hidden_states = decoder_layer(\n", "            hidden_states = decoder_layer.forward(\n"
+    )
+    failed(sync(repo, conflict))
+    assert (repo / "patches" / "stage2-select.patch.rej").exists()
+    (repo / "patches" / "stage1-merge.patch.rej").write_text("left over\n")
+    out = ok(sync(repo, far_change(repo)))  # the stale rejects neither block the sync nor stay behind
+    assert "removed the stale patches/stage1-merge.patch.rej" in out
+    assert not list((repo / "patches").glob("*.rej"))
+
+
+FAKE_PYTHON = """#!/bin/sh
+# A stand-in for the venv's python: records pip calls, fails pytest when FAIL is set.
+echo "$*" >> "{log}"
+case "$1 $2" in
+  "-m pytest") if [ -n "$FAIL" ]; then echo "FAILED tests/test_stages.py::test_stage2 - IndexError"; exit 1; fi
+            echo "3 passed";;
+esac
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> tuple[Path, Path]:
+    script, log = tmp_path / "python", tmp_path / "calls.log"
+    script.write_text(FAKE_PYTHON.format(log=log))
+    script.chmod(0o755)
+    return script, log
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_sync_rolls_back_when_the_tests_fail(repo: Path, fake_python, monkeypatch, keep: bool):
+    script, log = fake_python
+    monkeypatch.setenv("FAIL", "1")
+    before = hashes(repo)
+    extra = ["--python", str(script), "--tests", "tests/test_stages.py"] + (["--keep"] if keep else [])
+    out = failed(sync(repo, far_change(repo), "5.22.3", *extra))
+    assert "failed on transformers 5.22.3" in out and "tests/test_stages.py::test_stage2" in out
+    calls = log.read_text().splitlines()
+    assert calls[0].endswith(f"-e {repo}[test]") and "pytest" in calls[1] and calls[1].endswith("tests/test_stages.py")
+    if keep:
+        assert len(calls) == 2 and "tree kept" in out
+        assert json.loads(read(repo / "upstream_snapshot" / "UPSTREAM.json"))["transformers_version"] == "5.22.3"
+    else:
+        assert "rolled back" in out and len(calls) == 3 and calls[2] == calls[0]  # the old pin reinstalled
+        assert hashes(repo) == before
+    assert not list(repo.glob(".patchtool-sync-*"))
+
+
+def test_sync_keeps_the_tree_when_the_tests_pass(repo: Path, fake_python):
+    script, log = fake_python
+    new = far_change(repo)
+    out = ok(sync(repo, new, "5.22.3", "--python", str(script)))
+    assert "transformers 5.22.3: all tests passed" in out
+    assert log.read_text().splitlines()[1].endswith("tests/test_vision_attention.py tests/test_patchtool.py")
+    assert_synced(repo, new.encode(), "5.22.3")
+
+
+def test_missing_qwen2_5_vl_in_a_wheel_is_one_line(repo: Path, monkeypatch, capsys):
+    """A release the version check lets through but whose wheel lacks the model (the download is faked)."""
+    import zipfile
+
+    patchtool = load_patchtool(repo, monkeypatch)
+
+    def fake_download(command, check):
+        folder = Path(command[command.index("-d") + 1])
+        with zipfile.ZipFile(folder / "transformers-5.22.3-py3-none-any.whl", "w") as wheel:
+            wheel.writestr("transformers/__init__.py", "")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(patchtool.subprocess, "run", fake_download)
+    monkeypatch.setattr(patchtool, "uncommitted_changes", lambda root: [])
+    monkeypatch.setattr(patchtool.importlib.metadata, "version", lambda name: "0")
+    before = hashes(repo)
+    status = patchtool.main(["--root", str(repo), "sync-upstream", "--version", "5.22.3", "--releases", RELEASES])
+    err = capsys.readouterr().err
+    assert status == 1 and err == (
+        "sync-upstream: error: transformers 5.22.3 has no Qwen2.5-VL model "
+        "(transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py is not in its wheel)\n"
+    )
+    assert hashes(repo) == before

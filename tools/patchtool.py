@@ -18,7 +18,8 @@ Commands (stdlib only, runs with a plain `python3`):
     apply          regenerate modeling/modeling_qwen2_5_vl.py from the snapshot and the series
     refresh        rewrite patches/*.patch from the blocks edited in the generated file
     check          verify snapshot checksum, generated file, and that every patch is insert-only and guarded
-    sync-upstream  rebase the series onto another transformers release (--version X [--from-file PATH])
+    sync-upstream  rebase the series onto another transformers release (--version X [--from-file PATH]
+                   [--python VENV_PYTHON [--keep]] [--force]): all or nothing, see `cmd_sync`
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,7 +51,17 @@ MARKER_RE = re.compile(r"^(?P<indent>[ \t]*)# (?P<kind>>>>|<<<) prunevid:(?P<nam
 IMPORT_RE = re.compile(r"^(?P<indent>[ \t]*)from (?P<dots>\.+)(?P<module>[\w.]*) import\b")
 HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 FUNCNAME_RE = re.compile(r"^[ \t]*((?:async[ \t]+)?def[ \t].*|class[ \t].*)$")
-PIN_RE = re.compile(r'("transformers==)[^"]*(")')
+PIN_RE = re.compile(r'("transformers==)([^"]*)(")')
+VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+FIRST_QWEN2_5_VL = (4, 49, 0)  # the first transformers release with models/qwen2_5_vl
+# What a sync rewrites: uncommitted changes there would be lost, so sync-upstream refuses to run on them.
+SYNCED_PATHS = ("modeling", "patches", "upstream_snapshot", "pyproject.toml")
+DEFAULT_SYNC_TESTS = (
+    "tests/test_equivalence.py",
+    "tests/test_stages.py",
+    "tests/test_vision_attention.py",
+    "tests/test_patchtool.py",
+)
 NO_NEWLINE = "\\ No newline at end of file\n"
 MAX_FUZZ = 2
 
@@ -71,11 +85,16 @@ def read_lines(path: Path) -> list[str]:
         return split_lines(handle.read())
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a file (creating its folder); every file the tool writes goes through here."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
 def write_text(path: Path, text: str) -> None:
     """Write a UTF-8 file without newline translation."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
+    write_bytes(path, text.encode("utf-8"))
 
 
 def rewrite_imports(lines: Sequence[str], source_path: str) -> list[str]:
@@ -633,6 +652,13 @@ def cmd_check(repo: Repo) -> int:
             f"upstream_snapshot/{TARGET}: sha256 {sha[:12]}... does not match UPSTREAM.json "
             f"({meta['sha256'][:12]}...): the snapshot must stay byte for byte upstream's"
         )
+    pins = [m[2] for m in PIN_RE.finditer(repo.pyproject.read_text(encoding="utf-8"))] if repo.pyproject.exists() else []
+    if pins != [meta["transformers_version"]]:
+        found = ", ".join(f"transformers=={pin}" for pin in pins) or "no `\"transformers==...\"` pin"
+        problems.append(
+            f"pyproject.toml: {found}, UPSTREAM.json says {meta['transformers_version']}: the tests compare against "
+            "the installed release, so the pin must be the vendored one"
+        )
     patches = []
     for name in names:
         try:
@@ -704,6 +730,8 @@ def fetch_upstream(version: str, source_path: str, from_file: Path | None) -> by
         if wheel is None:
             raise PatchError(f"pip download produced no transformers wheel for {version}")
         with zipfile.ZipFile(wheel) as archive:
+            if source_path not in archive.namelist():
+                raise PatchError(f"transformers {version} has no Qwen2.5-VL model ({source_path} is not in its wheel)")
             return archive.read(source_path)
 
 
@@ -723,8 +751,167 @@ def line_mapping(old: Sequence[str], new: Sequence[str]) -> Callable[[int], int]
     return mapping
 
 
-def cmd_sync(repo: Repo, version: str, from_file: Path | None) -> int:
-    """Rebase the series onto transformers `version` (3-way: old base, new base, patches); all or nothing."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# sync-upstream: validation, the dirty-tree guard, the all-or-nothing write, the tests
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def released_versions() -> list[str] | None:
+    """Final transformers releases on the package index (`pip index versions`), or None when it cannot be asked."""
+    command = [sys.executable, "-m", "pip", "index", "versions", "transformers", "--disable-pip-version-check"]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"^Available versions: (.*)$", out, re.M)
+    return [v for v in (part.strip() for part in match[1].split(",")) if VERSION_RE.match(v)] if match else None
+
+
+def check_version(raw: str, releases: Sequence[str] | None) -> str:
+    """The exact release `raw` names (a leading `v` dropped), or a PatchError saying in one line why it is none.
+
+    `releases` are the final releases on the package index (None: unknown, e.g. offline with `--from-file`).
+    Runs before anything is downloaded or written.
+    """
+    version = raw.strip()
+    version = version[1:] if version[:1] in ("v", "V") else version
+    if not VERSION_RE.match(version):
+        within = sorted((r for r in releases or () if r.startswith(version + ".")), key=version_key)
+        hint = f"; releases of {version}: {', '.join(within)}" if within and version else ""
+        raise PatchError(f"`{raw}` is not an exact transformers release: give one as x.y.z{hint}")
+    if version_key(version) < FIRST_QWEN2_5_VL:
+        first = ".".join(map(str, FIRST_QWEN2_5_VL))
+        raise PatchError(f"transformers {version} has no Qwen2.5-VL model (it first shipped in {first})")
+    if releases is not None and version not in releases:
+        minor = ".".join(version.split(".")[:2])
+        within = sorted((r for r in releases if r.startswith(minor + ".")), key=version_key)
+        hint = f" (releases of {minor}: {', '.join(within)})" if within else ""
+        raise PatchError(f"transformers {version} is not a release on the package index{hint}")
+    return version
+
+
+def uncommitted_changes(root: Path) -> list[str]:
+    """`git status --porcelain` lines for what a sync rewrites (git-ignored files such as `*.rej` excepted)."""
+    command = ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=all", "--", *SYNCED_PATHS]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+    except OSError as error:
+        raise PatchError(f"cannot run git to look for uncommitted changes ({error}); --force syncs anyway") from None
+    if result.returncode:
+        raise PatchError(
+            f"cannot tell whether {root} has uncommitted changes (git: {result.stderr.strip()}); --force syncs anyway"
+        )
+    # Leftover `*.rej` files are ours to remove (see cmd_sync), whether or not git ignores them.
+    return [line for line in result.stdout.splitlines() if not (line.startswith("??") and line.endswith(".rej"))]
+
+
+class Transaction:
+    """Replace several files all or nothing.
+
+    `stage` writes each new content into a temporary folder inside the repository (so on the same file system) and
+    copies the current file beside it; `commit` then moves every staged file into place with `os.replace`, which is
+    atomic per file. If anything is raised before `commit` returns (an error, Ctrl-C, SIGTERM), every file already
+    moved is put back, with its old bytes and modification time. `rollback` undoes a finished commit until `close`.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix=".patchtool-sync-", dir=root))
+        self.moves: list[tuple[Path, Path, Path | None]] = []  # (staged, target, copy of the old target or None)
+
+    def stage(self, target: Path, data: bytes) -> None:
+        staged = self.folder / f"{len(self.moves)}.new"
+        write_bytes(staged, data)
+        backup = None
+        if target.exists():
+            backup = self.folder / f"{len(self.moves)}.old"
+            shutil.copy2(target, backup)
+        self.moves.append((staged, target, backup))
+
+    def commit(self) -> None:
+        try:
+            for staged, target, _ in self.moves:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, target)
+        except BaseException:
+            self.rollback()
+            raise
+
+    def rollback(self) -> None:
+        """Put back every target whose staged file was moved into place (a staged file that still exists was not)."""
+        for staged, target, backup in reversed(self.moves):
+            if staged.exists():
+                continue
+            if backup is None:
+                target.unlink(missing_ok=True)
+            elif backup.exists():
+                os.replace(backup, target)
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def install(repo: Repo, python: str) -> bool:
+    """Install the project into `python`'s venv, which also installs the transformers release pyproject pins."""
+    command = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f"{repo.root}[test]"]
+    print(f"sync-upstream: {' '.join(command)}", flush=True)
+    return subprocess.run(command).returncode == 0
+
+
+def run_tests(repo: Repo, python: str, tests: Sequence[str]) -> list[str]:
+    """Run `tests` with pytest, echoing its output; returns the `FAILED`/`ERROR` test ids (empty when all passed)."""
+    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    print(f"sync-upstream: {' '.join(command)}", flush=True)
+    process = subprocess.Popen(command, cwd=repo.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        output.append(line)
+    if process.wait() == 0:
+        return []
+    return re.findall(r"^(?:FAILED|ERROR) (\S+)", "".join(output), re.M) or [f"`{' '.join(command)}`"]
+
+
+def cmd_sync(
+    repo: Repo,
+    raw_version: str,
+    from_file: Path | None,
+    *,
+    force: bool = False,
+    releases: Sequence[str] | None = None,
+    python: str | None = None,
+    tests: Sequence[str] = DEFAULT_SYNC_TESTS,
+    keep: bool = False,
+) -> int:
+    """Rebase the series onto transformers `raw_version` (3-way: old base, new base, patches); all or nothing.
+
+    The version is validated before any download (`releases`: the index's releases, asked for when None and no
+    `from_file` is given). Uncommitted changes under `SYNCED_PATHS` stop the sync unless `force`. Stale `*.rej`
+    files go first. A conflict writes only `patches/NAME.patch.rej`. Otherwise every file is staged and moved into
+    place at once (`Transaction`). With `python` (the venv's interpreter), the project and its new pin are then
+    installed and `tests` run; if they fail, the tree goes back to how it was (unless `keep`) and the failing tests
+    are listed. Exit status 1 on any failure.
+    """
+    if releases is None and from_file is None:
+        releases = released_versions()
+        if releases is None:
+            print("sync-upstream: note: could not list the releases on the package index", file=sys.stderr)
+    version = check_version(raw_version, releases)
+    if not force:
+        dirty = uncommitted_changes(repo.root)
+        if dirty:
+            raise PatchError(
+                "refusing to sync over uncommitted changes (a sync rewrites these files and would discard them):\n"
+                + "".join(f"    {line}\n" for line in dirty)
+                + "commit them first, or pass --force (make sync-upstream ... FORCE=1) to discard them"
+            )
+    for stale in sorted((repo.root / "patches").glob("*.rej")):
+        stale.unlink()
+        print(f"sync-upstream: removed the stale patches/{stale.name}")
     meta, names = repo.meta(), repo.series()
     patches = repo.patches(names)
     new_bytes = fetch_upstream(version, meta["source_path"], from_file)
@@ -770,20 +957,51 @@ def cmd_sync(repo: Repo, version: str, from_file: Path | None) -> int:
     new_meta = {**meta, "transformers_version": version, "sha256": hashlib.sha256(new_bytes).hexdigest()}
     texts = render_patches(repo, new_base, new_cur, names)
     pyproject = repo.pyproject.read_text(encoding="utf-8") if repo.pyproject.exists() else ""
-    pyproject, pins = PIN_RE.subn(rf"\g<1>{version}\g<2>", pyproject)
-    repo.snapshot.write_bytes(new_bytes)
-    write_text(repo.upstream_json, json.dumps(new_meta, indent=2) + "\n")
-    for name, text in texts.items():
-        write_text(repo.patch_path(name), text)
-        repo.patch_path(name).with_suffix(".patch.rej").unlink(missing_ok=True)
-    write_text(repo.generated, "".join(repo.header(new_meta, names) + new_cur))
-    if pins:
-        write_text(repo.pyproject, pyproject)
-    else:
-        print("warning: no `\"transformers==...\"` pin found in pyproject.toml; update it by hand", file=sys.stderr)
-    print(f"sync-upstream: transformers {meta['transformers_version']} -> {version}")
-    print("\n".join(summary))
-    return 0
+    pyproject, pins = PIN_RE.subn(rf"\g<1>{version}\g<3>", pyproject)
+    if not pins:
+        raise PatchError("no `\"transformers==...\"` pin in pyproject.toml to update: nothing changed")
+    transaction = Transaction(repo.root)
+    try:
+        transaction.stage(repo.snapshot, new_bytes)
+        transaction.stage(repo.upstream_json, (json.dumps(new_meta, indent=2) + "\n").encode())
+        for name, text in texts.items():
+            transaction.stage(repo.patch_path(name), text.encode())
+        transaction.stage(repo.generated, "".join(repo.header(new_meta, names) + new_cur).encode())
+        transaction.stage(repo.pyproject, pyproject.encode())
+        transaction.commit()
+        print(f"sync-upstream: transformers {meta['transformers_version']} -> {version}")
+        print("\n".join(summary), flush=True)
+        if python is None:
+            return 0
+        try:
+            failed = run_tests(repo, python, tests) if install(repo, python) else ["pip install of the new pin"]
+        except BaseException:
+            if not keep:
+                transaction.rollback()
+                print(
+                    f"sync-upstream: interrupted: the tree is back at transformers {meta['transformers_version']}; "
+                    f"the venv may hold {version}: `{python} -m pip install -e .[test]` reinstalls the pin",
+                    file=sys.stderr,
+                )
+            raise
+        if not failed:
+            print(f"sync-upstream: transformers {version}: all tests passed")
+            return 0
+        listing = "".join(f"    {test}\n" for test in failed)
+        if keep:
+            print(f"sync-upstream: failed on transformers {version} (tree kept, --keep):\n{listing}", file=sys.stderr)
+            return 1
+        transaction.rollback()
+        print(
+            f"sync-upstream: failed on transformers {version}:\n{listing}rolled back: the tree is as it was "
+            f"(transformers {meta['transformers_version']}); reinstalling its pin (--keep keeps the synced tree)",
+            file=sys.stderr,
+            flush=True,
+        )
+        install(repo, python)
+        return 1
+    finally:
+        transaction.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -796,8 +1014,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("refresh", help="rewrite patches/*.patch from the blocks of the generated file")
     commands.add_parser("check", help="verify that everything is consistent, insert-only and guarded")
     sync = commands.add_parser("sync-upstream", help="rebase the series onto another transformers release")
-    sync.add_argument("--version", required=True, help="transformers release, e.g. 5.23.0")
+    sync.add_argument("--version", required=True, help="exact transformers release, e.g. 5.23.0 (or v5.23.0)")
     sync.add_argument("--from-file", type=Path, help="use this file as the new upstream modeling file")
+    sync.add_argument("--force", action="store_true", help="sync even over uncommitted changes (they are lost)")
+    sync.add_argument("--python", help="the venv's python: install the new pin and run --tests; roll back on failure")
+    sync.add_argument("--tests", nargs="+", default=list(DEFAULT_SYNC_TESTS), help="test files run after the sync")
+    sync.add_argument("--keep", action="store_true", help="keep the synced tree when the tests fail (to fix the glue)")
+    sync.add_argument(
+        "--releases", type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
+        help="comma-separated releases to validate --version against instead of asking the package index (offline)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     repo = Repo(args.root.resolve())
     try:
@@ -807,10 +1033,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_refresh(repo)
         if args.command == "check":
             return cmd_check(repo)
-        return cmd_sync(repo, args.version, args.from_file)
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # a `kill` undoes the sync like Ctrl-C does
+        try:
+            return cmd_sync(
+                repo, args.version, args.from_file, force=args.force, releases=args.releases, python=args.python,
+                tests=args.tests, keep=args.keep,
+            )  # fmt: skip
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     except (PatchError, OSError, subprocess.CalledProcessError) as error:
         print(f"{args.command}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
