@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import weakref
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from modeling.prunevid.dpc_knn import dpc_knn, merge_by_labels, pairwise_distances
 from modeling.prunevid.merge import contiguous_segments, merge_video, static_mask, temporal_segments
@@ -517,33 +519,140 @@ def test_attention_importance_gqa_head_mapping() -> None:
     torch.testing.assert_close(s2, torch.full((1, 5), 0.2))
 
 
-def ref_grouped_topk(scores: torch.Tensor, group: torch.Tensor, ratio: float) -> torch.Tensor:
+def _importance_inputs(seed: int, batch: int, hq: int, hk: int, nq: int, n_keys: int, d: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, hq, nq, d, generator=g) * 3
+    k = torch.randn(batch, hk, n_keys, d, generator=g)
+    qmask = torch.rand(batch, nq, generator=g) < 0.6
+    kmask = torch.rand(batch, n_keys, generator=g) < 0.7
+    qmask[0] = False
+    qmask[0, : nq // 3] = True  # samples with different question lengths (left part valid only)
+    if batch > 2:
+        qmask[2] = False  # a sample without any question token
+        kmask[1] = False  # a sample without any valid key
+    return q, k, qmask, kmask
+
+
+@pytest.mark.parametrize("hk", [1, 2, 6])
+@pytest.mark.parametrize("head_reduce,query_reduce", [("max", "max"), ("mean", "mean")])
+def test_attention_importance_chunked_is_bitwise(hk: int, head_reduce: str, query_reduce: str) -> None:
+    q, k, qmask, kmask = _importance_inputs(20 + hk, 4, 6, hk, 75, 29)
+    for dtype in (torch.float32, torch.bfloat16):
+        kwargs = dict(query_mask=qmask, key_mask=kmask, scaling=8**-0.5, head_reduce=head_reduce,
+                      query_reduce=query_reduce)
+        full = attention_importance(q.to(dtype), k.to(dtype), query_chunk=None, **kwargs)
+        rows = [0, 2, 3]  # the reference needs a valid key
+        ref = ref_importance(q[rows].to(dtype).float(), k[rows].to(dtype).float(), qmask[rows], kmask[rows], 8**-0.5,
+                             head_reduce, query_reduce)
+        np.testing.assert_allclose(full[rows].numpy(), ref, atol=1e-6, rtol=1e-5)
+        assert (full[2] == 0).all() and (full[1] == 0).all() and (full[~kmask] == 0).all()
+        for chunk in (1, 17, 48, 75, 1000):  # rounded up to multiples of 16: 16, 32, 48, 80, 1008
+            got = attention_importance(q.to(dtype), k.to(dtype), query_chunk=chunk, **kwargs)
+            assert torch.equal(got, full), (chunk, dtype, (got - full).abs().max())
+    assert torch.equal(attention_importance(q, k, query_chunk=None, **kwargs),
+                       attention_importance(q, k, **kwargs))  # default chunk
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="query_chunk"):
+            attention_importance(q, k, query_chunk=bad, **kwargs)
+    with pytest.raises(ValueError, match="head_reduce"):
+        attention_importance(q, k, query_mask=qmask, key_mask=kmask, scaling=1.0, head_reduce="median")
+    with pytest.raises(ValueError, match="query_mask"):
+        attention_importance(q, k, query_mask=qmask[:, 1:], key_mask=kmask, scaling=1.0)
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Tracks the bytes of the tensor storages created inside the mode that are alive, and their peak.
+
+    Storages are tracked through their (preserved, weak-referenceable) Python objects, so a storage counts from the
+    op that created it until its last tensor is gone. Storages alive before entering are not counted."""
+
+    def __init__(self, *existing: torch.Tensor) -> None:
+        super().__init__()
+        self.known = {id(t.untyped_storage()) for t in existing}
+        self.live = self.peak = 0
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.known.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and id(t.untyped_storage()) not in self.known:
+                storage = t.untyped_storage()
+                self.known.add(id(storage))
+                self.live += storage.nbytes()
+                weakref.finalize(storage, self._free, id(storage), storage.nbytes())
+                self.peak = max(self.peak, self.live)
+        return out
+
+
+def test_attention_importance_memory_bounded_by_chunk() -> None:
+    # Peak of the scoring's own allocations: O(B * Hq * Nq * L) unchunked, O(B * Hq * chunk * L) chunked,
+    # whatever the question length.
+    batch, hq, hk, n_keys, chunk = 2, 4, 2, 512, 32
+    block = batch * hq * chunk * n_keys * 4  # one float32 [B, Hq, chunk, L] block
+    peaks = {}
+    for nq in (64, 512):
+        q, k, qmask, kmask = _importance_inputs(30, batch, hq, hk, nq, n_keys)
+        for query_chunk in (None, chunk):
+            for reduce in ("max", "mean"):
+                with _LiveBytes(q, k, qmask, kmask) as mode:
+                    attention_importance(q, k, query_mask=qmask, key_mask=kmask, scaling=0.3, head_reduce=reduce,
+                                         query_reduce=reduce, query_chunk=query_chunk)
+                peaks[nq, query_chunk, reduce] = mode.peak
+                assert mode.live <= batch * n_keys * 4 * 2  # nothing but small leftovers stays alive
+    for reduce in ("max", "mean"):
+        assert peaks[512, None, reduce] >= batch * hq * 512 * n_keys * 4  # the tracker sees the full block
+        small = batch * (hq * 512 * 8 + 4 * n_keys) * 4  # q copy and [B, L] accumulators
+        assert peaks[512, chunk, reduce] <= 3 * block + small, peaks
+        assert peaks[512, chunk, reduce] <= peaks[64, chunk, reduce] + small  # independent of the question length
+
+
+def ref_grouped_topk(scores: torch.Tensor, group: torch.Tensor, ratio: float, rounding: str) -> torch.Tensor:
     keep = torch.zeros_like(group, dtype=torch.bool)
     for b in range(scores.shape[0]):
         for gid in set(group[b].tolist()) - {-1}:
             idx = [i for i in range(scores.shape[1]) if group[b, i] == gid]
-            quota = math.ceil(Fraction(str(ratio)) * len(idx))
+            exact = Fraction(str(ratio)) * len(idx)  # the quota of the exact (decimal) ratio
+            quota = math.floor(exact) if rounding == "floor" else math.ceil(exact)
             for i in sorted(idx, key=lambda i: (-float(scores[b, i]), i))[:quota]:
                 keep[b, i] = True
     return keep
 
 
-def test_grouped_topk_reference() -> None:
+@pytest.mark.parametrize("rounding", ["floor", "ceil"])
+def test_grouped_topk_reference(rounding: str) -> None:
     g = torch.Generator().manual_seed(11)
-    for ratio in (0.1, 0.4, 0.5, 0.7, 1.0):
+    for ratio in (0.1, 0.29, 0.4, 0.5, 0.7, 1.0):
         for _ in range(20):
             batch, length = 3, int(torch.randint(1, 40, (1,), generator=g))
             scores = torch.randint(0, 4, (batch, length), generator=g).float()  # many ties
             group = torch.randint(-1, 6, (batch, length), generator=g)
-            got = grouped_topk(scores, group, ratio)
-            assert torch.equal(got, ref_grouped_topk(scores, group, ratio))
+            got = grouped_topk(scores, group, ratio, rounding=rounding)
+            assert torch.equal(got, ref_grouped_topk(scores, group, ratio, rounding))
             assert not got[group < 0].any()
-    # quota is ceil, with no float round-up: 0.7 * 10 = 7, 0.4 * 5 = 2, a group of 1 keeps 1
+
+
+def test_grouped_topk_quota_rounding() -> None:
     scores = torch.arange(16.0)[None]
     group = torch.tensor([[0] * 10 + [1] * 5 + [2]])
-    assert grouped_topk(scores, group, 0.7)[0, :10].sum() == 7
-    assert grouped_topk(scores, group, 0.4)[0, 10:15].sum() == 2
-    assert grouped_topk(scores, group, 0.01)[0].tolist() == [False] * 9 + [True] + [False] * 4 + [True, True]
+    for rounding in ("floor", "ceil"):  # no float error either way: 0.7 * 10 = 7, 0.4 * 5 = 2, 0.3 * 10 = 3
+        assert grouped_topk(scores, group, 0.7, rounding=rounding)[0, :10].sum() == 7
+        assert grouped_topk(scores, group, 0.3, rounding=rounding)[0, :10].sum() == 3
+        assert grouped_topk(scores, group, 0.4, rounding=rounding)[0, 10:15].sum() == 2
+    # 0.29 * 100 is 28.999999999999996 in floats (Python's int() gives 28); the exact quota is 29
+    assert grouped_topk(torch.arange(100.0)[None], torch.zeros(1, 100, dtype=torch.long), 0.29).sum() == 29
+    # floor is the default (the authors' int(alpha * n)): a group of 1 or 2 keeps nothing at alpha 0.4
+    assert grouped_topk(scores, group, 0.4)[0].tolist() == [False] * 6 + [True] * 4 + [False] * 3 + [True] * 2 + [False]
+    small = torch.tensor([[0, 0, 1, 2, 2]])
+    assert not grouped_topk(torch.rand(1, 5), small, 0.4).any()  # every quota 0: the sample keeps nothing
+    assert grouped_topk(torch.rand(1, 5), small, 0.4, rounding="ceil").sum() == 3  # one per group
+    assert grouped_topk(scores, group, 0.01, rounding="ceil")[0].tolist() == (
+        [False] * 9 + [True] + [False] * 4 + [True, True]
+    )
+    with pytest.raises(ValueError, match="rounding"):
+        grouped_topk(scores, group, 0.4, rounding="round")
 
 
 def test_grouped_topk_one_group_is_topk() -> None:
