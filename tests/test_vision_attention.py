@@ -18,7 +18,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers
+from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen2_5_vl_upstream  # top-level only from 5.20
 
 import modeling.vision_attention as va
 from modeling.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
@@ -184,7 +184,7 @@ def test_stock_setting_is_bitwise_upstream():
     assert va.vision_attention_for(PruneVidConfig.disabled()) is None
     assert isinstance(va.vision_attention_for(PruneVidConfig.paper(vision_attention="varlen")), va.VisionVarlenAttention)
     ours, config = make_tower(depth=4)
-    upstream = transformers.Qwen2_5_VisionTransformerPretrainedModel._from_config(
+    upstream = qwen2_5_vl_upstream.Qwen2_5_VisionTransformerPretrainedModel._from_config(
         config.vision_config, attn_implementation="sdpa"
     ).eval()
     upstream.load_state_dict(ours.state_dict())
