@@ -1,7 +1,11 @@
 """`PruneVidConfig`: the knobs of PruneVid (Huang, Zhou, Han, ACL 2025 Findings, arXiv 2412.16117).
 
-Plain dataclass, no transformers import. Values are validated on construction; the pruning layer is checked
-against the model's depth when the config is attached to a model (`Qwen2_5_VLPruneVid.prunevid = ...`).
+A frozen dataclass, no transformers import. Values are validated on construction: a value of the wrong type raises
+``TypeError`` and a value out of range ``ValueError``, both naming the field, the value and what is allowed; numpy
+and 0-dim torch numbers are accepted and stored as plain Python ``int`` / ``float`` (so ``to_dict()`` is JSON). A
+config cannot be changed in place (``config.keep_ratio = 0.3`` raises): ``config.replace(keep_ratio=0.3)`` gives a
+validated copy, and ``model.prunevid = model.prunevid.replace(...)`` applies it to a model, where the pruning layer
+is checked against the model's depth.
 
 Mapping from the earlier PruneVid-on-Qwen2.5-VL package (see README, "Migrating"):
 ``enable_stage1/2`` -> ``enable_stage1/2``; ``enable_cache_compression`` -> ``enable_stage3``; ``tau``,
@@ -14,6 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import struct
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +30,15 @@ CHOICES = {
     "attention_aggregation": ("max", "mean"),
     "selection_scope": ("grouped", "global"),
     "vision_attention": ("stock", "varlen"),
+    "keep_rounding": ("floor", "ceil"),
 }
 
+INT_MAX = 2**31 - 1
+"""Largest accepted integer setting (``dpc_knn_k``, ``min_tokens_to_cluster``, ``pruning_layer``): far beyond any
+real use (``k`` is clamped to the points available, the layer to the model's depth), and safe for int32 kernels."""
 
-@dataclass
+
+@dataclass(frozen=True)
 class PruneVidConfig:
     """PruneVid settings. Defaults are the paper's (``PruneVidConfig.paper()``).
 
@@ -38,8 +50,11 @@ class PruneVidConfig:
         min_tokens_to_cluster: spatial clustering only runs on more than this many tokens (authors: 14).
     Stage 2 (Sec. 3.3, attention-based selection at LLM layer ``pruning_layer``):
         keep_ratio: share (alpha) of the candidate visual tokens kept, per group, in (0, 1].
-        pruning_layer: 0-indexed layer after which tokens are dropped; ``None`` scales the paper's 10-of-28
-            to the model depth (``round(10 * depth / 28)``). Must be <= depth - 2.
+        keep_rounding: quota of a group of n, "floor" (``floor(alpha * n)``, the authors' ``int(alpha * n)``: a
+            group of 1-2 tokens keeps none at alpha 0.4) or "ceil" (every non-empty group keeps at least one).
+        pruning_layer: 0-indexed layer M after which tokens are dropped; ``None``: the paper's M = 10 (of PLLaVA's
+            32 layers) kept as 10 for the 28-layer Qwen2.5-VL-7B and scaled to other depths, ``round(10 * depth /
+            28)`` clamped to 0..depth-2. Must be <= depth - 2.
         selection_query: "after_video" (every text token after the last video: question, options, answer
             template; the paper) or "last" (the last token only; FastV).
         attention_aggregation: reduction over heads and then over queries, "max" (paper) or "mean".
@@ -47,19 +62,21 @@ class PruneVidConfig:
             keeps alpha of all candidates of a sample (FastV).
         include_images: also select among image tokens (each image its own group). Stage 1 never merges images.
     Stage 3 (Sec. 3.4): enable_stage3 cuts the KV cache of layers 0..pruning_layer to the kept tokens, so every
-        layer caches the same set and decoding attends only to it.
+        layer caches the same set and decoding attends only to it. ``None`` (default) follows ``enable_stage2``;
+        ``True`` without Stage 2 is turned off with a warning (there is no selection to cut the cache to).
     vision_attention: "stock" (upstream vision tower) or "varlen" (opt-in fused windowed attention, GPU only).
     """
 
     enable_stage1: bool = True
     enable_stage2: bool = True
-    enable_stage3: bool = True
+    enable_stage3: bool | None = None
     tau: float = 0.8
     temporal_segment_ratio: float = 0.25
     cluster_ratio: float = 0.5
     dpc_knn_k: int = 7
     min_tokens_to_cluster: int = 14
     keep_ratio: float = 0.4
+    keep_rounding: str = "floor"
     pruning_layer: int | None = None
     selection_query: str = "after_video"
     attention_aggregation: str = "max"
@@ -68,22 +85,36 @@ class PruneVidConfig:
     vision_attention: str = "stock"
 
     def __post_init__(self) -> None:
-        for name in ("enable_stage1", "enable_stage2", "enable_stage3", "include_images"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"PruneVidConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        _check_range("tau", self.tau, -1.0, 1.0, low_open=False)
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        for name in ("enable_stage1", "enable_stage2", "include_images"):
+            values[name] = _check_bool(name, values[name])
+        if values["enable_stage3"] is not None:
+            values["enable_stage3"] = _check_bool("enable_stage3", values["enable_stage3"])
+        values["tau"] = _check_real("tau", values["tau"], -1.0, 1.0, low_open=False)
         for name in ("temporal_segment_ratio", "cluster_ratio", "keep_ratio"):
-            _check_range(name, getattr(self, name), 0.0, 1.0, low_open=True)
-        _check_int("dpc_knn_k", self.dpc_knn_k, minimum=1)
-        _check_int("min_tokens_to_cluster", self.min_tokens_to_cluster, minimum=0)
-        if self.pruning_layer is not None:
-            _check_int("pruning_layer", self.pruning_layer, minimum=0)
+            values[name] = _check_real(name, values[name], 0.0, 1.0, low_open=True)
+        values["dpc_knn_k"] = _check_int("dpc_knn_k", values["dpc_knn_k"], 1)
+        values["min_tokens_to_cluster"] = _check_int("min_tokens_to_cluster", values["min_tokens_to_cluster"], 0)
+        if values["pruning_layer"] is not None:
+            values["pruning_layer"] = _check_int("pruning_layer", values["pruning_layer"], 0)
         for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"PruneVidConfig.{name}={getattr(self, name)!r} is not one of {allowed}")
-        if self.enable_stage3 and not self.enable_stage2:
+            if not isinstance(values[name], str):
+                raise TypeError(_wrong_type(name, values[name], f"one of {allowed}"))
+            if values[name] not in allowed:
+                raise ValueError(f"PruneVidConfig.{name}={values[name]!r} is not one of {allowed}")
+        if values["enable_stage3"] is None:
+            values["enable_stage3"] = values["enable_stage2"]
+        elif values["enable_stage3"] and not values["enable_stage2"]:
             # Stage 3 compresses the cache to Stage 2's selection; without a selection it has nothing to do.
-            self.enable_stage3 = False
+            warnings.warn(
+                "PruneVidConfig: enable_stage3=True is turned off because enable_stage2=False (Stage 3 cuts the KV "
+                "cache to Stage 2's selection)",
+                UserWarning,
+                stacklevel=3,
+            )
+            values["enable_stage3"] = False
+        for name, value in values.items():  # normalised values (plain Python types) into the frozen instance
+            object.__setattr__(self, name, value)
 
     # ----------------------------------------------------------------------------------------------------- state
     @property
@@ -92,33 +123,65 @@ class PruneVidConfig:
         return self.enable_stage1 or self.enable_stage2 or self.vision_attention != "stock"
 
     def resolve_pruning_layer(self, num_layers: int) -> int:
-        """The 0-indexed selection layer for a model of `num_layers` layers; raises if it is out of range."""
-        layer = self.pruning_layer if self.pruning_layer is not None else round(10 * num_layers / 28)
-        if not 0 <= layer <= num_layers - 2:
+        """The 0-indexed selection layer M (Sec. 3.3) for a model of ``num_layers`` layers.
+
+        ``pruning_layer=None`` scales layer 10 of the 28-layer Qwen2.5-VL-7B (the paper's M = 10, of PLLaVA's 32
+        layers) to the depth, ``round(10 * depth / 28)`` (Python's half-to-even ``round``), clamped to
+        ``0..depth-2`` so every model of two or more layers gets a valid layer. An explicit ``pruning_layer``
+        outside ``0..depth-2`` raises: tokens are dropped after layer M, so M cannot be the last layer. Stage 2
+        needs ``depth >= 2``; a 1-layer model raises here (the caller only asks when Stage 2 is on).
+        """
+        if isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral) or num_layers < 1:
+            raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+        num_layers = int(num_layers)
+        if num_layers < 2:
             raise ValueError(
-                f"PruneVidConfig.pruning_layer={layer} is out of range for a model with {num_layers} layers: "
-                f"allowed 0..{num_layers - 2} (tokens are dropped after this layer, so it cannot be the last)"
+                f"PruneVid Stage 2 needs a model of at least 2 layers (tokens are dropped after a layer that is not "
+                f"the last), got {num_layers}; use enable_stage2=False"
             )
-        return layer
+        if self.pruning_layer is None:
+            return min(max(round(10 * num_layers / 28), 0), num_layers - 2)
+        if not 0 <= self.pruning_layer <= num_layers - 2:
+            raise ValueError(
+                f"PruneVidConfig.pruning_layer={self.pruning_layer} is out of range for a model with {num_layers} "
+                f"layers: allowed 0..{num_layers - 2} (tokens are dropped after this layer, so it cannot be the last)"
+            )
+        return self.pruning_layer
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields as plain Python values (JSON-serialisable)."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PruneVidConfig":
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    def from_dict(cls, values: dict[str, Any], *, strict: bool = False) -> "PruneVidConfig":
+        """A config from :meth:`to_dict` output, e.g. a checkpoint's ``config.json["prunevid"]``.
+
+        Unknown keys (settings of a newer version) are ignored with one warning naming them, so newer checkpoints
+        still load; ``strict=True`` raises ``ValueError`` instead. Known keys are validated as in the constructor.
+        """
+        if not isinstance(values, dict):
+            raise TypeError(f"PruneVidConfig.from_dict expects a dict, got {type(values).__name__}")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known, key=str)
+        if unknown and strict:
+            raise ValueError(f"unknown PruneVidConfig field(s): {unknown}")
         if unknown:
-            raise ValueError(f"unknown PruneVidConfig field(s): {sorted(unknown)}")
-        return cls(**values)
+            warnings.warn(f"PruneVidConfig.from_dict: ignoring unknown field(s) {unknown}", UserWarning, stacklevel=2)
+        return cls(**{name: value for name, value in values.items() if name in known})
 
     def replace(self, **changes: Any) -> "PruneVidConfig":
-        """A copy with `changes` applied (validated)."""
+        """A validated copy with ``changes`` applied (a config is immutable).
+
+        Turning Stage 2 off without naming ``enable_stage3`` turns Stage 3 off with it (no warning).
+        """
+        if "enable_stage2" in changes and "enable_stage3" not in changes and not changes["enable_stage2"]:
+            changes["enable_stage3"] = None
         return dataclasses.replace(self, **changes)
 
     # --------------------------------------------------------------------------------------------------- presets
     @classmethod
     def paper(cls, **overrides: Any) -> "PruneVidConfig":
-        """The paper's defaults: tau 0.8, segments 0.25, clusters 0.5, k 7, alpha 0.4, layer 10 of 28."""
+        """The paper's defaults: tau 0.8, segments 0.25, clusters 0.5, k 7, alpha 0.4 (floor), layer 10 of 28."""
         return cls(**overrides)
 
     @classmethod
@@ -175,17 +238,78 @@ class PruneVidConfig:
 PRESETS = ("paper", "conservative", "aggressive", "stage1_only", "fastv", "off")
 
 
-def _check_range(name: str, value: Any, low: float, high: float, *, low_open: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (low < value if low_open else low <= value) and value <= high
+def _immutable(self: PruneVidConfig, name: str, value: Any = None) -> None:
+    raise dataclasses.FrozenInstanceError(
+        f"PruneVidConfig is immutable (cannot set {name!r}): use config.replace({name}=...), and for a model "
+        f"model.prunevid = model.prunevid.replace({name}=...)"
+    )
+
+
+# The dataclass's own frozen __setattr__ says only "cannot assign to field"; say what to do instead.
+PruneVidConfig.__setattr__ = _immutable  # type: ignore[method-assign]
+PruneVidConfig.__delattr__ = _immutable  # type: ignore[method-assign]
+
+
+def _scalar(value: Any) -> Any:
+    """A 0-dim numpy / torch value as its Python scalar (``np.int64(3)``, ``torch.tensor(3)``); else as is.
+
+    A float32 / float16 value becomes the shortest decimal that rounds to it (``np.float32(0.4)`` -> ``0.4``, not
+    ``0.4000000059604645``), so a ratio means what was written and quotas like ``ceil(0.4 * 5)`` stay exact.
+    """
+    if isinstance(value, str) or getattr(value, "ndim", None) != 0 or not callable(getattr(value, "item", None)):
+        return value
+    plain = value.item()
+    fmt = {"float32": "f", "float16": "e"}.get(str(getattr(value, "dtype", "")).removeprefix("torch."))
+    if fmt is not None and isinstance(plain, float) and math.isfinite(plain):
+        target = struct.pack(fmt, plain)
+        for digits in range(1, 18):
+            candidate = float(f"{plain:.{digits}g}")
+            try:
+                if struct.pack(fmt, candidate) == target:
+                    return candidate
+            except OverflowError:
+                continue
+    return plain
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _wrong_type(name: str, value: Any, expected: str) -> str:
+    return f"PruneVidConfig.{name}={_show(value)} has the wrong type {type(value).__name__}: expected {expected}"
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    plain = _scalar(value)
+    if not isinstance(plain, bool):
+        raise TypeError(_wrong_type(name, value, "a bool"))
+    return plain
+
+
+def _check_real(name: str, value: Any, low: float, high: float, *, low_open: bool) -> float:
+    plain = _scalar(value)
+    if isinstance(plain, bool) or not isinstance(plain, numbers.Real):
+        raise TypeError(_wrong_type(name, value, "a real number"))
+    try:
+        number = float(plain)
+    except OverflowError:
+        number = math.inf
+    ok = math.isfinite(number) and (low < number if low_open else low <= number) and number <= high
     if not ok:
         bracket = "(" if low_open else "["
-        raise ValueError(f"PruneVidConfig.{name}={value!r} is out of range: allowed {bracket}{low}, {high}]")
+        raise ValueError(f"PruneVidConfig.{name}={_show(value)} is out of range: allowed {bracket}{low}, {high}]")
+    return number
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"PruneVidConfig.{name}={value!r} is out of range: allowed integers >= {minimum}")
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    plain = _scalar(value)
+    if isinstance(plain, bool) or not isinstance(plain, numbers.Integral):
+        raise TypeError(_wrong_type(name, value, "an integer"))
+    if not minimum <= int(plain) <= INT_MAX:
+        raise ValueError(f"PruneVidConfig.{name}={_show(value)} is out of range: allowed integers {minimum}..{INT_MAX}")
+    return int(plain)
 
 
-__all__ = ["CHOICES", "PRESETS", "PruneVidConfig"]
+__all__ = ["CHOICES", "INT_MAX", "PRESETS", "PruneVidConfig"]

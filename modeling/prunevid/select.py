@@ -112,7 +112,8 @@ def attention_importance(
     for name, how in (("head_reduce", head_reduce), ("query_reduce", query_reduce)):
         if how not in _REDUCTIONS:
             raise ValueError(f"{name} must be one of {_REDUCTIONS}, got {how!r}")
-    if query_chunk is not None and (isinstance(query_chunk, bool) or int(query_chunk) != query_chunk or query_chunk < 1):
+    bad_chunk = isinstance(query_chunk, bool) or not isinstance(query_chunk, int) or query_chunk < 1
+    if query_chunk is not None and bad_chunk:
         raise ValueError(f"query_chunk must be a positive integer or None, got {query_chunk!r}")
     batch, n_heads, n_query, head_dim = query.shape
     kb, n_kv, n_keys, kd = key.shape
