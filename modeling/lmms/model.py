@@ -7,7 +7,7 @@ class changes three things, and only these:
 
 1. **Loading** (`__init__`): `Qwen2_5_VLPruneVid.from_pretrained` with the PruneVid settings of the model args
    (`prunevid=<preset>` and one override per `PruneVidConfig` field, e.g. `keep_ratio=0.3`), with the stock class's
-   dtype (bfloat16), device map and attention implementation. Data parallel runs on CPU processes too
+   dtype (bfloat16, or the extra arg `dtype=float32`), device map and attention implementation. Data parallel runs on CPU processes too
    (`accelerate launch --cpu`), which the stock class refuses; the model is never wrapped in DDP (evaluation only).
 2. **Statistics** (`generate_until`): PruneVid's token counts of every sample's prefill (Huang et al., Sec. 3.2-3.4:
    visual tokens, after Stage 1, after Stage 2, KV cache) and its retention (`after_stage2 / visual_tokens`) are
@@ -92,8 +92,10 @@ class Qwen2_5_VLPruneVidLMM(Qwen2_5_VL):
 
     Args:
         pretrained, device, device_map, batch_size, use_cache, attn_implementation, min_pixels, max_pixels,
-        max_num_frames, fps, system_prompt, interleave_visuals, reasoning_prompt, max_length: as lmms-eval's
+        max_num_frames, fps, system_prompt, interleave_visuals, reasoning_prompt: as lmms-eval's
             `qwen2_5_vl` (same defaults).
+        dtype: Weights' dtype; `bfloat16`, what lmms-eval's `qwen2_5_vl` always loads, by default (`float32` for
+            CPU runs that must match the project's float32 path).
         prunevid: PruneVid preset: `paper` (default), `conservative`, `aggressive`, `stage1_only`, `fastv`, `off`.
         **overrides: One value per `PruneVidConfig` field to change in the preset (e.g. `keep_ratio=0.3`).
     """
@@ -115,7 +117,7 @@ class Qwen2_5_VLPruneVidLMM(Qwen2_5_VL):
         system_prompt: str | None = "You are a helpful assistant.",
         interleave_visuals: bool | None = False,
         reasoning_prompt: str | None = None,
-        max_length: int = 2048,
+        dtype: str = "bfloat16",
         prunevid: str = "paper",
         **overrides: Any,
     ) -> None:
@@ -139,7 +141,10 @@ class Qwen2_5_VLPruneVidLMM(Qwen2_5_VL):
             self._device = torch.device(device)
             self.device_map = device_map if device_map else device
 
-        model_kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": self.device_map}
+        torch_dtype = getattr(torch, str(dtype), None)
+        if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+            raise ValueError(f"qwen2_5_vl_prunevid: dtype={dtype!r} is not a torch floating-point dtype (bfloat16, float32, ...)")
+        model_kwargs: dict[str, Any] = {"dtype": torch_dtype, "device_map": self.device_map}
         if attn_implementation is not None:
             model_kwargs["attn_implementation"] = attn_implementation
         self._model = Qwen2_5_VLPruneVid.from_pretrained(pretrained, prunevid=self.prunevid, **model_kwargs).eval()
@@ -154,7 +159,7 @@ class Qwen2_5_VLPruneVidLMM(Qwen2_5_VL):
         self.system_prompt = system_prompt
         self.interleave_visuals = interleave_visuals
         self._config = self._model.config
-        self._max_length = max_length
+        self._max_length = 2048
         self.batch_size_per_gpu = int(batch_size)
         self.use_cache = use_cache
 
