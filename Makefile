@@ -10,10 +10,11 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
 install: $(VENV)/.installed
 
+# The test and eval extras (eval: lmms-eval, for tests/test_lmms_eval.py); torch and torchvision stay at their pins.
 $(VENV)/.installed: pyproject.toml
 	$(SYSPY) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_PIN)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,eval]' $(TORCH_PIN)
 	touch $@
 
 test: install check
