@@ -7,14 +7,20 @@ The vendored `modeling_qwen2_5_vl.py` calls into one `PruneVidController` (attac
   embeddings and the 3-D positions are computed:
     - prefill: Stage 1 (Sec. 3.2) merges each video's tokens and re-packs the sequence (left padded); it
       records, per token of the new layout, its Stage-2 group and whether it is a question token.
-    - decoding: translates the caller's 2-D attention mask (unpruned length, as `generate` keeps it) to the
-      pruned cache layout.
+    - continuing from a pruned prefill's cache (decoding steps, or a follow-up turn appended after the answer):
+      translates the caller's 2-D attention mask (unpruned length, as `generate` keeps it) to the pruned cache
+      layout and gives the new tokens their positions in the unpruned numbering (see `_continue`).
 * `before_layer` (patch `select-in-layers`), before each decoder layer:
     - prefill, layer M: scores the candidate visual tokens with the attention of the question tokens
       (Sec. 3.3; pre-RoPE q/k of layer M, softmax over all valid keys, max over heads then queries);
     - prefill, layer M+1: drops the unselected tokens from the hidden states, positions and masks, and (Stage 3,
       Sec. 3.4) cuts the cache of layers 0..M to the same tokens;
-    - decoding without Stage 3: switches to the mask of the shorter cache from layer M+1 on.
+    - continuing without Stage 3: switches to the mask of the shorter cache from layer M+1 on.
+
+The cache a pruned prefill fills holds fewer tokens than the prompt. It is tagged with its `PrefillState`
+(`cache._prunevid_layout`), so that a forward continuing from it knows the unpruned length of what it holds
+(`unpruned_length`), and a cache this controller did not fill is refused rather than misread. Stage 3 cuts a
+`DynamicCache` and a `StaticCache` (the kept tokens move to the front of each static buffer).
 
 Positions (the Qwen2.5-VL decision, see README "Positions"): every kept or merged token carries the 3-D position
 (t, h, w) of a real member token of the unpruned model: its DPC-KNN centre, and for static tokens the centre at the
@@ -30,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.utils import logging
 
@@ -72,9 +78,10 @@ class PrefillState:
     keep: torch.Tensor | None = None  # [B, L1] bool after the Stage-2 scoring
     index: torch.Tensor | None = None  # [B, L2] kept columns of the Stage-1 layout (left padded)
     mask_after_select: torch.Tensor | None = None  # [B, L2]
+    next_position: torch.Tensor | None = None  # [B] position of the first token after the prompt (unpruned numbering)
     cache: Any = None  # weakref to the cache filled by this prefill
     cached_prompt: int = 0  # prompt tokens held by cache layer 0 after the prefill
-    tail: torch.Tensor | None = field(default=None, repr=False)  # decoding: mask columns after the prompt
+    tail: torch.Tensor | None = field(default=None, repr=False)  # continuing: mask columns after the prompt
 
 
 class PruneVidController:
@@ -87,8 +94,35 @@ class PruneVidController:
         self.spatial_merge_size = model_config.vision_config.spatial_merge_size
         num_layers = model_config.text_config.num_hidden_layers
         self.layer = config.resolve_pruning_layer(num_layers) if config.enable_stage2 else None
-        self.state: PrefillState | None = None
+        self.state: PrefillState | None = None  # the last pruned prefill
         self._prefilling = False
+        self._continuing: PrefillState | None = None  # set while a forward continues from `state`'s cache
+
+    # ------------------------------------------------------------------------------------------ pruned caches
+    def pruned_state(self, cache: Cache | None) -> PrefillState | None:
+        """The prefill whose pruned prompt `cache` holds, or None for a cache that no pruned prefill filled.
+
+        Raises if `cache` was pruned by another prefill (an earlier one of this model, another model, or another
+        PruneVid setting): its layout is not the one this controller would translate to.
+        """
+        if cache is None or int(cache.get_seq_length()) == 0:
+            return None
+        state = getattr(cache, "_prunevid_layout", None)
+        if state is None:
+            return None
+        if state is not self.state:
+            raise ValueError(
+                "PruneVid: this cache holds a pruned prompt from another prefill (an earlier `generate`, another "
+                "model, or before `model.prunevid` was changed). Only the cache of this model's last pruned prefill "
+                "can be continued; run the whole conversation again with a fresh cache."
+            )
+        return state
+
+    def unpruned_length(self, cache: Cache) -> int:
+        """How many tokens of the unpruned sequence `cache` stands for: what `generate` compares with the ids."""
+        state = self.pruned_state(cache)
+        length = int(cache.get_seq_length())
+        return length if state is None else length + state.orig_len - state.cached_prompt
 
     # ------------------------------------------------------------------------------------------ hook 1
     def before_language_model(
@@ -101,11 +135,11 @@ class PruneVidController:
         video_grid_thw: torch.Tensor | None,
         image_grid_thw: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = int(past_key_values.get_seq_length()) if past_key_values is not None else 0
+        self._prefilling, self._continuing = False, None
         if past > 0:
-            self._prefilling = False
-            return inputs_embeds, position_ids, self._decoding_mask(attention_mask, past_key_values, inputs_embeds)
-        self.state, self._prefilling = None, False
+            return self._continue(input_ids, inputs_embeds, position_ids, attention_mask, past_key_values)
+        self.state = None
         cfg = self.config
         if not (cfg.enable_stage1 or cfg.enable_stage2):
             return inputs_embeds, position_ids, attention_mask
@@ -123,8 +157,15 @@ class PruneVidController:
             )
         if position_ids.ndim == 2:
             position_ids = position_ids[None].expand(3, -1, -1)
+        if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2):
+            raise ValueError(
+                "PruneVid changes the sequence inside the model and needs the 2-D (batch, length) attention mask, got "
+                f"{type(attention_mask).__name__} {getattr(attention_mask, 'shape', '')}"
+            )
         batch, length = input_ids.shape
         valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(is_video)
+        lowest = torch.iinfo(position_ids.dtype).min
+        next_position = position_ids[-3:].masked_fill(~valid[None], lowest).amax(dim=(0, 2)) + 1
         # `generate` encodes the videos up front and drops `video_grid_thw`; the grid is then read off the positions.
         grids = iter(video_grid_thw.tolist()) if video_grid_thw is not None else None
         embeds, origins, groups, videos = [], [], [], []
@@ -169,6 +210,7 @@ class PruneVidController:
             query=self._query_mask(origin, mask, is_video, is_image),
             videos=videos,
             stats=stats,
+            next_position=next_position,
         )
         self._prefilling = True
         return inputs_embeds, position_ids, attention_mask
@@ -240,22 +282,23 @@ class PruneVidController:
 
     # ------------------------------------------------------------------------------------------ hook 2
     def before_layer(self, text_model, i, hidden_states, mask_mapping, position_embeddings, text_positions, cache):
-        state = self.state
-        if state is None:
-            return hidden_states, mask_mapping, position_embeddings, text_positions
         if not self._prefilling:
+            state = self._continuing
             if (
-                state.tail is not None
+                state is not None
                 and i == (self.layer or 0) + 1
                 and state.index is not None
                 and not self.config.enable_stage3
             ):
-                mask = torch.cat([state.mask_after_select, state.tail], dim=1)
+                mask = torch.cat([state.mask_after_select.to(state.tail.dtype), state.tail], dim=1)
                 mask_mapping = self._masks(text_model, hidden_states, mask, mask_mapping, cache, i)
             return hidden_states, mask_mapping, position_embeddings, text_positions
+        state = self.state
         if i == 0:
             state.cache = weakref.ref(cache) if cache is not None else None
             state.cached_prompt = hidden_states.shape[1]
+            if cache is not None:
+                cache._prunevid_layout = state  # lets a later forward over this cache find its layout
         if self.layer is None or i not in (self.layer, self.layer + 1):
             return hidden_states, mask_mapping, position_embeddings, text_positions
         if i == self.layer:
@@ -269,7 +312,7 @@ class PruneVidController:
         index = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices[:, keep.shape[1] - width :]
         mask = (torch.arange(width, device=keep.device)[None] >= (width - counts)[:, None]).to(state.mask.dtype)
         hidden_states = _gather(hidden_states, index)
-        position_embeddings = tuple(_gather(p, index) for p in position_embeddings)
+        position_embeddings = tuple(_gather_rotary(p, index) for p in position_embeddings)
         if text_positions is not None:
             text_positions = text_positions.gather(1, index)
         mask_mapping = self._masks(text_model, hidden_states, mask, mask_mapping, cache, i)
@@ -317,26 +360,55 @@ class PruneVidController:
             for kind in mapping
         }
 
-    def _decoding_mask(self, attention_mask, cache, inputs_embeds):
-        """Mask for a forward that continues from a pruned prefill's cache: prompt part replaced by the pruned one."""
-        state = self.state
-        if state is None or state.cache is None or state.cache() is not cache:
-            return attention_mask
+    def _continue(self, input_ids, inputs_embeds, position_ids, attention_mask, cache):
+        """A forward over the cache of a pruned prefill: a decoding step, or a follow-up turn after the answer.
+
+        The cache holds the pruned prompt (plus the tokens since), the caller's 2-D mask and positions the unpruned
+        one. The mask's prompt part is replaced by the pruned layout's; the new tokens get the positions they have
+        in the unpruned numbering (the first token after the prompt at `max position + 1`, i.e. `rope_deltas`
+        applied, then one more per attended token) whatever positions came in, since a model that counts from
+        the cache length would count from the pruned one. Nothing is pruned here (README, "Limits").
+        """
+        state = self.pruned_state(cache)
+        if state is None:  # a cache no pruned prefill filled (e.g. a text-only prompt): the stock forward
+            return inputs_embeds, position_ids, attention_mask
+        if input_ids is not None and ((input_ids == self.video_token_id) | (input_ids == self.image_token_id)).any():
+            raise ValueError(
+                "PruneVid: a forward that continues from a pruned cache cannot bring new images or videos (they "
+                "would be neither merged nor positioned with the pruned prompt). Start a new conversation with a "
+                "fresh cache, or pass only the new text tokens."
+            )
         batch, q_len = inputs_embeds.shape[:2]
-        new_tokens = cache.get_seq_length() - state.cached_prompt + q_len
+        seen = int(cache.get_seq_length()) - state.cached_prompt  # tokens cached after the prompt
+        if batch != state.mask.shape[0] or seen < 0:
+            raise ValueError(
+                f"PruneVid: this cache holds a pruned prompt of batch {state.mask.shape[0]} and "
+                f"{state.cached_prompt} tokens, but the forward has batch {batch} and the cache "
+                f"{int(cache.get_seq_length())} tokens (was it cropped or reordered?)"
+            )
+        new = seen + q_len
         if attention_mask is None:
-            tail = torch.ones(batch, new_tokens, dtype=state.mask.dtype, device=state.mask.device)
+            tail = torch.ones(batch, new, dtype=state.mask.dtype, device=state.mask.device)
         else:
-            if attention_mask.ndim != 2 or attention_mask.shape[1] != state.orig_len + new_tokens:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2:
+                raise ValueError(
+                    "PruneVid: continuing from a pruned cache needs the 2-D attention mask (unpruned length), got "
+                    f"{type(attention_mask).__name__} {getattr(attention_mask, 'shape', '')}"
+                )
+            if attention_mask.shape[1] != state.orig_len + new:
                 raise ValueError(
                     "PruneVid: after a pruned prefill the 2-D attention mask must cover the unpruned prompt "
-                    f"({state.orig_len} tokens) plus the {new_tokens} tokens since, got shape "
-                    f"{tuple(attention_mask.shape)}"
+                    f"({state.orig_len} tokens) plus the {new} tokens since, got shape {tuple(attention_mask.shape)}"
                 )
             tail = attention_mask[:, state.orig_len :]
         state.tail = tail
+        self._continuing = state
+        positions = state.next_position[:, None] + tail.long().cumsum(dim=1)[:, new - q_len :] - 1
+        positions = positions.to(inputs_embeds.device)[None].expand(3, -1, -1)
+        if position_ids is not None and position_ids.ndim == 3 and position_ids.shape[0] == 4:
+            positions = torch.cat([position_ids[:1], positions])  # text row: only read for packed sequences
         prompt = state.mask_after_select if (state.index is not None and self.config.enable_stage3) else state.mask
-        return torch.cat([prompt.to(tail.dtype), tail], dim=1)
+        return inputs_embeds, positions, torch.cat([prompt.to(tail.dtype), tail], dim=1)
 
     # ------------------------------------------------------------------------------------------ stats
     def video_fates(self) -> list[dict[str, Any]]:
@@ -446,14 +518,42 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.view(*index.shape, *([1] * (x.ndim - 2))).expand(-1, -1, *x.shape[2:]))
 
 
+def _gather_rotary(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`_gather` for a cos/sin table of the text rotary embedding, in either layout transformers has used:
+    [B, L, D] (5.17 on: the mrope sections already recombined) or [3, B, L, D] (5.4 to 5.16: one table per
+    (t, h, w) row, recombined inside the attention)."""
+    if x.ndim == 4:
+        return torch.stack([_gather(row, index) for row in x])
+    return _gather(x, index)
+
+
 def _cut_cache(cache: Cache, index: torch.Tensor, upto: int) -> None:
-    """Stage 3 (Sec. 3.4): keep only `index` tokens in the cache of layers 0..upto (keys/values [B, H, L, D])."""
-    if not isinstance(cache, DynamicCache):
-        raise NotImplementedError(
-            f"PruneVid Stage 3 compresses a DynamicCache; got {type(cache).__name__}. Use the default cache, or "
-            "PruneVidConfig(enable_stage3=False)."
-        )
+    """Stage 3 (Sec. 3.4): keep only `index` tokens in the cache of layers 0..upto (keys/values [B, H, L, D]).
+
+    A dynamic layer is replaced by the gathered tensors; a static layer keeps its buffers (their addresses matter
+    to compiled decoding): the kept tokens move to its front, the slots after them are zeroed, and its length is
+    set to the kept count, so the next token is written right after them.
+    """
+    for i, layer in enumerate(cache.layers[: upto + 1]):
+        if type(layer) not in (DynamicLayer, StaticLayer):
+            raise NotImplementedError(
+                f"PruneVid Stage 3 cuts DynamicCache and StaticCache layers; layer {i} is a {type(layer).__name__} "
+                f"(in a {type(cache).__name__}). Use the default or the static cache, or "
+                "PruneVidConfig(enable_stage3=False)."
+            )
+    width = index.shape[1]
     for layer in cache.layers[: upto + 1]:
-        idx = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
-        layer.keys = layer.keys.gather(2, idx)
-        layer.values = layer.values.gather(2, idx)
+        idx = index.to(layer.keys.device)[:, None, :, None]
+        keys = layer.keys.gather(2, idx.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1]))
+        values = layer.values.gather(2, idx.expand(-1, layer.values.shape[1], -1, layer.values.shape[-1]))
+        if isinstance(layer, StaticLayer):
+            if width > layer.max_cache_len:
+                raise ValueError(f"PruneVid: {width} kept tokens do not fit a static cache of {layer.max_cache_len}")
+            length = int(layer.get_seq_length())
+            layer.keys[:, :, :width].copy_(keys)
+            layer.values[:, :, :width].copy_(values)
+            layer.keys[:, :, width:length].zero_()
+            layer.values[:, :, width:length].zero_()
+            layer.cumulative_length.fill_(width)
+        else:
+            layer.keys, layer.values = keys, values

@@ -3,9 +3,17 @@ patched `Qwen2_5_VLForConditionalGeneration`; with every stage off its forward i
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 from typing import Any
 
+import torch
+from transformers import GenerationMixin
+from transformers.cache_utils import Cache
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.generation.configuration_utils import GenerationMode
+from transformers.masking_utils import create_masks_for_generate
+from transformers.utils import logging
 
 from .integration import PruneVidController
 from .modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
@@ -13,7 +21,15 @@ from .prunevid.config import PruneVidConfig
 from .vision_attention import vision_attention_for
 
 
-class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration):
+logger = logging.get_logger(__name__)
+
+# The `prunevid=` given to `from_pretrained`, read by `__init__` so that the saved settings are never parsed then.
+_EXPLICIT_SETTINGS: contextvars.ContextVar[PruneVidConfig | None] = contextvars.ContextVar(
+    "prunevid_explicit_settings", default=None
+)
+
+
+class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
     """Qwen2.5-VL with PruneVid (Huang, Zhou, Han, ACL 2025 Findings) inside the forward.
 
     Loads the released checkpoints and saves checkpoints that the stock class loads. The PruneVid settings live in
@@ -23,22 +39,29 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration):
         >>> model = Qwen2_5_VLPruneVid.from_pretrained(path, prunevid=PruneVidConfig.paper())
         >>> model.generate(**inputs)  # pruned prefill, compressed cache
         >>> model.prunevid_stats      # tokens per stage of the last prefill
+
+    Generation: greedy, sampling and beam search, on a dynamic or static cache, and continuing from the returned
+    cache (a follow-up turn: `generate(input_ids=ids_so_far_plus_new_turn, past_key_values=cache)`). Assisted
+    decoding, prompt lookup and chunked prefill are refused while a pruning stage is on.
     """
 
     def __init__(self, config, prunevid: PruneVidConfig | dict | None = None) -> None:
         super().__init__(config)
         if prunevid is None:
-            saved = getattr(config, "prunevid", None)
-            prunevid = PruneVidConfig.from_dict(saved) if isinstance(saved, dict) else PruneVidConfig.paper()
+            prunevid = _EXPLICIT_SETTINGS.get() or _saved_settings(config)
         self.prunevid = prunevid
 
     @classmethod
     def from_pretrained(cls, *args: Any, prunevid: PruneVidConfig | dict | None = None, **kwargs: Any):
-        """`from_pretrained` of the stock class; `prunevid` (if given) replaces the saved/default settings."""
-        model = super().from_pretrained(*args, **kwargs)
-        if prunevid is not None:
-            model.prunevid = prunevid
-        return model
+        """`from_pretrained` of the stock class; `prunevid` (if given) replaces the saved/default settings, which
+        are then not read at all (a checkpoint whose saved settings this version cannot parse still loads)."""
+        if prunevid is None:
+            return super().from_pretrained(*args, **kwargs)
+        token = _EXPLICIT_SETTINGS.set(_as_config(prunevid))
+        try:
+            return super().from_pretrained(*args, **kwargs)
+        finally:
+            _EXPLICIT_SETTINGS.reset(token)
 
     @property
     def prunevid(self) -> PruneVidConfig:
@@ -46,10 +69,7 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration):
 
     @prunevid.setter
     def prunevid(self, value: PruneVidConfig | dict) -> None:
-        if isinstance(value, dict):
-            value = PruneVidConfig.from_dict(value)
-        if not isinstance(value, PruneVidConfig):
-            raise TypeError(f"prunevid must be a PruneVidConfig or a dict, got {type(value).__name__}")
+        value = _as_config(value)
         controller = PruneVidController(value, self.config) if value.is_active else None  # validates the layer
         self._prunevid_config = value
         self.config.prunevid = value.to_dict()
@@ -69,6 +89,116 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration):
         `PruneVidController.video_fates`)."""
         controller = self.model._prunevid
         return controller.video_fates() if controller is not None else []
+
+    # ------------------------------------------------------------------------------------------ generation
+    def _prunes(self) -> bool:
+        config = self._prunevid_config
+        return self.model._prunevid is not None and (config.enable_stage1 or config.enable_stage2)
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        past_key_values: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Upstream's, with the first forward over a pruned cache sliced by the length the cache stands for.
+
+        `generate` processes `ids[:, cache.get_seq_length():]` when it starts from a filled cache; a pruned cache
+        is shorter than the prompt it holds (Stage 1 merged, Stage 3 dropped tokens), which would feed part of the
+        prompt through again. Its unpruned length (`PruneVidController.unpruned_length`) is used instead.
+        """
+        controller = self.model._prunevid
+        if controller is None:
+            if getattr(past_key_values, "_prunevid_layout", None) is not None and past_key_values.get_seq_length():
+                raise ValueError(
+                    "This cache holds a PruneVid-pruned prompt, but PruneVid is off on this model: continue with "
+                    "the settings that pruned it, or start again with a fresh cache."
+                )
+        elif is_first_iteration and next_sequence_length is not None and past_key_values is not None:
+            cached = int(past_key_values.get_seq_length())
+            next_sequence_length -= controller.unpruned_length(past_key_values) - cached
+            if next_sequence_length <= 0:
+                raise ValueError(
+                    f"PruneVid: the cache stands for {controller.unpruned_length(past_key_values)} tokens of the "
+                    f"sequence, which leaves none of the {input_ids.shape[1]} given ids to process. Pass the whole "
+                    "sequence so far (prompt, answer, new turn) as `input_ids`, with its full attention mask."
+                )
+        return super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+
+    def create_masks_for_generate(self, config: Any, inputs_embeds: torch.Tensor, attention_mask: Any, **kwargs: Any):
+        """`generate` builds the 4-D masks up front for a static cache; PruneVid changes the sequence inside the
+        forward (and, without Stage 3, uses one mask per layer group), so while it is on the 2-D mask is passed on
+        and the model builds the masks of the pruned layout itself."""
+        if self.model._prunevid is not None and (attention_mask is None or attention_mask.ndim == 2):
+            return attention_mask
+        return create_masks_for_generate(
+            config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
+        )
+
+    def _validate_generation_mode(self, generation_mode, generation_config, generation_mode_kwargs) -> None:
+        """Upstream's checks, plus the generation modes PruneVid does not support while a pruning stage is on."""
+        super()._validate_generation_mode(generation_mode, generation_config, generation_mode_kwargs)
+        if not self._prunes():
+            return
+        if generation_mode == GenerationMode.ASSISTED_GENERATION:
+            raise ValueError(
+                "PruneVid does not support assisted decoding or prompt lookup (`assistant_model`, "
+                "`prompt_lookup_num_tokens`): they crop and re-extend the cache by unpruned lengths. Generate "
+                "without them, or switch pruning off (`model.prunevid = PruneVidConfig.disabled()`)."
+            )
+        if generation_config.prefill_chunk_size is not None:
+            raise ValueError(
+                "PruneVid prunes the whole prompt in one prefill, so `prefill_chunk_size` is not supported while a "
+                "pruning stage is on."
+            )
+
+
+_FIELDS = frozenset(field.name for field in dataclasses.fields(PruneVidConfig))
+
+
+def _as_config(value: PruneVidConfig | dict) -> PruneVidConfig:
+    """A validated `PruneVidConfig` from a config (re-validated: its fields may have been assigned since) or a dict
+    (strict: unknown keys raise)."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - _FIELDS)
+        if unknown:
+            raise ValueError(f"unknown PruneVidConfig field(s): {unknown}")
+        return PruneVidConfig.from_dict(value)
+    if not isinstance(value, PruneVidConfig):
+        raise TypeError(f"prunevid must be a PruneVidConfig or a dict, got {type(value).__name__}")
+    return dataclasses.replace(value)
+
+
+def _saved_settings(config: Any) -> PruneVidConfig:
+    """The settings saved in `config.json` under `"prunevid"` (the paper's when none); keys this version does not
+    know (a newer release's) are ignored with a warning."""
+    saved = getattr(config, "prunevid", None)
+    if isinstance(saved, PruneVidConfig):
+        return _as_config(saved)
+    if not isinstance(saved, dict):
+        return PruneVidConfig.paper()
+    unknown = sorted(set(saved) - _FIELDS)
+    if unknown:
+        logger.warning(f"Ignoring unknown PruneVid setting(s) {unknown} saved in the checkpoint's config.")
+    try:
+        return PruneVidConfig.from_dict({k: v for k, v in saved.items() if k in _FIELDS})
+    except ValueError as error:
+        raise ValueError(
+            f"{error} (in the checkpoint's saved `prunevid` settings; pass `prunevid=` to `from_pretrained` to "
+            "override them)"
+        ) from error
 
 
 # The released checkpoints store `model.layers.*` / `visual.*`; transformers renames them on load only for its own
