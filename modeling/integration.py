@@ -31,6 +31,7 @@ detect packed sequences) is made non-decreasing.
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,8 @@ _MASK_FUNCTIONS = {
     "full_attention": create_causal_mask,
     "sliding_attention": create_sliding_window_causal_mask,
 }
+# transformers >= 5.17 sizes a mask by any cache layer (`layer_idx`); before, always by the first one.
+_MASKS_TAKE_LAYER = "layer_idx" in inspect.signature(create_causal_mask).parameters
 
 
 @dataclass
@@ -348,17 +351,14 @@ class PruneVidController:
         return kept | (group < 0)
 
     def _masks(self, text_model, hidden_states, mask, mapping, cache, layer_idx):
-        config = text_model.config
-        return {
-            kind: _MASK_FUNCTIONS[kind](
-                config=config,
-                inputs_embeds=hidden_states,
-                attention_mask=mask,
-                past_key_values=cache,
-                layer_idx=layer_idx,
-            )
-            for kind in mapping
-        }
+        """The masks of `mapping`'s kinds for the layers from `layer_idx` on, whose cache (without Stage 3, or
+        during the prefill before it is cut) holds another number of tokens than layer 0's."""
+        kwargs = {"config": text_model.config, "inputs_embeds": hidden_states, "attention_mask": mask}
+        if _MASKS_TAKE_LAYER:
+            kwargs.update(past_key_values=cache, layer_idx=layer_idx)
+        else:
+            kwargs.update(past_key_values=_LayerView(cache, layer_idx) if cache is not None else None)
+        return {kind: _MASK_FUNCTIONS[kind](**kwargs) for kind in mapping}
 
     def _continue(self, input_ids, inputs_embeds, position_ids, attention_mask, cache):
         """A forward over the cache of a pruned prefill: a decoding step, or a follow-up turn after the answer.
@@ -525,6 +525,26 @@ def _gather_rotary(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if x.ndim == 4:
         return torch.stack([_gather(row, index) for row in x])
     return _gather(x, index)
+
+
+class _LayerView:
+    """`cache` as the mask functions of transformers < 5.17 see it: sized by layer `layer_idx` instead of the
+    first layer (they take no `layer_idx`). Everything else is the cache's."""
+
+    def __init__(self, cache: Cache, layer_idx: int) -> None:
+        self._cache, self._layer = cache, layer_idx
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self._cache.get_seq_length(self._layer)
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return self._cache.get_seq_length(self._layer)
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self._cache.get_mask_sizes(query_length, self._layer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cache, name)
 
 
 def _cut_cache(cache: Cache, index: torch.Tensor, upto: int) -> None:

@@ -17,6 +17,7 @@ from transformers import DynamicCache, GenerationMixin, StaticCache
 
 from conftest import make_inputs
 from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
+from modeling import integration
 from modeling.integration import _gather, _gather_rotary
 
 
@@ -255,6 +256,24 @@ def test_rotary_gather_handles_both_layouts():
     assert torch.equal(_gather_rotary(recombined, index), _gather(recombined, index))
     three = torch.randn(3, length, dim)  # a batch of 3 in the new layout is not mistaken for the old one
     assert torch.equal(_gather_rotary(three, index[:1].expand(3, -1)), three[:, [0, 2, 5]])
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_layer_masks_without_layer_idx(checkpoints, video, monkeypatch, name):
+    """Mask functions without `layer_idx` (transformers < 5.17) size masks by the first cache layer; the layers
+    after M see a cache view sized by their own layer, and give the same tokens and logits."""
+    model = load(checkpoints["gqa2"], SETTINGS[name])
+    reference = generate(model, 8, **video)
+    monkeypatch.setattr(integration, "_MASKS_TAKE_LAYER", False)
+    views = []
+    monkeypatch.setattr(integration, "_LayerView", lambda cache, i: views.append(i) or _RealView(cache, i))
+    again = generate(model, 8, **video)
+    assert views and set(views) == {model.model._prunevid.layer + 1}
+    assert torch.equal(again.sequences, reference.sequences)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(again.logits, reference.logits))
+
+
+_RealView = integration._LayerView
 
 
 def test_saved_settings_with_unknown_or_bad_keys(checkpoints, tmp_path, caplog):
