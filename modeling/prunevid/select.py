@@ -32,7 +32,7 @@ ROUNDINGS = ("floor", "ceil")
 """Quota rounding of :func:`grouped_topk`: ``floor`` (the authors' ``int(alpha * n)``) or ``ceil``."""
 
 
-QUERY_CHUNK = 256
+QUERY_CHUNK = 128
 """Default query rows scored at once by :func:`attention_importance`: a question of up to this many tokens is one
 chunk; a longer one costs at most about two ``[B, Hq, QUERY_CHUNK, L]`` float32 blocks of extra memory."""
 
