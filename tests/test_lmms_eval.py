@@ -183,3 +183,57 @@ def test_sample_stats_split_a_batch_per_row(checkpoints, processor, media):
         assert row["retention"] == 1.0
         assert row["after_stage2"] == row["visual_tokens"] == single["visual_tokens"]
         assert row["kv_cache_tokens"] == row["prompt_tokens"] == single["prompt_tokens"]
+
+
+# ------------------------------------------------------------------------------------------- the CLI, end to end
+def _env(cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_DATASETS_CACHE=str(cache / "hf_datasets"),
+        QWEN_PRUNEVID_CACHE=str(cache / "qwen_prunevid"),  # the rendered clips, shared by every run
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")])),
+    )
+    return env
+
+
+class Run:
+    """One lmms-eval CLI run: its results file, its logged samples (by doc id) and its log."""
+
+    def __init__(self, output: Path, log: str, seconds: float) -> None:
+        (results_file,) = output.glob("*/*_results.json")
+        (samples_file,) = output.glob(f"*/*_samples_{TASK}.jsonl")
+        self.results: dict[str, Any] = json.loads(results_file.read_text())
+        samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
+        self.samples = {sample["doc_id"]: sample for sample in samples}
+        assert len(self.samples) == len(samples), "a document was logged twice"
+        self.log = log
+        self.seconds = seconds
+
+    @property
+    def accuracy(self) -> float:
+        return self.results["results"][TASK]["exact_match,none"]
+
+    def answers(self) -> dict[int, str]:
+        return {doc_id: sample["filtered_resps"] for doc_id, sample in self.samples.items()}
+
+    def prunevid(self, doc_id: int) -> dict[str, Any]:
+        (counts,) = self.samples[doc_id]["token_counts"]
+        return counts["prunevid"]
+
+
+def lmms_eval_cli(tmp: Path, name: str, model: str, model_args: str, *launcher: str, batch_size: int = 1) -> Run:
+    """`lmms-eval --model MODEL --model_args ... --tasks prunevid_moving_shapes --include_path ... --limit 24`, or
+    the same through `launcher` (e.g. `accelerate launch ... -m lmms_eval`)."""
+    output = tmp / name
+    command = [*(launcher or [str(BIN / "lmms-eval")]), "--model", model, "--model_args", model_args,
+               "--tasks", TASK, "--include_path", str(TASKS_DIR), "--limit", str(LIMIT),
+               "--batch_size", str(batch_size), "--log_samples", "--output_path", str(output)]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(command, env=_env(tmp), capture_output=True, text=True, timeout=900)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{log[-6000:]}"
+    return Run(output, log, time.perf_counter() - start)

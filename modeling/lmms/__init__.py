@@ -12,8 +12,15 @@ prints it). Importing this module does not import lmms-eval.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+
+# lmms-eval loads this module (the entry point) when it builds its model registry, before any task imports
+# qwen-vl-utils, which reads the variable once: videos are then read with decord, for this model and for a stock
+# `qwen2_5_vl` run in the same environment alike (qwen-vl-utils' last resort, torchvision.io.read_video, is gone).
+os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
 
 
 __all__ = ["MODEL_ID", "TASKS_DIR", "manifests"]
