@@ -347,7 +347,7 @@ class PruneVidController:
         )
         has_query = q_mask.any(dim=1, keepdim=True)
         group = torch.where(has_query, state.group, -1)  # no question tokens: keep every token of that sample
-        kept = grouped_topk(scores, group, self.config.keep_ratio)
+        kept = grouped_topk(scores, group, self.config.keep_ratio, rounding=self.config.keep_rounding)
         return kept | (group < 0)
 
     def _masks(self, text_model, hidden_states, mask, mapping, cache, layer_idx):

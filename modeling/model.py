@@ -13,15 +13,12 @@ from transformers.cache_utils import Cache
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.masking_utils import create_masks_for_generate
-from transformers.utils import logging
 
 from .integration import PruneVidController
 from .modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from .prunevid.config import PruneVidConfig
 from .vision_attention import vision_attention_for
 
-
-logger = logging.get_logger(__name__)
 
 # The `prunevid=` given to `from_pretrained`, read by `__init__` so that the saved settings are never parsed then.
 _EXPLICIT_SETTINGS: contextvars.ContextVar[PruneVidConfig | None] = contextvars.ContextVar(
@@ -165,17 +162,11 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
             )
 
 
-_FIELDS = frozenset(field.name for field in dataclasses.fields(PruneVidConfig))
-
-
 def _as_config(value: PruneVidConfig | dict) -> PruneVidConfig:
     """A validated `PruneVidConfig` from a config (re-validated: its fields may have been assigned since) or a dict
     (strict: unknown keys raise)."""
     if isinstance(value, dict):
-        unknown = sorted(set(value) - _FIELDS)
-        if unknown:
-            raise ValueError(f"unknown PruneVidConfig field(s): {unknown}")
-        return PruneVidConfig.from_dict(value)
+        return PruneVidConfig.from_dict(value, strict=True)
     if not isinstance(value, PruneVidConfig):
         raise TypeError(f"prunevid must be a PruneVidConfig or a dict, got {type(value).__name__}")
     return dataclasses.replace(value)
@@ -183,28 +174,16 @@ def _as_config(value: PruneVidConfig | dict) -> PruneVidConfig:
 
 def _saved_settings(config: Any) -> PruneVidConfig:
     """The settings saved in `config.json` under `"prunevid"` (the paper's when none); keys this version does not
-    know (a newer release's) are ignored with a warning."""
+    know (a newer release's) are ignored with a warning (`PruneVidConfig.from_dict`)."""
     saved = getattr(config, "prunevid", None)
     if isinstance(saved, PruneVidConfig):
         return _as_config(saved)
     if not isinstance(saved, dict):
         return PruneVidConfig.paper()
-    unknown = sorted(set(saved) - _FIELDS)
-    if unknown:
-        logger.warning(f"Ignoring unknown PruneVid setting(s) {unknown} saved in the checkpoint's config.")
     try:
-        return PruneVidConfig.from_dict({k: v for k, v in saved.items() if k in _FIELDS})
-    except ValueError as error:
-        raise ValueError(
+        return PruneVidConfig.from_dict(saved)
+    except (TypeError, ValueError) as error:
+        raise type(error)(
             f"{error} (in the checkpoint's saved `prunevid` settings; pass `prunevid=` to `from_pretrained` to "
             "override them)"
         ) from error
-
-
-# The released checkpoints store `model.layers.*` / `visual.*`; transformers renames them on load only for its own
-# classes (a class outside `transformers.` counts as custom code), so give ours the stock class's mapping.
-register_checkpoint_conversion_mapping(
-    Qwen2_5_VLPruneVid.__name__,
-    get_checkpoint_conversion_mapping("Qwen2_5_VLForConditionalGeneration"),
-    overwrite=True,
-)

@@ -9,7 +9,9 @@ the whole conversation, and an uninterrupted `generate`.
 from __future__ import annotations
 
 import json
-import logging
+import math
+import warnings
+from fractions import Fraction
 
 import pytest
 import torch
@@ -235,6 +237,21 @@ def test_assisted_decoding_prompt_lookup_and_chunked_prefill_are_refused(checkpo
 
 
 # ------------------------------------------------------------------------------------------------ glue
+@pytest.mark.parametrize("rounding", ["floor", "ceil"])
+def test_keep_rounding_reaches_the_selection(checkpoints, video, rounding):
+    """Each Stage-2 group of n candidates keeps floor / ceil(keep_ratio * n), as `keep_rounding` says."""
+    model = load(checkpoints["gqa2"], PruneVidConfig.paper(keep_rounding=rounding))
+    with torch.no_grad():
+        model(**video)
+    state = model.model._prunevid.state
+    group, keep = state.group[0], state.keep[0]
+    sizes = [int((group == g).sum()) for g in group[group >= 0].unique()]
+    assert any(n % 5 for n in sizes), "some group where floor and ceil differ"
+    kept = [int(keep[group == g].sum()) for g in group[group >= 0].unique()]
+    quota = math.floor if rounding == "floor" else math.ceil
+    assert kept == [quota(Fraction(str(model.prunevid.keep_ratio)) * n) for n in sizes]
+
+
 def test_generation_mixin_is_a_direct_base():
     assert GenerationMixin in Qwen2_5_VLPruneVid.__bases__
     mro = Qwen2_5_VLPruneVid.__mro__
@@ -276,7 +293,7 @@ def test_layer_masks_without_layer_idx(checkpoints, video, monkeypatch, name):
 _RealView = integration._LayerView
 
 
-def test_saved_settings_with_unknown_or_bad_keys(checkpoints, tmp_path, caplog):
+def test_saved_settings_with_unknown_or_bad_keys(checkpoints, tmp_path):
     """A newer release's keys load with a warning; an explicit `prunevid=` wins without parsing the saved dict."""
     config_path = tmp_path / "config.json"
     model = load(checkpoints["gqa2"], PruneVidConfig.fastv())
@@ -284,18 +301,18 @@ def test_saved_settings_with_unknown_or_bad_keys(checkpoints, tmp_path, caplog):
     saved = json.loads(config_path.read_text())
     saved["prunevid"]["future_knob"] = 3
     config_path.write_text(json.dumps(saved))
-    with caplog.at_level(logging.WARNING):
+    with pytest.warns(UserWarning, match="future_knob"):
         loaded = Qwen2_5_VLPruneVid.from_pretrained(tmp_path)
     assert loaded.prunevid == PruneVidConfig.fastv()
-    assert "future_knob" in caplog.text
     saved["prunevid"]["keep_ratio"] = 7
     config_path.write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="keep_ratio.*pass `prunevid=`"):
         Qwen2_5_VLPruneVid.from_pretrained(tmp_path)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         loaded = Qwen2_5_VLPruneVid.from_pretrained(tmp_path, prunevid=PruneVidConfig.aggressive())
-    assert loaded.prunevid == PruneVidConfig.aggressive() and "future_knob" not in caplog.text
+    assert loaded.prunevid == PruneVidConfig.aggressive()
+    assert not [w for w in caught if "future_knob" in str(w.message)], "the saved dict is not even read"
     assert loaded.config.prunevid == PruneVidConfig.aggressive().to_dict()
     with pytest.raises(ValueError, match="unknown"):
         loaded.prunevid = {**PruneVidConfig.paper().to_dict(), "future_knob": 3}  # explicit input stays strict
