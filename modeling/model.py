@@ -187,3 +187,12 @@ def _saved_settings(config: Any) -> PruneVidConfig:
             f"{error} (in the checkpoint's saved `prunevid` settings; pass `prunevid=` to `from_pretrained` to "
             "override them)"
         ) from error
+
+
+# The released checkpoints store `model.layers.*` / `visual.*`; transformers renames them on load only for its own
+# classes (a class outside `transformers.` counts as custom code), so give ours the stock class's mapping.
+register_checkpoint_conversion_mapping(
+    Qwen2_5_VLPruneVid.__name__,
+    get_checkpoint_conversion_mapping("Qwen2_5_VLForConditionalGeneration"),
+    overwrite=True,
+)
