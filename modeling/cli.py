@@ -1,28 +1,39 @@
 """`qwen-prunevid` / `python -m modeling`: ask Qwen2.5-VL (with PruneVid) about videos and images.
 
-Without `--model` it runs offline: a small random-weight model and the bundled clip `modeling/assets/demo_clip.mp4`,
-comparing the stock model with the paper preset (`make demo`). See docs/cli.md for the reference.
+Without `--model` it runs offline: a small demo model and the bundled clip `modeling/assets/demo_clip.mp4`, comparing
+the stock model with the paper preset (`make demo`). See docs/cli.md for the reference.
 
-Exit codes: 0 success, 1 an unexpected error, 2 bad input (missing or undecodable media, unknown preset, out-of-range
-setting, a model path that is not a Qwen2.5-VL checkpoint). Errors print one line on stderr; `--verbose` adds the
-traceback.
+A run goes in three steps, so that bad input is reported before anything slow happens:
+
+1. every argument, the `--visualize` output path, the `--model` checkpoint's files (config, weights, processor
+   files; a Hub id is looked up once, without retries) and the `--device` are checked: nothing is loaded, and
+   transformers is not even imported;
+2. every video and image is read and resized completely (decord, PIL), as the model will see it;
+3. only then the model is loaded and run.
+
+Exit codes: 0 success; 2 bad input, reported as one line on stderr (`qwen-prunevid: error: ...`) with nothing written;
+1 an unexpected error (also one line; `--verbose` adds the traceback); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 import time
 import traceback
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from .prunevid.config import CHOICES, PRESETS, PruneVidConfig
 
 
-__all__ = ["DEFAULT_QUESTION", "DEMO_CLIP", "JSON_SCHEMA", "build_parser", "main"]
+__all__ = ["DEFAULT_QUESTION", "DEMO_CLIP", "JSON_SCHEMA", "PICTURE_FORMATS", "build_parser", "main"]
 
 PROG = "qwen-prunevid"
 DEMO_CLIP = Path(__file__).resolve().parent / "assets" / "demo_clip.mp4"
@@ -30,21 +41,73 @@ DEMO_CLIP = Path(__file__).resolve().parent / "assets" / "demo_clip.mp4"
 DEMO_FPS = 8.0
 DEFAULT_QUESTION = "What happens in this video? Describe the moving objects."
 JSON_SCHEMA = "qwen-prunevid.result/v1"
+#: File types `--visualize` writes (Matplotlib's writers); the extension picks the format.
+PICTURE_FORMATS = (".png", ".svg", ".pdf")
+#: Largest `--max-new-tokens`.
+MAX_NEW_TOKENS = 32768
+#: Largest value of any integer flag (seeds: 2**63 - 1).
+MAX_INT = 2**31 - 1
 _RANDOM_NOTE = (
     "Offline demo: a small RANDOM-WEIGHT Qwen2.5-VL (no download). Its answers are meaningless; the run shows the "
     "pipeline, the token budget per stage and the timing. Pass --model Qwen/Qwen2.5-VL-7B-Instruct (or a local "
     "checkpoint) for real answers."
 )
 
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line, exit code 2."""
+
+
+def _number(low: float, *, low_open: bool = False, integer: bool = False, high: float = math.inf):
+    """An argparse `type`: a finite number (or an integer) in [low, high] ((low, high] with `low_open`)."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = None
+        ok = value is not None and math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+        if not ok:
+            kind = "an integer" if integer else "a finite number"
+            bound = f"> {low:g}" if low_open else f">= {low:g}" if high == math.inf else f"in {low:g}..{high:g}"
+            raise argparse.ArgumentTypeError(f"must be {kind} {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _bounded_int(text: str) -> int:
+    """An argparse `type` for the integer config overrides: any integer that fits 32 bits (the config checks the
+    lower bound and names the field)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if abs(value) > MAX_INT:
+        raise argparse.ArgumentTypeError(f"must be an integer of at most {MAX_INT}, got {text!r}")
+    return value
+
+
+def _finite(text: str) -> float:
+    """An argparse `type` for the float config overrides: finite (the config checks the range)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 # (flag, PruneVidConfig field, argparse type / choices, help)
 _OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
-    ("--tau", "tau", float, "Stage 1 static threshold (cosine similarity), in [-1, 1]"),
-    ("--temporal-segment-ratio", "temporal_segment_ratio", float, "temporal segments per temporal patch, in (0, 1]"),
-    ("--cluster-ratio", "cluster_ratio", float, "share of tokens kept by Stage 1 spatial clustering, in (0, 1]"),
-    ("--dpc-knn-k", "dpc_knn_k", int, "neighbours of the DPC-KNN density, >= 1"),
-    ("--min-tokens-to-cluster", "min_tokens_to_cluster", int, "cluster only blocks of more tokens than this"),
-    ("--keep-ratio", "keep_ratio", float, "Stage 2: share of candidate visual tokens kept, in (0, 1]"),
-    ("--pruning-layer", "pruning_layer", int, "Stage 2: 0-indexed LLM layer after which tokens are dropped"),
+    ("--tau", "tau", _finite, "Stage 1 static threshold (cosine similarity), in [-1, 1]"),
+    ("--temporal-segment-ratio", "temporal_segment_ratio", _finite, "temporal segments per temporal patch, in (0, 1]"),
+    ("--cluster-ratio", "cluster_ratio", _finite, "share of tokens kept by Stage 1 spatial clustering, in (0, 1]"),
+    ("--dpc-knn-k", "dpc_knn_k", _bounded_int, "neighbours of the DPC-KNN density, >= 1"),
+    ("--min-tokens-to-cluster", "min_tokens_to_cluster", _bounded_int, "cluster only blocks of more tokens than this"),
+    ("--keep-ratio", "keep_ratio", _finite, "Stage 2: share of candidate visual tokens kept, in (0, 1]"),
+    ("--pruning-layer", "pruning_layer", _bounded_int, "Stage 2: 0-indexed LLM layer after which tokens are dropped"),
     ("--selection-query", "selection_query", CHOICES["selection_query"], "Stage 2 query tokens"),
     ("--attention-aggregation", "attention_aggregation", CHOICES["attention_aggregation"], "over heads, queries"),
     ("--selection-scope", "selection_scope", CHOICES["selection_scope"], "keep-ratio per group or global"),
@@ -53,47 +116,56 @@ _OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
 _SWITCHES: tuple[tuple[str, str, str], ...] = (
     ("stage1", "enable_stage1", "Stage 1: spatial-temporal token merging before the LLM"),
     ("stage2", "enable_stage2", "Stage 2: attention-based token selection inside the LLM"),
-    ("stage3", "enable_stage3", "Stage 3: KV cache compressed to the selected tokens"),
+    ("stage3", "enable_stage3", "Stage 3: KV cache compressed to the selected tokens (needs Stage 2)"),
     ("include-images", "include_images", "Stage 2 also selects among image tokens"),
 )
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported in one line, exit code 2."""
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (raised as a `UsageError`) instead of the usage text and an exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Ask Qwen2.5-VL with PruneVid visual-token pruning about videos and images. Without --model, "
-        "runs an offline demo (random-weight model, bundled clip) that compares the stock model with PruneVid.",
+        "runs an offline demo (small model, bundled clip) that compares the stock model with PruneVid.",
     )
     io = parser.add_argument_group("input")
     io.add_argument("--video", action="append", default=[], metavar="PATH|URL", help="video (repeatable)")
     io.add_argument("--image", action="append", default=[], metavar="PATH|URL", help="image (repeatable)")
-    io.add_argument("--question", default=None, help=f"question (default: {DEFAULT_QUESTION!r})")
-    io.add_argument("--fps", type=float, default=None,
-                    help="frames per second sampled from each video (qwen-vl-utils default 2; the demo clip: 8)")
-    io.add_argument("--max-frames", type=int, default=None, help="most frames sampled per video")
-    io.add_argument("--max-pixels", type=int, default=None, help="most pixels per frame / image (e.g. 50176 = 224x224)")
-    io.add_argument("--min-pixels", type=int, default=None, help="fewest pixels per frame / image")
+    io.add_argument("--question", default=None, help=f"question, not empty (default: {DEFAULT_QUESTION!r})")
+    io.add_argument("--fps", type=_number(0, low_open=True), default=None,
+                    help="frames per second sampled from each video, > 0 (qwen-vl-utils default 2; the demo clip: 8)")
+    io.add_argument("--max-frames", type=_number(2, integer=True, high=MAX_INT), default=None,
+                    help="most frames sampled per video, >= 2 (frames come in pairs, one temporal patch)")
+    io.add_argument("--max-pixels", type=_number(28 * 28, integer=True, high=MAX_INT), default=None,
+                    help="most pixels per frame / image, >= 784 = one 28x28 token (e.g. 50176 = 224x224)")
+    io.add_argument("--min-pixels", type=_number(1, integer=True, high=MAX_INT), default=None,
+                    help="fewest pixels per frame / image, <= --max-pixels")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None, metavar="PATH_OR_ID",
-                       help="Qwen2.5-VL checkpoint directory or Hub id (default: offline random-weight demo model)")
-    model.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+                       help="Qwen2.5-VL checkpoint directory or Hub id (default: the offline demo model)")
+    model.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: cuda when available)")
     model.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                        help="weights dtype (default auto: bfloat16 on CUDA, float32 on CPU)")
     model.add_argument("--attn", default="sdpa", choices=("sdpa", "eager", "flash_attention_2", "flash_attention_3"),
                        help="attention implementation (default: sdpa)")
-    model.add_argument("--max-new-tokens", type=int, default=None,
-                       help="most tokens to generate (default: 64, the offline demo 16)")
-    model.add_argument("--seed", type=int, default=0, help="seed of the demo model's weights and of sampling (default: 0)")
+    model.add_argument("--max-new-tokens", type=_number(1, integer=True, high=MAX_NEW_TOKENS), default=None,
+                       help=f"most tokens to generate, 1..{MAX_NEW_TOKENS} (default: 64, the offline demo 16)")
+    model.add_argument("--seed", type=_number(0, integer=True, high=2**63 - 1), default=0,
+                       help="seed of the demo model's weights and of sampling (default: 0)")
     model.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                        help="an untimed one-token run first, so that the timed runs do not pay one-off start-up costs (default: on)")
 
     prune = parser.add_argument_group("PruneVid (a preset, then overrides of its fields)")
-    prune.add_argument("--preset", default="paper", choices=PRESETS, help="PruneVid preset (default: paper; off = the stock model)")
+    prune.add_argument("--preset", default=None, choices=PRESETS,
+                       help="PruneVid preset; off = the stock model (default: the settings saved with the --model "
+                       "checkpoint, else paper)")
     for flag, name, kind, text in _OVERRIDES:
         if isinstance(kind, tuple):
             prune.add_argument(flag, dest=name, choices=kind, default=None, help=text)
@@ -108,125 +180,263 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: on for the offline demo, off with --model)")
     out.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     out.add_argument("--visualize", metavar="OUT.png", default=None,
-                     help="draw every video token's fate (one PNG per video: OUT.png, OUT_2.png, ...); with "
-                     "--compare also OUT_budget.png, the tokens per stage")
-    out.add_argument("--verbose", action="store_true", help="tracebacks on errors, transformers' warnings")
+                     help="draw every video token's fate (one picture per video: OUT.png, OUT_2.png, ...; .png, .svg "
+                     "or .pdf); with --compare also OUT_budget.png, the tokens per stage")
+    out.add_argument("--verbose", action="store_true", help="tracebacks on errors, libraries' warnings")
     return parser  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 unexpected error, 2 bad input)."""
-    parser = build_parser()
+    """Run the CLI; returns the exit code (0 ok, 1 unexpected error, 2 bad input, 130 interrupted)."""
+    verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2, message already on stderr)
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
-    try:
-        return _run(args)
     except UsageError as error:
-        _fail(str(error), args.verbose)
+        _fail(str(error), verbose)
         return 2
-    except KeyboardInterrupt:
-        return 130
-    except Exception as error:  # noqa: BLE001 - one line for the user, the traceback with --verbose
-        _fail(f"{type(error).__name__}: {error}", args.verbose, hint=True)
-        return 1
+    with warnings.catch_warnings():
+        if not args.verbose:
+            _quiet_libraries()
+        try:
+            return _run(args)
+        except UsageError as error:
+            _fail(str(error), args.verbose)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+        except Exception as error:  # noqa: BLE001 - one line for the user, the traceback with --verbose
+            _fail(f"{type(error).__name__}: {error}", args.verbose, hint=True)
+            return 1
 
 
 # -------------------------------------------------------------------------------------------------- the run
+@dataclass
+class _Plan:
+    """Everything a run needs, checked before anything is loaded."""
+
+    question: str
+    videos: list[str]
+    images: list[str]
+    fps: float | None
+    demo: bool
+    config: PruneVidConfig
+    preset: str  # the preset's name, or "saved" (the checkpoint's settings)
+    compare: bool
+    max_new_tokens: int
+    device: str | None
+    picture: Path | None
+    checkpoint: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
 def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    log = sys.stderr if args.json else sys.stdout  # human-readable text; with --json stdout holds only the JSON
-    config = _prunevid_config(args)
-    demo = args.model is None
-    videos, images = list(args.video), list(args.image)
-    question = args.question or DEFAULT_QUESTION
-    fps = args.fps
-    if not videos and not images:
-        videos = [str(DEMO_CLIP)]
-        fps = DEMO_FPS if fps is None else fps
-    compare = demo if args.compare is None else args.compare
-    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else (16 if demo else 64)
-    if max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    plan = _plan(args)  # 1. arguments, output path, checkpoint files, device: nothing loaded
+    from .inputs import MediaError, read_media
+    from .pipeline import VideoQA
+
+    messages_args = (plan.question, plan.videos, plan.images, plan.fps, args.max_frames, args.max_pixels,
+                     args.min_pixels)  # fmt: skip
+    try:  # 2. every video and image read and resized, as the model will see it
+        media = _with_progress(f"Reading {_media_summary(plan.videos, plan.images)}",
+                               lambda: read_media(VideoQA.messages(*messages_args)))  # fmt: skip
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(_one_line(error)) from error
 
     import torch
 
-    from .inputs import build_messages, check_media
-    from .pipeline import VideoQA, check_checkpoint
-
-    _quiet_libraries(args.verbose)
-    try:  # fail fast on bad media and bad checkpoints, before loading anything big
-        check_media(build_messages(question, videos=videos, images=images))
-        if not demo:
-            check_checkpoint(args.model)
-    except (FileNotFoundError, ValueError) as error:
-        raise UsageError(str(error)) from error
+    from .pipeline import CheckpointError
 
     started = time.perf_counter()
     torch.manual_seed(args.seed)
-    if demo:
-        print(_RANDOM_NOTE, file=sys.stderr)
-        qa = _with_progress("Building the offline demo model", lambda: VideoQA.offline_demo(
-            seed=args.seed, device=args.device, attn_implementation=args.attn))  # fmt: skip
-    else:
-        qa = _with_progress(f"Loading {args.model}", lambda: VideoQA.from_pretrained(
-            args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn))  # fmt: skip
+    try:  # 3. the model
+        if plan.demo:
+            qa = _with_progress("Building the offline demo model", lambda: VideoQA.offline_demo(
+                seed=args.seed, device=plan.device, dtype=args.dtype, attn_implementation=args.attn))  # fmt: skip
+        else:
+            qa = _with_progress(f"Loading {args.model}", lambda: VideoQA.from_pretrained(
+                args.model, prunevid=plan.config, dtype=args.dtype, device=plan.device,
+                attn_implementation=args.attn))  # fmt: skip
+    except CheckpointError as error:
+        raise UsageError(_one_line(error)) from error
     load_s = time.perf_counter() - started
-    _set_prunevid(qa, config)
+    _set_prunevid(qa, plan.config)
+    try:
+        inputs = _with_progress("Processing the inputs", lambda: qa.prepare(*messages_args, media=media))
+    except (MediaError, ValueError) as error:
+        raise UsageError(_one_line(error)) from error
 
-    inputs = _with_progress(
-        f"Reading and processing {_media_summary(videos, images)}",
-        lambda: qa.prepare(question, videos, images, fps=fps, max_frames=args.max_frames,
-                           max_pixels=args.max_pixels, min_pixels=args.min_pixels),
-    )  # fmt: skip
     if args.warmup:
         _with_progress("Warming up", lambda: qa.run(inputs=inputs, max_new_tokens=1))
     runs: dict[str, Any] = {}
-    if compare:
+    if plan.compare:
         qa.model.prunevid = PruneVidConfig.disabled()
         torch.manual_seed(args.seed)
-        runs["stock"] = _with_progress("Generating (stock)", lambda: qa.run(inputs=inputs, max_new_tokens=max_new_tokens))
-        _set_prunevid(qa, config)
+        runs["stock"] = _with_progress("Generating (stock)",
+                                       lambda: qa.run(inputs=inputs, max_new_tokens=plan.max_new_tokens))  # fmt: skip
+        _set_prunevid(qa, plan.config)
     torch.manual_seed(args.seed)
-    runs["prunevid"] = _with_progress(f"Generating (PruneVid {args.preset})",
-                                      lambda: qa.run(inputs=inputs, max_new_tokens=max_new_tokens))  # fmt: skip
+    runs["prunevid"] = _with_progress(f"Generating (PruneVid {plan.preset})",
+                                      lambda: qa.run(inputs=inputs, max_new_tokens=plan.max_new_tokens))  # fmt: skip
 
-    pictures = _visualize(args.visualize, runs, inputs, qa, args.preset, videos) if args.visualize else []
+    pictures = _visualize(plan, runs, inputs, qa) if plan.picture else []
     meta = {
-        "model": args.model or "offline-demo (random weights)",
-        "offline_demo": demo,
-        "question": question,
-        "videos": videos,
-        "images": images,
-        "preset": args.preset,
+        "model": args.model or "offline-demo",
+        "offline_demo": plan.demo,
+        "question": plan.question,
+        "videos": plan.videos,
+        "images": plan.images,
+        "preset": plan.preset,
         "device": str(qa.model.device),
         "dtype": str(qa.model.dtype).removeprefix("torch."),
         "load_s": round(load_s, 3),
         "grids": [list(g) for g in inputs["video_grid_thw"].tolist()] if "video_grid_thw" in inputs else [],
     }
+    if plan.demo and qa.offline_demo:
+        plan.notes.insert(0, _RANDOM_NOTE)
+    for note in plan.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(_json_result(meta, runs, pictures), indent=2))
     else:
-        _print_report(meta, runs, pictures, log)
+        _print_report(meta, runs, pictures, sys.stdout)
     return 0
 
 
-def _prunevid_config(args: argparse.Namespace) -> PruneVidConfig:
-    """The preset with the override flags applied; an out-of-range value is a usage error naming the flag."""
+def _plan(args: argparse.Namespace) -> _Plan:
+    """Step 1: check every argument, the output path, the checkpoint's files and the device; load nothing."""
+    if args.question is not None and not args.question.strip():
+        raise UsageError("--question must not be empty (leave it out for the default question)")
+    if args.min_pixels is not None and args.max_pixels is not None and args.min_pixels > args.max_pixels:
+        raise UsageError(f"--min-pixels {args.min_pixels} is larger than --max-pixels {args.max_pixels}")
+    demo = args.model is None
+    videos, images, fps = list(args.video), list(args.image), args.fps
+    if not videos and not images:
+        videos = [str(DEMO_CLIP)]
+        fps = DEMO_FPS if fps is None else fps
+    picture = _check_picture_path(args.visualize) if args.visualize is not None else None
+    checkpoint = None
+    if not demo:
+        from .pipeline import check_checkpoint  # torch, not transformers
+
+        try:
+            checkpoint = check_checkpoint(args.model)
+        except ValueError as error:
+            raise UsageError(_one_line(error)) from error
+    notes: list[str] = []
+    config, preset = _prunevid_config(args, checkpoint, notes)
+    if checkpoint is not None and config.is_active:
+        from .pipeline import checkpoint_depth
+
+        depth = checkpoint_depth(checkpoint)
+        if depth is not None:
+            try:
+                config.resolve_pruning_layer(depth)
+            except ValueError as error:
+                raise UsageError(_name_flags(_one_line(error))) from error
+    return _Plan(
+        question=args.question or DEFAULT_QUESTION,
+        videos=videos,
+        images=images,
+        fps=fps,
+        demo=demo,
+        config=config,
+        preset=preset,
+        compare=demo if args.compare is None else args.compare,
+        max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None else (16 if demo else 64),
+        device=_check_device(args.device, args.attn),
+        picture=picture,
+        checkpoint=checkpoint,
+        notes=notes,
+    )
+
+
+def _prunevid_config(
+    args: argparse.Namespace, checkpoint: dict[str, Any] | None, notes: list[str]
+) -> tuple[PruneVidConfig, str]:
+    """The preset (or the checkpoint's saved settings) with the override flags applied, and its name; a bad value is
+    a usage error naming the flag. Warnings of the config (e.g. unknown saved keys) become notes."""
     overrides = {name: getattr(args, name) for _, name, _, _ in _OVERRIDES if getattr(args, name) is not None}
-    overrides |= {name: getattr(args, name) for _, name, _ in _SWITCHES if getattr(args, name) is not None}
+    switches = {name: getattr(args, name) for _, name, _ in _SWITCHES if getattr(args, name) is not None}
+    if switches.get("enable_stage2") is False:
+        if switches.get("enable_stage3"):
+            raise UsageError("--stage3 needs Stage 2: it compresses the KV cache to Stage 2's selection (drop --stage3 "
+                             "or --no-stage2)")  # fmt: skip
+        switches["enable_stage3"] = False  # --no-stage2 turns Stage 3 off with it
+    saved = checkpoint.get("prunevid") if checkpoint is not None and args.preset is None else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if isinstance(saved, dict):
+                base, name = PruneVidConfig.from_dict(saved), "saved"
+                config = base.replace(**overrides, **switches) if overrides or switches else base
+            else:
+                name = args.preset or "paper"
+                config = PruneVidConfig.preset(name, **overrides, **switches)
+        except (TypeError, ValueError) as error:
+            where = f"the PruneVid settings saved in {args.model}/config.json: " if isinstance(saved, dict) else ""
+            raise UsageError(where + _name_flags(_one_line(error))) from error
+    notes.extend(_one_line(w.message) for w in caught)
+    return config, name
+
+
+def _check_device(device: str | None, attn: str) -> str | None:
+    """The device to run on (None: CUDA when available, decided when the model is built); a malformed or unavailable
+    one is a usage error. Imports torch only when there is something to check, never transformers."""
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise UsageError(f"--device {device!r} is not a device: allowed cpu, cuda, cuda:N, mps")
+    if device is None and not attn.startswith("flash_attention"):
+        return None
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            found = f"{count} CUDA GPU(s) found" if count else "no CUDA GPU is available"
+            raise UsageError(f"--device {device}: {found} (use --device cpu)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: MPS is not available on this machine (use --device cpu)")
+    if attn.startswith("flash_attention") and not device.startswith("cuda"):
+        raise UsageError(f"--attn {attn} needs a CUDA GPU, and the device is {device} (use --attn sdpa)")
+    if attn == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise UsageError("--attn flash_attention_2 needs the flash-attn package, which is not installed")
+    return device
+
+
+def _check_picture_path(value: str) -> Path:
+    """The `--visualize` path, checked to be writable (by creating and removing it when it does not exist)."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise UsageError(f"--visualize {value} is a directory; give a file name such as {path / 'fates.png'}")
+    if path.suffix.lower() not in PICTURE_FORMATS:
+        raise UsageError(f"--visualize {value}: the file name must end in {', '.join(PICTURE_FORMATS)}")
+    if not path.parent.is_dir():
+        raise UsageError(f"--visualize {value}: the folder {path.parent} does not exist")
     try:
-        return PruneVidConfig.preset(args.preset, **overrides)
-    except ValueError as error:
-        raise UsageError(_name_flags(str(error))) from error
+        if path.exists():
+            if not path.is_file() or not os.access(path, os.W_OK):
+                raise PermissionError(13, "not a writable file")
+        else:
+            path.open("xb").close()
+            path.unlink()
+    except OSError as error:
+        raise UsageError(f"--visualize {value}: cannot write there ({error.strerror or error})") from error
+    return path
 
 
 def _set_prunevid(qa: Any, config: PruneVidConfig) -> None:
     try:
         qa.model.prunevid = config  # checks the pruning layer against the model's depth
     except ValueError as error:
-        raise UsageError(_name_flags(str(error))) from error
+        raise UsageError(_name_flags(_one_line(error))) from error
 
 
 def _name_flags(message: str) -> str:
@@ -235,40 +445,57 @@ def _name_flags(message: str) -> str:
     return message
 
 
-def _visualize(out: str, runs: dict[str, Any], inputs: dict[str, Any], qa: Any, preset: str, videos: list[str]):
-    from .visualize import frames_from_inputs, render_budget_chart, render_fates
+def _one_line(error: BaseException | Warning | str) -> str:
+    return " ".join(str(error).split())
 
-    out_path = Path(out)
-    if out_path.parent and not out_path.parent.exists():
-        raise UsageError(f"--visualize: the folder {out_path.parent} does not exist")
+
+def _visualize(plan: _Plan, runs: dict[str, Any], inputs: dict[str, Any], qa: Any) -> list[str]:
+    """Write the pictures (each through a temporary file, so a failure leaves nothing behind)."""
+    from .visualize import frames_from_inputs, render_budget_chart, render_fates, video_grid
+
+    out = plan.picture
     result = runs["prunevid"]
     processor = qa.processor.video_processor
-    written = []
     grids = inputs["video_grid_thw"].tolist() if "video_grid_thw" in inputs else []
     seconds = inputs.get("second_per_grid_ts")
+    jobs = []
     for k in range(len(grids)):
-        path = out_path if k == 0 else out_path.with_name(f"{out_path.stem}_{k + 1}{out_path.suffix}")
+        path = out if k == 0 else out.with_name(f"{out.stem}_{k + 1}{out.suffix}")
         frames = frames_from_inputs(inputs, k, processor.image_mean, processor.image_std)
         fates = result.video_fates[k] if k < len(result.video_fates) else None
-        name = Path(videos[k]).name if k < len(videos) else f"video {k + 1}"
-        title = f"PruneVid '{preset}' on {name}" + ("  (random-weight demo model)" if qa.offline_demo else "")
-        render_fates(frames, fates, result.stats, path, title=title,
-                     seconds_per_patch=float(seconds[k]) if seconds is not None else None)  # fmt: skip
-        written.append(str(path))
+        name = Path(plan.videos[k]).name if k < len(plan.videos) else f"video {k + 1}"
+        title = f"PruneVid '{plan.preset}' on {name}" + ("  (demo model)" if qa.offline_demo else "")
+        jobs.append((path, lambda p, f=frames, fa=fates, g=grids[k], t=title, k=k: render_fates(
+            f, fa, result.stats, p, title=t, grid=video_grid(g),
+            seconds_per_patch=float(seconds[k]) if seconds is not None else None)))  # fmt: skip
     if not grids:
-        print(f"{PROG}: note: no video in the input, so --visualize has nothing to draw", file=sys.stderr)
+        plan.notes.append("no video in the input, so --visualize has nothing to draw")
     if "stock" in runs:
-        budget = out_path.with_name(f"{out_path.stem}_budget{out_path.suffix}")
-        render_budget_chart(runs["stock"].stats, result.stats, budget, labels=("stock", f"PruneVid ({preset})"))
-        written.append(str(budget))
-    return written
+        budget = out.with_name(f"{out.stem}_budget{out.suffix}")
+        jobs.append((budget, lambda p: render_budget_chart(runs["stock"].stats, result.stats, p,
+                                                           labels=("stock", f"PruneVid ({plan.preset})"))))  # fmt: skip
+    written: list[Path] = []
+    try:
+        for path, draw in jobs:
+            temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
+            try:
+                draw(temporary)
+                os.replace(temporary, path)
+            finally:
+                temporary.unlink(missing_ok=True)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return [str(path) for path in written]
 
 
 # ------------------------------------------------------------------------------------------------ reporting
 def _json_result(meta: dict[str, Any], runs: dict[str, Any], pictures: list[str]) -> dict[str, Any]:
     """Schema `qwen-prunevid.result/v1`: meta fields, then the PruneVid run's fields at the top level (answer,
     new_tokens, token_ids, prompt_tokens, stats, prunevid, timings, memory); with --compare also `stock` (the same
-    run fields) and `answers_agree`; `pictures` lists the PNGs written."""
+    run fields) and `answers_agree`; `pictures` lists the pictures written."""
     result = {"schema": JSON_SCHEMA, **meta, **runs["prunevid"].to_dict()}
     if "stock" in runs:
         result["stock"] = runs["stock"].to_dict()
@@ -280,6 +507,8 @@ def _json_result(meta: dict[str, Any], runs: dict[str, Any], pictures: list[str]
 def _print_report(meta: dict[str, Any], runs: dict[str, Any], pictures: list[str], out: TextIO) -> None:
     p = runs["prunevid"]
     print(f"Model:    {meta['model']} on {meta['device']} ({meta['dtype']}), loaded in {meta['load_s']:.1f} s", file=out)
+    print(f"PruneVid: {meta['preset']}" + ("  (the settings saved with the checkpoint)" if meta["preset"] == "saved" else ""),
+          file=out)
     media = meta["videos"] + meta["images"]
     grids = "; ".join(f"{t} x {h // 2} x {w // 2} tokens" for t, h, w in meta["grids"])
     print(f"Media:    {', '.join(media)}" + (f"  ({grids}, t x h x w)" if grids else ""), file=out)
@@ -294,11 +523,16 @@ def _print_report(meta: dict[str, Any], runs: dict[str, Any], pictures: list[str
         ("after Stage 1 (merging)", lambda r: _count(r.stats["after_stage1"])),
         ("after Stage 2 (selection)", lambda r: _count(r.stats["after_stage2"])),
         ("KV cache (prompt tokens)", lambda r: _count(r.stats["kv_cache_tokens"])),
-        ("prefill / first token (s)", lambda r: f"{r.prefill_s:.3f}"),
+        ("prefill / first token (s)", lambda r: "-" if r.prefill_s is None else f"{r.prefill_s:.3f}"),
         ("decode (tokens/s)", lambda r: "-" if r.decode_tokens_per_s is None else f"{r.decode_tokens_per_s:.1f}"),
         ("new tokens", lambda r: str(r.new_tokens)),
         (_memory_label(p.peak_memory_kind), lambda r: f"{r.peak_memory_bytes / 2**20:,.0f}"),
     ]
+    if any(r.stats.get("image_tokens") for _, r in columns):  # images are never merged; Stage 2 may select them
+        rows[1:1] = [
+            ("image tokens", lambda r: _count(r.stats["image_tokens"])),
+            ("image tokens after Stage 2", lambda r: _count(r.stats["image_tokens_after_stage2"])),
+        ]
     width = max(len(name) for name, _ in rows) + 2
     col = max(14, *(len(name) + 2 for name, _ in columns))
     print(" " * width + "".join(name.rjust(col) for name, _ in columns), file=out)
@@ -338,26 +572,25 @@ def _with_progress(description: str, work):
     return result
 
 
-def _quiet_libraries(verbose: bool) -> None:
-    if verbose:
-        return
+def _quiet_libraries() -> None:
+    """Keep the output to what the user asked for: no library warnings or info logs (`--verbose` keeps them)."""
     import logging
-    import warnings
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    logging.getLogger("qwen_vl_utils").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for name in ("qwen_vl_utils", "huggingface_hub", "transformers", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")
 
 
 def _fail(message: str, verbose: bool, hint: bool = False) -> None:
+    """One line on stderr (with --verbose, the traceback before it)."""
     if verbose:
         traceback.print_exc()
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    line = _one_line(message)
     if hint and not verbose:
-        print(f"{PROG}: run again with --verbose for the traceback", file=sys.stderr)
+        line += " (run again with --verbose for the traceback)"
+    print(f"{PROG}: error: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,43 +1,85 @@
 """From media paths and a question to Qwen2.5-VL model inputs, and from generated ids back to text.
 
-This follows the reference recipe of the Qwen2.5-VL model card (chat template, then
-`qwen_vl_utils.process_vision_info`, then the processor), with two details that matter for correctness on
-transformers 5:
+This follows the reference recipe of the Qwen2.5-VL model card (chat template, then qwen-vl-utils' media reading,
+then the processor), with three details that matter for correctness:
 
-- qwen-vl-utils is asked for each video's metadata (`return_video_metadata=True`), which is passed on to the processor
-  as `video_metadata`. The processor derives `second_per_grid_ts` (seconds per temporal patch, used by the 3-D rotary
-  positions) from the *sampled* fps in that metadata; without it, it would assume 24 fps.
-- decord is the video backend (`FORCE_QWENVL_VIDEO_READER=decord`, which qwen-vl-utils reads when it is imported), and
-  media files are checked up front, so a missing or undecodable file raises an error naming it rather than a failure
-  deep inside a fallback reader.
+- Videos are read by [`read_media`] with decord, exactly as qwen-vl-utils' decord reader does (its frame range, its
+  `smart_nframes` sampling, its resize rules and bicubic antialiased resize; tested bitwise equal), but without its
+  fallback: when decord fails, qwen-vl-utils retries with `torchvision.io.read_video`, which torchvision 0.29 removed,
+  so every read failure became an unrelated crash. Here a failure raises [`MediaError`] naming the file. Two
+  deliberate differences: a video of a single frame is read as that frame (qwen-vl-utils' sampler needs two; the
+  Qwen2.5-VL processor repeats the last frame to fill the temporal patch, as it does for any odd count), and frames are
+  decoded and resized in chunks, so the full-resolution frames never sit in memory at once.
+- Each video's metadata is passed on to the processor as `video_metadata`: the processor derives
+  `second_per_grid_ts` (seconds per temporal patch, used by the 3-D rotary positions) from the *sampled* fps in it;
+  without it, it would assume 24 fps.
+- Images are decoded completely (a truncated file fails here, naming it), then resized by qwen-vl-utils'
+  `fetch_image`. Image URLs are fetched with a timeout. FFmpeg's and decord's native log lines are kept off the
+  terminal; the last one is quoted in the error when a read fails.
+
+Nothing here imports transformers: media can be read and checked before any model or processor is loaded.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import io
+import math
 import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 
-os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
-
-from collections.abc import Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import torch  # noqa: E402
-from qwen_vl_utils import process_vision_info  # noqa: E402
-from transformers import BatchFeature, ProcessorMixin  # noqa: E402
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from transformers import BatchFeature, ProcessorMixin
 
 
-__all__ = ["build_messages", "check_media", "decode", "prepare_inputs"]
+__all__ = ["Media", "MediaError", "build_messages", "check_media", "decode", "prepare_inputs", "read_media"]
 
 Conversation = list[dict[str, Any]]
-_REMOTE = ("http://", "https://", "data:")
+_REMOTE = ("http://", "https://")
+#: Frames decoded (at full resolution) and resized at a time.
+_CHUNK_FRAMES = 32
+#: Seconds to wait for an image URL.
+_URL_TIMEOUT_S = 30
 
 
+class MediaError(ValueError):
+    """A video or image that cannot be used: the message names the file (or URL) and what is wrong."""
+
+
+class MediaNotFoundError(MediaError, FileNotFoundError):
+    """A local video or image file that does not exist."""
+
+
+@dataclass
+class Media:
+    """The media of one or more conversations, read and resized as qwen-vl-utils would, in order of appearance.
+
+    Attributes:
+        images: PIL images (RGB, resized to multiples of 28 pixels), or None when there are none.
+        videos: `[frames, 3, H, W]` float tensors (0..255), or None.
+        metadata: Per video, `fps` (of the file), `frames_indices` (the frames sampled), `total_num_frames`,
+            `video_backend`; the processor derives the sampled fps from it.
+    """
+
+    images: list[Image.Image] | None = None
+    videos: list[torch.Tensor] | None = None
+    metadata: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+
+# ------------------------------------------------------------------------------------------------ messages
 def build_messages(
     question: str,
-    videos: Sequence[str | Path] = (),
-    images: Sequence[str | Path] = (),
+    videos: str | os.PathLike | Sequence[str | os.PathLike] = (),
+    images: str | os.PathLike | Sequence[str | os.PathLike] = (),
     fps: float | None = None,
     max_frames: int | None = None,
     max_pixels: int | None = None,
@@ -52,107 +94,343 @@ def build_messages(
     qwen-vl-utils' defaults apply (2 fps, 4 to 768 frames, 128 to 768 tokens per frame pair, and a total budget).
 
     Args:
-        question: The text of the turn.
-        videos: Local video paths (or URLs), read by qwen-vl-utils.
-        images: Local image paths (or URLs).
-        fps: Frames per second to sample from each video (mutually exclusive with `nframes`).
-        max_frames: Upper bound on the frames sampled from each video (with `fps` sampling).
-        max_pixels: Upper bound on the pixels of each video frame and each image (qwen-vl-utils resizes to multiples of
-            28, keeping the aspect ratio).
-        min_pixels: Lower bound on the pixels of each video frame and each image.
-        nframes: Exact number of frames to sample from each video (rounded to an even number).
-        total_pixels: Pixel budget of each video over all its frames.
+        question: The text of the turn (not empty).
+        videos: Local video paths or URLs; a single path may be given as it is.
+        images: Local image paths, URLs or `data:image/...;base64,` URIs; a single one may be given as it is.
+        fps: Frames per second to sample from each video, finite and > 0 (mutually exclusive with `nframes`).
+        max_frames: Upper bound on the frames sampled from each video (with `fps` sampling), >= 2: frames are
+            sampled in pairs (one temporal patch).
+        max_pixels: Upper bound on the pixels of each video frame and each image, >= 784 (one 28x28 token);
+            qwen-vl-utils resizes to multiples of 28, keeping the aspect ratio.
+        min_pixels: Lower bound on the pixels of each video frame and each image, >= 1 and <= `max_pixels`.
+        nframes: Exact number of frames to sample from each video (rounded to an even number), >= 2.
+        total_pixels: Pixel budget of each video over all its frames, >= 784.
 
     Returns:
         `[{"role": "user", "content": [...]}]`, with items such as
         `{"type": "video", "video": "/path/clip.mp4", "fps": 4.0, "max_pixels": 12544}`.
+
+    Raises:
+        ValueError: An empty question or an option out of range, naming the option.
     """
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"the question must be a non-empty string, got {question!r}")
     if fps is not None and nframes is not None:
         raise ValueError("Pass either `fps` or `nframes`, not both.")
+    check_sampling(fps=fps, max_frames=max_frames, max_pixels=max_pixels, min_pixels=min_pixels, nframes=nframes,
+                   total_pixels=total_pixels)  # fmt: skip
     pixels = {"min_pixels": min_pixels, "max_pixels": max_pixels}
     video_options = {"fps": fps, "nframes": nframes, "max_frames": max_frames, "total_pixels": total_pixels, **pixels}
     content: list[dict[str, Any]] = []
-    for video in videos:
+    for video in _as_list(videos, "videos"):
         item = {"type": "video", "video": str(video)}
         content.append(item | {key: value for key, value in video_options.items() if value is not None})
-    for image in images:
+    for image in _as_list(images, "images"):
         item = {"type": "image", "image": str(image)}
         content.append(item | {key: value for key, value in pixels.items() if value is not None})
     content.append({"type": "text", "text": question})
     return [{"role": "user", "content": content}]
 
 
-def _local_path(source: Any) -> Path | None:
-    """The local file a media reference points to, or `None` for URLs and in-memory media."""
-    if not isinstance(source, (str, Path)):
-        return None
-    source = str(source)
-    if source.startswith(_REMOTE):
-        return None
-    return Path(source.removeprefix("file://"))
+#: (name, smallest allowed value, what it is) of the integer sampling options.
+_INT_OPTIONS = {
+    "max_frames": (2, "frames are sampled in pairs, one temporal patch"),
+    "nframes": (2, "frames are sampled in pairs, one temporal patch"),
+    "max_pixels": (28 * 28, "one 28x28-pixel token"),
+    "min_pixels": (1, "a pixel"),
+    "total_pixels": (28 * 28, "one 28x28-pixel token"),
+}
+#: Largest integer option accepted (far beyond any real frame count or pixel budget).
+MAX_OPTION = 2**31 - 1
 
 
-def check_media(conversations: Conversation | Sequence[Conversation]) -> None:
-    """Check that every local video and image of the conversation(s) exists and can be decoded.
+def check_sampling(**options: Any) -> None:
+    """Raise a `ValueError` naming the first out-of-range sampling option (`None` means the default).
 
-    Raises:
-        FileNotFoundError: A media file does not exist.
-        ValueError: A video has no decodable frames, or an image cannot be read.
+    `fps` must be a finite number > 0; `max_frames` and `nframes` integers >= 2; `max_pixels` and `total_pixels`
+    >= 784; `min_pixels` >= 1 and <= `max_pixels`; every integer <= 2**31 - 1.
     """
-    if conversations and isinstance(conversations[0], dict):
-        conversations = [conversations]
+    fps = options.get("fps")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps)
+                            or fps <= 0):  # fmt: skip
+        raise ValueError(f"fps={fps!r} is out of range: allowed a finite number > 0")
+    for name, (low, why) in _INT_OPTIONS.items():
+        value = options.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_OPTION:
+            raise ValueError(f"{name}={value!r} is out of range: allowed integers {low}..{MAX_OPTION} ({why})")
+    low, high = options.get("min_pixels"), options.get("max_pixels")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"min_pixels={low} is larger than max_pixels={high}")
+
+
+def _as_list(media: Any, name: str) -> list[Any]:
+    """`media` as a list; a single path (str or PathLike) becomes a list of one, not a sequence of characters."""
+    if isinstance(media, (str, os.PathLike)):
+        return [media]
+    if media is None:
+        return []
+    if not isinstance(media, Sequence):
+        raise TypeError(f"`{name}` must be a path or a list of paths, got {type(media).__name__}")
+    return list(media)
+
+
+def _conversations(messages: Conversation | Sequence[Conversation]) -> list[Conversation]:
+    if not messages:
+        raise ValueError("no conversation given")
+    return [messages] if isinstance(messages[0], dict) else list(messages)  # type: ignore[list-item]
+
+
+def _media_items(conversations: list[Conversation]) -> Iterator[dict[str, Any]]:
+    """The image and video items of the conversations, in order (as qwen-vl-utils' `extract_vision_info`)."""
     for conversation in conversations:
         for message in conversation:
             if not isinstance(message.get("content"), list):
                 continue
             for item in message["content"]:
-                kind = "video" if "video" in item else "image" if "image" in item else None
-                path = _local_path(item.get(kind)) if kind else None
-                if path is None:
-                    continue
-                if not path.is_file():
-                    raise FileNotFoundError(f"{kind.capitalize()} file not found: {path}")
-                _check_video(path) if kind == "video" else _check_image(path)
+                if "image" in item or "image_url" in item or "video" in item:
+                    yield item
+                elif item.get("type", "text") in ("image", "image_url", "video"):
+                    raise MediaError(f"a {item['type']} item without its {item['type']!r} key: {item}")
 
 
-def _check_video(path: Path) -> None:
+# ------------------------------------------------------------------------------------------------ reading
+def check_media(conversations: Conversation | Sequence[Conversation]) -> None:
+    """Check cheaply that every video and image of the conversation(s) can be read: the file exists, one video frame
+    decodes, the image decodes completely. [`read_media`] does the full read (and the same checks).
+
+    Raises:
+        MediaNotFoundError: A local media file does not exist (a `FileNotFoundError`).
+        MediaError: A video has no decodable frame, an image cannot be decoded (a `ValueError`).
+    """
+    for item in _media_items(_conversations(conversations)):
+        if "video" in item:
+            source = item["video"]
+            if isinstance(source, str):
+                _probe_video(_video_location(source))
+        else:
+            _load_image(item.get("image", item.get("image_url")))
+
+
+def read_media(conversations: Conversation | Sequence[Conversation], patch_size: int = 14) -> Media:
+    """Read and resize every video and image of the conversation(s), as qwen-vl-utils' `process_vision_info` with
+    decord does (see the module docstring for the two differences), never through its torchvision fallback.
+
+    Args:
+        conversations: A conversation or a list of them (see [`build_messages`]).
+        patch_size: The vision patch size (14 for Qwen2.5-VL); sizes are multiples of `2 * patch_size`.
+
+    Raises:
+        MediaNotFoundError: A local media file does not exist (a `FileNotFoundError`).
+        MediaError: A video or image cannot be decoded, or cannot be resized within the pixel limits (a `ValueError`).
+    """
+    from qwen_vl_utils import fetch_image, fetch_video
+
+    images, videos, metadata = [], [], []
+    for item in _media_items(_conversations(conversations)):
+        if "video" in item:
+            if isinstance(item["video"], str):
+                video, meta = _read_video(item, patch_size)
+            else:  # a list of frames: qwen-vl-utils' own path (no video reader involved)
+                video, meta = fetch_video(item, image_patch_size=patch_size, return_video_metadata=True)
+            videos.append(video), metadata.append(meta)
+        else:
+            source = item.get("image", item.get("image_url"))
+            image = _load_image(source)
+            try:
+                images.append(fetch_image({**item, "image": image}, image_patch_size=patch_size))
+            except (ValueError, AssertionError, ZeroDivisionError) as error:
+                raise MediaError(f"Image {_name(source)} cannot be resized: {error}") from error
+    return Media(images or None, videos or None, metadata or None)
+
+
+def _name(source: Any) -> str:
+    if isinstance(source, str) and source.startswith("data:"):
+        return source[:40] + "..."
+    return str(source)
+
+
+def _video_location(source: str) -> str:
+    """The path or URL decord should open; raises for a missing local file or an unsupported URL scheme."""
+    if source.startswith(_REMOTE):
+        return source
+    if source.startswith("data:"):
+        raise MediaError(f"Video {_name(source)}: data: URIs are supported for images only")
+    path = Path(source.removeprefix("file://")).expanduser()
+    if not path.is_file():
+        kind = "is a directory, not a video file" if path.is_dir() else "not found"
+        raise MediaNotFoundError(f"Video file {kind}: {path}")
+    return str(path)
+
+
+@contextlib.contextmanager
+def _native_log(lines: list[str]) -> Iterator[None]:
+    """Route file descriptor 2 to a temporary file while native code runs (FFmpeg and decord write their log lines
+    there, past Python's `sys.stderr`); the captured lines are appended to `lines`."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2: nothing to keep quiet
+        yield
+        return
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            lines.extend(line for line in log.read().decode(errors="replace").splitlines() if line.strip())
+
+
+def _reason(error: BaseException, log: list[str]) -> str:
+    """One line: the error, and the last native log line when it says more."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if log:
+        last = " ".join(log[-1].split())
+        if last not in text:
+            text = f"{text}; {last}"
+    return text
+
+
+def _probe_video(location: str) -> tuple[int, float, tuple[int, int]]:
+    """Open a video and decode its first frame; returns (frames, fps, (height, width))."""
     import decord
 
+    log: list[str] = []
     try:
-        reader = decord.VideoReader(str(path), num_threads=1)
-        if len(reader) == 0:
-            raise ValueError("the stream has no frames")
-        reader[0]  # decode one frame: a broken stream can still report a length
-    except Exception as error:
-        raise ValueError(f"Video has no decodable frames: {path} ({error})") from error
+        with _native_log(log):
+            reader = decord.VideoReader(location, num_threads=1)
+            frames, fps = len(reader), float(reader.get_avg_fps())
+            height, width = reader[0].shape[:2] if frames else (0, 0)
+            del reader
+    except Exception as error:  # noqa: BLE001 - decord raises its own DECORDError or RuntimeError
+        raise MediaError(f"Video has no decodable frames: {location} ({_reason(error, log)})") from error
+    if frames < 1:
+        raise MediaError(f"Video has no decodable frames: {location} (the stream has no frames)")
+    if not (math.isfinite(fps) and fps > 0):
+        raise MediaError(f"Video {location} reports a frame rate of {fps}; cannot sample it by time")
+    return frames, fps, (height, width)
 
 
-def _check_image(path: Path) -> None:
+def _read_video(item: dict[str, Any], patch_size: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """qwen-vl-utils' `fetch_video` for a path or URL with its decord reader; returns (video, metadata)."""
+    import decord
+    import torch
+    from qwen_vl_utils import vision_process as qvu
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    location = _video_location(item["video"])
+    total, fps, (height, width) = _probe_video(location)
+    try:
+        start, end, total = qvu.calculate_video_frame_range(item, total, fps)
+        # One frame: qwen-vl-utils' sampler needs two; the processor repeats it to fill the temporal patch.
+        count = total if total < qvu.FRAME_FACTOR else qvu.smart_nframes(item, total_frames=total, video_fps=fps)
+        factor = patch_size * qvu.SPATIAL_MERGE_SIZE
+        min_pixels = item.get("min_pixels", qvu.VIDEO_MIN_TOKEN_NUM * factor**2)
+        total_pixels = item.get("total_pixels", qvu.MODEL_SEQ_LEN * factor**2 * 0.9)
+        max_pixels = max(min(qvu.VIDEO_MAX_TOKEN_NUM * factor**2, total_pixels / count * qvu.FRAME_FACTOR),
+                         int(min_pixels * 1.05))  # fmt: skip
+        max_pixels = min(item.get("max_pixels", max_pixels), max_pixels)
+        size = [height, width]
+        if "resized_height" in item and "resized_width" in item:
+            size = [item["resized_height"], item["resized_width"]]
+            min_pixels, max_pixels = None, None
+        new_height, new_width = qvu.smart_resize(*size, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    except AssertionError as error:  # smart_resize's min_pixels <= max_pixels
+        raise MediaError(f"Video {location}: max_pixels={max_pixels} is below min_pixels={min_pixels} (give a "
+                         "smaller min_pixels)") from error  # fmt: skip
+    except (ValueError, ZeroDivisionError) as error:
+        raise MediaError(f"Video {location} cannot be sampled or resized: {' '.join(str(error).split())}") from error
+    if new_height < factor or new_width < factor:
+        raise MediaError(f"Video {location} ({width}x{height}) is resized to {new_width}x{new_height} pixels: raise "
+                         f"max_pixels to at least {factor}x{factor} tokens' worth for this aspect ratio")  # fmt: skip
+    indices = torch.linspace(start, end, count).round().long().tolist()
+    chunks, log = [], []
+    try:
+        with _native_log(log):
+            reader = decord.VideoReader(location)
+            for first in range(0, count, _CHUNK_FRAMES):
+                frames = reader.get_batch(indices[first : first + _CHUNK_FRAMES]).asnumpy()
+                frames = torch.from_numpy(frames).permute(0, 3, 1, 2)
+                chunks.append(resize(frames, [new_height, new_width], interpolation=InterpolationMode.BICUBIC,
+                                     antialias=True))  # fmt: skip
+            del reader
+    except Exception as error:  # noqa: BLE001 - decord raises its own DECORDError or RuntimeError
+        raise MediaError(f"Video {location} cannot be decoded: {_reason(error, log)}") from error
+    metadata = {"fps": fps, "frames_indices": indices, "total_num_frames": total, "video_backend": "decord"}
+    return torch.cat(chunks).float(), metadata
+
+
+def _load_image(source: Any) -> Image.Image:
+    """A completely decoded PIL image from a path, `file://` path, http(s) URL, `data:image/...;base64,` URI or a
+    PIL image."""
     from PIL import Image
 
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str):
+        raise MediaError(f"an image must be a path, URL, data URI or PIL image, got {type(source).__name__}")
+    if source.startswith(_REMOTE):
+        data = io.BytesIO(_download(source))
+    elif source.startswith("data:"):
+        header, _, payload = source.partition(",")
+        if not header.startswith("data:image") or not header.endswith(";base64"):
+            raise MediaError(f"Image {_name(source)}: only data:image/...;base64, URIs are supported")
+        try:
+            data = io.BytesIO(base64.b64decode(payload, validate=True))
+        except ValueError as error:
+            raise MediaError(f"Image {_name(source)}: invalid base64 ({error})") from error
+    else:
+        path = Path(source.removeprefix("file://")).expanduser()
+        if not path.is_file():
+            kind = "is a directory, not an image file" if path.is_dir() else "not found"
+            raise MediaNotFoundError(f"Image file {kind}: {path}")
+        data = path
     try:
-        with Image.open(path) as image:
-            image.verify()
-    except Exception as error:
-        raise ValueError(f"Image cannot be decoded: {path} ({error})") from error
+        with Image.open(data) as image:
+            image.load()  # decode every pixel: a truncated file fails here, not later
+            return image
+    except Exception as error:  # noqa: BLE001 - PIL raises OSError, SyntaxError, DecompressionBombError, ...
+        raise MediaError(f"Image cannot be decoded: {_name(source)} ({' '.join(str(error).split())})") from error
 
 
+def _download(url: str) -> bytes:
+    import requests
+
+    try:
+        response = requests.get(url, timeout=_URL_TIMEOUT_S)
+        response.raise_for_status()
+    except requests.RequestException as error:
+        raise MediaError(f"Cannot download {url}: {type(error).__name__}") from error
+    return response.content
+
+
+# ------------------------------------------------------------------------------------------------ processing
 def prepare_inputs(
     processor: ProcessorMixin,
     messages: Conversation | Sequence[Conversation],
     return_video_kwargs: bool = True,
+    *,
+    media: Media | None = None,
 ) -> BatchFeature:
     """Turn one conversation, or a batch of them, into model inputs.
 
-    Renders the chat template (with the generation prompt), reads and resizes the media with qwen-vl-utils (patch size
+    Renders the chat template (with the generation prompt), reads and resizes the media ([`read_media`], patch size
     taken from the processor: 14 for Qwen2.5-VL), then runs the processor with padding (left, from the tokenizer).
 
     Args:
         processor: A Qwen2.5-VL processor (e.g. [`modeling.offline.build_processor`] or `AutoProcessor`).
         messages: A conversation (list of message dicts, see [`build_messages`]) or a list of conversations. A
             conversation may hold several videos and images; the conversations of a batch may differ in media.
-        return_video_kwargs: Forward the video kwargs of qwen-vl-utils (`do_sample_frames=False`: the frames it
-            sampled are used as they are) to the processor.
+        return_video_kwargs: Tell the processor that the frames are already sampled (`do_sample_frames=False`, as
+            qwen-vl-utils' video kwargs do), so it uses them as they are.
+        media: The media of `messages`, already read by [`read_media`] (to read them before loading a model).
 
     Returns:
         A [`BatchFeature`] of tensors: `input_ids`, `attention_mask`, `mm_token_type_ids` (0 text, 1 image, 2 video,
@@ -160,36 +438,25 @@ def prepare_inputs(
         `video_grid_thw`, `second_per_grid_ts`, `pixel_values`, `image_grid_thw`.
 
     Raises:
-        FileNotFoundError: A local media file does not exist.
-        ValueError: A video has no decodable frames, or an image cannot be read.
+        MediaNotFoundError: A local media file does not exist (a `FileNotFoundError`).
+        MediaError: A video or image cannot be read (a `ValueError`).
     """
-    conversations: list[Conversation] = [messages] if isinstance(messages[0], dict) else list(messages)
-    check_media(conversations)
+    import torch
+
+    conversations = _conversations(messages)
+    if media is None:
+        media = read_media(conversations, patch_size=getattr(processor.image_processor, "patch_size", 14))
     text = [
         processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         for conversation in conversations
     ]
-    patch_size = getattr(processor.image_processor, "patch_size", 14)
-    images, videos, video_kwargs = process_vision_info(
-        conversations, return_video_kwargs=True, return_video_metadata=True, image_patch_size=patch_size
-    )
-    kwargs: dict[str, Any] = dict(video_kwargs) if return_video_kwargs else {}
-    if videos is not None:
-        videos, metadata = (list(column) for column in zip(*videos))
-        kwargs["video_metadata"] = [_to_plain_metadata(item) for item in metadata]
-    inputs = processor(text=text, images=images, videos=videos, padding=True, return_tensors="pt", **kwargs)
+    kwargs: dict[str, Any] = {"do_sample_frames": False} if return_video_kwargs else {}
+    if media.videos is not None:
+        kwargs["video_metadata"] = media.metadata
+    inputs = processor(text=text, images=media.images, videos=media.videos, padding=True, return_tensors="pt", **kwargs)
     if "second_per_grid_ts" in inputs and not torch.is_tensor(inputs["second_per_grid_ts"]):
         inputs["second_per_grid_ts"] = torch.tensor(inputs["second_per_grid_ts"], dtype=torch.float32)
     return inputs
-
-
-def _to_plain_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    """qwen-vl-utils metadata with `frames_indices` as a list of ints (the torchvision reader returns a tensor)."""
-    metadata = dict(metadata)
-    indices = metadata.get("frames_indices")
-    if torch.is_tensor(indices):
-        metadata["frames_indices"] = indices.tolist()
-    return metadata
 
 
 def decode(processor: ProcessorMixin, inputs: BatchFeature | dict[str, Any], generated_ids: torch.Tensor) -> list[str]:

@@ -11,6 +11,8 @@ video (for [`modeling.visualize.render_fates`]) and timings:
 * `prefill_s` is the time to the first new token: from the call to `generate` (vision encoder, PruneVid Stages 1-2,
   the prompt's forward pass, the first sampling step) until `generate` hands that token to its streamer.
 * `decode_tokens_per_s` counts the tokens after the first: `(new_tokens - 1) / (end - first token)`.
+* `total_s` is the whole `generate` call. Beam search (`num_beams > 1`) cannot stream, and a caller may pass a
+  streamer of their own: then only `total_s` is measured (`prefill_s` and the decode rate are None).
 * `peak_memory_bytes` is, on CUDA, `torch.cuda.max_memory_allocated` over the call (reset before it); on CPU, the
   process's peak resident set size over the call (Linux `VmHWM`, reset through `/proc/self/clear_refs`; where that is
   not possible, the peak since the process started). `peak_memory_kind` says which.
@@ -18,23 +20,27 @@ video (for [`modeling.visualize.render_fates`]) and timings:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers.generation.streamers import BaseStreamer
 
-from .inputs import build_messages, check_media, decode, prepare_inputs
-from .model import Qwen2_5_VLPruneVid
+from .inputs import Media, build_messages, decode, prepare_inputs
 from .prunevid.config import PruneVidConfig
 
 
-__all__ = ["Result", "VideoQA", "check_checkpoint", "stock_stats"]
+if TYPE_CHECKING:  # transformers is imported only when a model is built (checks run without it)
+    from .model import Qwen2_5_VLPruneVid
+
+
+__all__ = ["CheckpointError", "Result", "VideoQA", "check_checkpoint", "stock_stats"]
 
 #: qwen-vl-utils' default lower bound on a video frame's pixels (128 tokens of 28x28).
 _VIDEO_MIN_PIXELS = 128 * 28 * 28
@@ -55,9 +61,11 @@ class Result:
             `segments`, `pruning_layer`. For the stock model (PruneVid off) the same keys, from [`stock_stats`].
         video_fates: Per video, `PruneVidController.video_fates()` (empty when PruneVid is off).
         prunevid: The PruneVid settings of the run (`PruneVidConfig.to_dict()`).
-        prefill_s: Seconds to the first new token (see the module docstring).
-        decode_s: Seconds from the first to the last new token.
+        prefill_s: Seconds to the first new token (see the module docstring); None when not measured (beam search,
+            or a streamer of the caller's).
+        decode_s: Seconds from the first to the last new token (None when `prefill_s` is).
         decode_tokens_per_s: `(new_tokens - 1) / decode_s`, or None with fewer than two new tokens.
+        total_s: Seconds of the whole `generate` call.
         peak_memory_bytes: Peak memory over the call (see `peak_memory_kind`).
         peak_memory_kind: `"cuda_max_memory_allocated"`, `"cpu_peak_rss"` or `"cpu_peak_rss_since_start"`.
         inputs: The model inputs (on the CPU), for pictures of the frames the model saw.
@@ -69,12 +77,13 @@ class Result:
     stats: dict[str, Any]
     video_fates: list[dict[str, Any]]
     prunevid: dict[str, Any]
-    prefill_s: float
-    decode_s: float
+    prefill_s: float | None
+    decode_s: float | None
     decode_tokens_per_s: float | None
     peak_memory_bytes: int
     peak_memory_kind: str
     inputs: dict[str, Any] = field(default_factory=dict, repr=False)
+    total_s: float = 0.0
 
     @property
     def new_tokens(self) -> int:
@@ -90,9 +99,10 @@ class Result:
             "stats": self.stats,
             "prunevid": self.prunevid,
             "timings": {
-                "prefill_s": round(self.prefill_s, 4),
-                "decode_s": round(self.decode_s, 4),
-                "decode_tokens_per_s": None if self.decode_tokens_per_s is None else round(self.decode_tokens_per_s, 2),
+                "prefill_s": _round(self.prefill_s, 4),
+                "decode_s": _round(self.decode_s, 4),
+                "decode_tokens_per_s": _round(self.decode_tokens_per_s, 2),
+                "total_s": round(self.total_s, 4),
             },
             "memory": {"peak_bytes": self.peak_memory_bytes, "kind": self.peak_memory_kind},
         }
@@ -104,7 +114,7 @@ class VideoQA:
     Args:
         model: A [`Qwen2_5_VLPruneVid`]; its `prunevid` setting is used (and may be switched between calls).
         processor: The matching Qwen2.5-VL processor.
-        offline_demo: True for the random-weight model of [`VideoQA.offline_demo`] (its answers are meaningless).
+        offline_demo: True for the model of [`VideoQA.offline_demo`].
     """
 
     def __init__(self, model: Qwen2_5_VLPruneVid, processor: Any, *, offline_demo: bool = False) -> None:
@@ -133,17 +143,22 @@ class VideoQA:
             attn_implementation: `"sdpa"`, `"eager"`, `"flash_attention_2"`, ...
 
         Raises:
-            ValueError: `path` is not a Qwen2.5-VL checkpoint (no `config.json`, or another `model_type`).
+            CheckpointError: `path` is not a loadable Qwen2.5-VL checkpoint (see [`check_checkpoint`]), or its weights
+                or processor files fail to load (a `ValueError`).
         """
         from transformers import AutoProcessor
+
+        from .model import Qwen2_5_VLPruneVid
 
         check_checkpoint(path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = _resolve_dtype(dtype, device)
-        model = Qwen2_5_VLPruneVid.from_pretrained(
-            path, prunevid=prunevid, dtype=dtype, attn_implementation=attn_implementation
-        )
-        processor = AutoProcessor.from_pretrained(path)
+        with _load_errors(path, "processor"):
+            processor = AutoProcessor.from_pretrained(path)
+        with _load_errors(path, "weights"):
+            model = Qwen2_5_VLPruneVid.from_pretrained(
+                path, prunevid=prunevid, dtype=dtype, attn_implementation=attn_implementation
+            )
         return cls(model.to(device), processor)
 
     @classmethod
@@ -152,71 +167,92 @@ class VideoQA:
         prunevid: PruneVidConfig | None = None,
         seed: int = 0,
         *,
+        dtype: str | torch.dtype = "auto",
         device: str | torch.device | None = None,
         attn_implementation: str = "sdpa",
     ) -> "VideoQA":
         """A small random-weight Qwen2.5-VL ([`modeling.offline.tiny_config`]) with the real processor, built
-        offline in a few seconds. Its answers are meaningless; it shows the pipeline, the token budget and timing."""
+        offline in a few seconds. Its answers are meaningless; it shows the pipeline, the token budget and timing.
+        `dtype` as in [`from_pretrained`]."""
+        from .model import Qwen2_5_VLPruneVid
         from .offline import build_processor, tiny_config
 
         torch.manual_seed(seed)
         model = Qwen2_5_VLPruneVid(tiny_config(), prunevid=prunevid)
         model.set_attn_implementation(attn_implementation)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(model.to(device), build_processor(), offline_demo=True)
+        return cls(model.to(device=device, dtype=_resolve_dtype(dtype, device)), build_processor(), offline_demo=True)
 
     # ------------------------------------------------------------------------------------------------ asking
     def ask(
         self,
         question: str,
-        videos: Sequence[str | os.PathLike] = (),
-        images: Sequence[str | os.PathLike] = (),
+        videos: str | os.PathLike | Sequence[str | os.PathLike] = (),
+        images: str | os.PathLike | Sequence[str | os.PathLike] = (),
         fps: float | None = None,
         max_frames: int | None = None,
         max_pixels: int | None = None,
         max_new_tokens: int = 64,
+        *,
+        min_pixels: int | None = None,
         **generate_kwargs: Any,
     ) -> str:
-        """The answer to `question` about the videos and images (greedy decoding unless told otherwise)."""
+        """The answer to `question` about the videos and images (greedy decoding unless told otherwise). A single
+        video or image may be passed as a plain path."""
         return self.run(
             question, videos, images, fps=fps, max_frames=max_frames, max_pixels=max_pixels,
-            max_new_tokens=max_new_tokens, **generate_kwargs,
+            max_new_tokens=max_new_tokens, min_pixels=min_pixels, **generate_kwargs,
         ).answer  # fmt: skip
 
     def prepare(
         self,
         question: str,
-        videos: Sequence[str | os.PathLike] = (),
-        images: Sequence[str | os.PathLike] = (),
+        videos: str | os.PathLike | Sequence[str | os.PathLike] = (),
+        images: str | os.PathLike | Sequence[str | os.PathLike] = (),
         fps: float | None = None,
         max_frames: int | None = None,
         max_pixels: int | None = None,
         min_pixels: int | None = None,
+        *,
+        media: Media | None = None,
     ) -> dict[str, Any]:
-        """Model inputs (on the CPU) for one question: chat template, qwen-vl-utils, processor.
+        """Model inputs (on the CPU) for one question: chat template, media ([`read_media`]), processor.
 
-        When `max_pixels` is below qwen-vl-utils' per-frame video minimum (128 tokens) and `min_pixels` is not given,
-        the minimum is lowered to 4 tokens, so that small frames keep their size instead of failing its check.
+        `media` are the media of exactly these arguments, read earlier by [`read_media`] on [`messages`]`(...)`.
 
         Raises:
             FileNotFoundError: A local media file does not exist.
-            ValueError: A video has no decodable frames, or an image cannot be read.
+            ValueError: An empty question, an option out of range, or a video or image that cannot be read.
         """
+        messages = self.messages(question, videos, images, fps, max_frames, max_pixels, min_pixels)
+        return dict(prepare_inputs(self.processor, messages, media=media))
+
+    @staticmethod
+    def messages(
+        question: str,
+        videos: str | os.PathLike | Sequence[str | os.PathLike] = (),
+        images: str | os.PathLike | Sequence[str | os.PathLike] = (),
+        fps: float | None = None,
+        max_frames: int | None = None,
+        max_pixels: int | None = None,
+        min_pixels: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The conversation [`prepare`] builds ([`build_messages`]). When `max_pixels` is below qwen-vl-utils'
+        per-frame video minimum (128 tokens) and `min_pixels` is not given, the minimum is lowered to 4 tokens (or
+        `max_pixels`), so that small frames keep their size instead of failing qwen-vl-utils' check."""
         if max_pixels is not None and min_pixels is None and max_pixels < _VIDEO_MIN_PIXELS:
             min_pixels = min(_IMAGE_MIN_PIXELS, max_pixels)
-        messages = build_messages(
+        return build_messages(
             question, videos=videos, images=images, fps=fps, max_frames=max_frames,
             max_pixels=max_pixels, min_pixels=min_pixels,
         )  # fmt: skip
-        check_media(messages)
-        return dict(prepare_inputs(self.processor, messages))
 
     @torch.no_grad()
     def run(
         self,
         question: str | None = None,
-        videos: Sequence[str | os.PathLike] = (),
-        images: Sequence[str | os.PathLike] = (),
+        videos: str | os.PathLike | Sequence[str | os.PathLike] = (),
+        images: str | os.PathLike | Sequence[str | os.PathLike] = (),
         fps: float | None = None,
         max_frames: int | None = None,
         max_pixels: int | None = None,
@@ -230,7 +266,7 @@ class VideoQA:
 
         Pass either the question and media (see [`prepare`]) or ready `inputs` from [`prepare`] (to run the same
         inputs under several PruneVid settings). `generate_kwargs` go to `model.generate`; decoding is greedy by
-        default.
+        default. With beam search, or a `streamer` of your own, only the total time is measured.
         """
         if inputs is None:
             if question is None:
@@ -239,18 +275,26 @@ class VideoQA:
         device = self.model.device
         on_device = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         generate_kwargs.setdefault("do_sample", False)
-        timer = _FirstTokenTimer(cuda=device.type == "cuda")
+        beams = generate_kwargs.get("num_beams") or getattr(self.model.generation_config, "num_beams", 1) or 1
+        timer = None
+        if beams == 1 and generate_kwargs.get("streamer") is None:  # beam search cannot stream
+            timer = generate_kwargs["streamer"] = _FirstTokenTimer(cuda=device.type == "cuda")
         memory = _PeakMemory(device)
         with memory:
             start = time.perf_counter()
-            output = self.model.generate(**on_device, max_new_tokens=max_new_tokens, streamer=timer, **generate_kwargs)
-            timer.sync()
+            output = self.model.generate(**on_device, max_new_tokens=max_new_tokens, **generate_kwargs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             end = time.perf_counter()
         prompt_tokens = int(inputs["input_ids"].shape[1])
         new_ids = output[0, prompt_tokens:].tolist()
-        first = timer.first_token_at if timer.first_token_at is not None else end
-        decode_s = end - first
+        prefill_s = decode_s = rate = None
+        if timer is not None:
+            first = timer.first_token_at if timer.first_token_at is not None else end
+            prefill_s, decode_s = first - start, end - first
+            rate = (len(new_ids) - 1) / decode_s if len(new_ids) > 1 and decode_s > 0 else None
         stats = self.model.prunevid_stats or stock_stats(inputs, self.model.config.video_token_id)
+        stats = {**stats, **_image_counts(self.model, inputs)}
         return Result(
             answer=decode(self.processor, inputs, output.cpu())[0],
             token_ids=new_ids,
@@ -258,43 +302,161 @@ class VideoQA:
             stats=stats,
             video_fates=self.model.prunevid_video_fates(),
             prunevid=self.model.prunevid.to_dict(),
-            prefill_s=first - start,
+            prefill_s=prefill_s,
             decode_s=decode_s,
-            decode_tokens_per_s=(len(new_ids) - 1) / decode_s if len(new_ids) > 1 and decode_s > 0 else None,
+            decode_tokens_per_s=rate,
             peak_memory_bytes=memory.peak_bytes,
             peak_memory_kind=memory.kind,
             inputs=inputs,
+            total_s=end - start,
         )
 
 
-# ---------------------------------------------------------------------------------------------------- helpers
-def check_checkpoint(path: str | os.PathLike) -> None:
-    """Raise a `ValueError` unless `path` is a Qwen2.5-VL checkpoint: a directory with a `config.json` whose
-    `model_type` is `qwen2_5_vl`, or a Hub id whose config (from the cache, or downloaded) says so."""
+# ---------------------------------------------------------------------------------------------------- checkpoints
+class CheckpointError(ValueError):
+    """A `--model` / `from_pretrained` path that is not a loadable Qwen2.5-VL checkpoint; the message says why."""
+
+
+#: A Hugging Face Hub model id: `name` or `owner/name`.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+#: Weight files `from_pretrained` reads, in its order of preference.
+_WEIGHTS = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+
+
+def check_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Check, without loading it, that `path` is a Qwen2.5-VL checkpoint, and return its `config.json`.
+
+    A local directory needs a `config.json` holding a JSON object with `model_type` `qwen2_5_vl`, weights
+    (`model.safetensors`, sharded with an index whose every shard exists, or `pytorch_model.bin`), safetensors
+    files whose header is intact and whose size covers every tensor, and the processor's files (an image/video
+    processor config and a tokenizer). A Hub id is looked up in the local cache, then on the Hub (one request, no
+    retries), and only its `config.json` is checked.
+
+    Raises:
+        CheckpointError: Why `path` is not one (a `ValueError`).
+    """
     local = Path(path).expanduser()
     if local.exists():
         if not local.is_dir():
-            raise ValueError(f"--model must be a checkpoint directory or a Hub id, got the file {local}")
-        config_file = local / "config.json"
-        if not config_file.is_file():
-            raise ValueError(f"Not a Hugging Face checkpoint: {local} has no config.json")
-        try:
-            model_type = json.loads(config_file.read_text()).get("model_type")
-        except (OSError, ValueError) as error:
-            raise ValueError(f"Cannot read {config_file}: {error}") from error
+            raise CheckpointError(f"--model must be a checkpoint directory or a Hub id, got the file {local}")
+        config = _read_config(local / "config.json", f"Not a Hugging Face checkpoint: {local} has no config.json")
+        _check_weights(local)
+        _check_processor_files(local)
+    elif _HUB_ID.match(str(path)):
+        config = _read_config(_hub_config(str(path)), "")
     else:
-        from transformers import AutoConfig
-
-        try:
-            model_type = AutoConfig.from_pretrained(str(path)).model_type
-        except (OSError, ValueError) as error:
-            raise ValueError(
-                f"Cannot load a model config from {str(path)!r}: not a local directory, and not found on the Hub or "
-                f"in its cache ({error.__class__.__name__})"
-            ) from error
+        raise CheckpointError(f"--model {str(path)!r} is neither an existing directory nor a Hub id (owner/name)")
+    model_type = config.get("model_type")
     if model_type != "qwen2_5_vl":
-        raise ValueError(f"{path} is not a Qwen2.5-VL checkpoint: its config.json has model_type={model_type!r}, "
-                         "expected 'qwen2_5_vl'")  # fmt: skip
+        raise CheckpointError(f"{path} is not a Qwen2.5-VL checkpoint: its config.json has model_type={model_type!r}, "
+                              "expected 'qwen2_5_vl'")  # fmt: skip
+    return config
+
+
+def checkpoint_depth(config: dict[str, Any]) -> int | None:
+    """The LLM's number of layers from a `config.json` dict (`text_config.num_hidden_layers`, or the top level)."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    depth = text.get("num_hidden_layers", config.get("num_hidden_layers"))
+    return depth if isinstance(depth, int) and not isinstance(depth, bool) and depth > 0 else None
+
+
+def _read_config(file: Path, missing: str) -> dict[str, Any]:
+    if not file.is_file():
+        raise CheckpointError(missing)
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(f"Cannot read {file}: {' '.join(str(error).split())}") from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} must hold a JSON object, got a JSON {type(config).__name__}")
+    return config
+
+
+def _check_weights(folder: Path) -> None:
+    present = [name for name in _WEIGHTS if (folder / name).is_file()]
+    if not present:
+        raise CheckpointError(f"No weights in {folder}: expected one of {', '.join(_WEIGHTS)}")
+    name = present[0]
+    if name.endswith(".index.json"):
+        index = _read_config(folder / name, "")
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{folder / name} has no weight_map")
+        shards = sorted(set(weight_map.values()))
+        missing = [shard for shard in shards if not (folder / shard).is_file()]
+        if missing:
+            raise CheckpointError(f"{folder / name} lists {len(missing)} missing shard(s), e.g. {missing[0]}")
+        files = [folder / shard for shard in shards]
+    else:
+        files = [folder / name]
+    for file in files:
+        if file.suffix == ".safetensors":
+            _check_safetensors(file)
+        elif file.stat().st_size == 0:
+            raise CheckpointError(f"Weights file {file} is empty")
+
+
+def _check_safetensors(file: Path) -> None:
+    """The 8-byte header length, a JSON header, and a file long enough for every tensor's byte range."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or length > min(size - 8, 100 * 2**20):
+                raise ValueError("bad header length")
+            header = json.loads(handle.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise CheckpointError(f"Weights file {file} is not a valid safetensors file ({error})") from error
+    if 8 + length + end > size:
+        raise CheckpointError(f"Weights file {file} is truncated: {size} bytes, its tensors need {8 + length + end}")
+
+
+def _check_processor_files(folder: Path) -> None:
+    if not any((folder / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
+        raise CheckpointError(f"No processor config in {folder}: expected preprocessor_config.json or "
+                              "processor_config.json (save the processor next to the weights)")  # fmt: skip
+    if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()):
+        raise CheckpointError(f"No tokenizer in {folder}: expected tokenizer.json (or vocab.json and merges.txt)")
+
+
+def _hub_config(repo_id: str) -> Path:
+    """`config.json` of a Hub model: from the cache, else downloaded after one lookup (which fails fast offline)."""
+    from huggingface_hub import constants, hf_hub_download, model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, "config.json", local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise CheckpointError(f"--model {repo_id}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+    try:
+        model_info(repo_id, timeout=10)
+    except GatedRepoError as error:
+        raise CheckpointError(f"--model {repo_id}: gated on the Hub; log in with access to it") from error
+    except RepositoryNotFoundError as error:
+        raise CheckpointError(f"--model {repo_id}: no such model on the Hugging Face Hub (or it is private)") from error
+    except Exception as error:  # noqa: BLE001 - network errors of the HTTP client
+        raise CheckpointError(f"--model {repo_id}: not a local directory, not in the Hugging Face cache, and the Hub "
+                              f"cannot be reached ({type(error).__name__})") from error  # fmt: skip
+    try:
+        return Path(hf_hub_download(repo_id, "config.json"))
+    except Exception as error:  # noqa: BLE001
+        raise CheckpointError(f"--model {repo_id}: cannot download its config.json ({type(error).__name__})") from error
+
+
+@contextlib.contextmanager
+def _load_errors(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn a failure to load a checkpoint's processor or weights into a [`CheckpointError`] naming the path; running
+    out of memory is not the checkpoint's fault and passes through."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as error:  # noqa: BLE001 - transformers, safetensors and hub errors have no common base
+        message = " ".join(str(error).split())[:300]
+        raise CheckpointError(f"Cannot load the {what} of {path}: {type(error).__name__}: {message}") from error
 
 
 def stock_stats(inputs: dict[str, Any], video_token_id: int) -> dict[str, Any]:
@@ -325,8 +487,27 @@ def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtyp
     return resolved
 
 
-class _FirstTokenTimer(BaseStreamer):
-    """Streamer that notes when `generate` hands over its first new token (its first `put` is the prompt)."""
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _image_counts(model: Any, inputs: dict[str, Any]) -> dict[str, int]:
+    """Image tokens of the prompt (batch of one) and how many of them Stage 2 kept (it selects among them only
+    with `include_images`; otherwise every image token stays)."""
+    is_image = inputs["input_ids"][0] == model.config.image_token_id
+    total = int(is_image.sum())
+    kept = total
+    controller = getattr(model.model, "_prunevid", None)
+    state = getattr(controller, "state", None)
+    if total and state is not None and state.keep is not None:
+        origin, valid = state.origin[0].cpu(), state.mask[0].cpu().bool()
+        kept = int((is_image[origin.clamp(min=0)] & valid & state.keep[0].cpu()).sum())
+    return {"image_tokens": total, "image_tokens_after_stage2": kept}
+
+
+class _FirstTokenTimer:
+    """Streamer (the `put`/`end` interface of transformers' `BaseStreamer`) that notes when `generate` hands over its
+    first new token (its first `put` is the prompt)."""
 
     def __init__(self, cuda: bool) -> None:
         self.cuda = cuda

@@ -13,7 +13,9 @@ every 28x28-pixel token cell tinted by its fate:
 Panels are framed in the colour of their temporal segment, and a red bar marks where a new segment starts.
 [`render_budget_chart`] draws the tokens per stage of the stock model next to PruneVid's.
 
-Both use Matplotlib's Agg backend and write PNG files of an exact, predictable size ([`fates_layout`]).
+Both use Matplotlib's Agg backend and write the format the file name says (`.png`, `.svg`, `.pdf`), of an exact,
+predictable size ([`fates_layout`]). Short clips get a picture at least [`MIN_WIDTH`] pixels wide, so the title,
+header and legend always fit.
 """
 
 from __future__ import annotations
@@ -27,12 +29,23 @@ from typing import Any
 import numpy as np
 
 
-__all__ = ["FatesLayout", "fates_layout", "frames_from_inputs", "render_budget_chart", "render_fates"]
+__all__ = [
+    "MIN_WIDTH",
+    "FatesLayout",
+    "fates_layout",
+    "frames_from_inputs",
+    "render_budget_chart",
+    "render_fates",
+    "video_grid",
+]
 
 _DPI = 100
 _PANEL_WIDTH = 200  # px per temporal-patch panel
 _MAX_COLUMNS = 8
 _MARGIN, _GAP, _PANEL_TITLE, _HEADER, _LEGEND = 12, 10, 18, 78, 34  # px
+#: Narrowest picture (px): the header's lines and the one-row legend need it, whatever the number of panels.
+MIN_WIDTH = 1000
+_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
 # RGBA tints of the four fates (alpha = weight of the tint over the frame).
 _KEPT_DYNAMIC = (1.0, 0.55, 0.0, 0.45)
@@ -60,12 +73,15 @@ def fates_layout(patches: int, frame_height: int, frame_width: int) -> FatesLayo
     """The layout [`render_fates`] uses for `patches` temporal patches of `frame_height` x `frame_width` frames.
 
     Up to 8 panels per row, 200 px wide each (height by the frame's aspect ratio), 10 px apart, 12 px margins, an
-    18 px title above each panel, a 78 px header and a 34 px legend.
+    18 px title above each panel, a 78 px header and a 34 px legend; at least [`MIN_WIDTH`] px wide (the panels
+    then start at the left margin).
     """
+    if patches < 1 or frame_height < 1 or frame_width < 1:
+        raise ValueError(f"need >= 1 temporal patch and a frame size, got {patches} of {frame_height}x{frame_width}")
     cols = min(patches, _MAX_COLUMNS)
     rows = math.ceil(patches / cols)
     panel_height = round(_PANEL_WIDTH * frame_height / frame_width)
-    width = 2 * _MARGIN + cols * _PANEL_WIDTH + (cols - 1) * _GAP
+    width = max(MIN_WIDTH, 2 * _MARGIN + cols * _PANEL_WIDTH + (cols - 1) * _GAP)
     height = _HEADER + rows * (_PANEL_TITLE + panel_height) + (rows - 1) * _GAP + _LEGEND + _MARGIN
     return FatesLayout(rows, cols, _PANEL_WIDTH, panel_height, width, height)
 
@@ -104,6 +120,12 @@ def frames_from_inputs(
     return (x * 255).round().clip(0, 255).astype(np.uint8)
 
 
+def video_grid(grid_thw: Sequence[int], merge_size: int = 2) -> tuple[int, int, int]:
+    """The LLM-token grid (temporal patches, rows, columns) of one `video_grid_thw` row (14-px patches)."""
+    t, h, w = (int(v) for v in grid_thw)
+    return t, h // merge_size, w // merge_size
+
+
 def render_fates(
     frames: np.ndarray,
     fates: dict[str, Any] | None,
@@ -112,8 +134,9 @@ def render_fates(
     *,
     title: str = "PruneVid",
     seconds_per_patch: float | None = None,
+    grid: tuple[int, int, int] | None = None,
 ) -> FatesLayout:
-    """Draw every token's fate over the frames the model saw, and save a PNG.
+    """Draw every token's fate over the frames the model saw, and save the picture.
 
     Args:
         frames: `[T * 2, H, W, 3]` uint8 frames (two per temporal patch, e.g. [`frames_from_inputs`]) or `[T, H, W, 3]`
@@ -121,13 +144,47 @@ def render_fates(
         fates: One entry of `model.prunevid_video_fates()`: `grid` (t, h, w), `segments`, and `[t, h*w]` bool
             tensors `static`, `kept`, `carrier`. None (PruneVid off) draws every token as kept.
         stats: `model.prunevid_stats` (or the stock numbers), for the header; None leaves the counts out.
-        out_path: PNG file to write.
+        out_path: File to write; its extension picks the format: `.png`, `.svg` or `.pdf`.
         title: First line of the header.
         seconds_per_patch: Seconds per temporal patch (`second_per_grid_ts`), to label the panels with times.
+        grid: The video's (t, h, w) LLM-token grid ([`video_grid`]), needed to tell two frames per temporal patch
+            from one when `fates` is None; by default one LLM token per 28x28 pixels, and `[T * 2, ...]` frames when
+            `fates` is None and T is even.
 
     Returns:
         The [`FatesLayout`] of the picture (its `width` x `height` is the PNG size).
+
+    Raises:
+        ValueError: The extension is not one of the formats, or the frames do not fit the grid.
     """
+    import matplotlib.pyplot as plt
+
+    fmt = _format(out_path)
+    fig, layout = _fates_figure(frames, fates, stats, title=title, seconds_per_patch=seconds_per_patch, grid=grid)
+    try:
+        fig.savefig(out_path, dpi=_DPI, format=fmt, facecolor="white")
+    finally:
+        plt.close(fig)
+    return layout
+
+
+def _format(out_path: str | os.PathLike) -> str:
+    suffix = os.path.splitext(os.fspath(out_path))[1].lower()
+    if suffix not in _FORMATS:
+        raise ValueError(f"cannot tell the picture format of {os.fspath(out_path)!r}: use {', '.join(_FORMATS)}")
+    return _FORMATS[suffix]
+
+
+def _fates_figure(
+    frames: np.ndarray,
+    fates: dict[str, Any] | None,
+    stats: dict[str, Any] | None,
+    *,
+    title: str,
+    seconds_per_patch: float | None,
+    grid: tuple[int, int, int] | None,
+):
+    """The figure of [`render_fates`] (the caller closes it) and its layout."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,17 +192,18 @@ def render_fates(
     from matplotlib.patches import Patch, Rectangle
 
     frames = np.asarray(frames)
-    if fates is None:
-        t = None
-    else:
+    if fates is not None:
         t, gh, gw = (int(v) for v in fates["grid"])
-    if t is None or frames.shape[0] == 2 * t:
-        frames = frames[::2] if t is not None else frames
-    if t is None:
+    elif grid is not None:
+        t, gh, gw = (int(v) for v in grid)
+    else:
         t, gh, gw = frames.shape[0], frames.shape[1] // 28, frames.shape[2] // 28
-        fates = _all_kept(t, gh * gw)
+    if frames.shape[0] == 2 * t:
+        frames = frames[::2]  # the first frame of each temporal patch
     if frames.shape[0] != t:
         raise ValueError(f"expected {t} or {2 * t} frames for a grid of {t} temporal patches, got {frames.shape[0]}")
+    if fates is None:
+        fates = _all_kept(t, gh * gw)
     static = np.asarray(fates["static"], dtype=bool).reshape(t, gh, gw)
     kept = np.asarray(fates["kept"], dtype=bool).reshape(t, gh, gw)
     carrier = np.asarray(fates["carrier"], dtype=bool).reshape(t, gh, gw)
@@ -193,9 +251,7 @@ def render_fates(
     ]  # fmt: skip
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7.5, frameon=False,
                bbox_to_anchor=(0.5, _MARGIN / 2 / layout.height), handlelength=1.4, columnspacing=1.2)  # fmt: skip
-    fig.savefig(out_path, dpi=_DPI, format="png", facecolor="white")
-    plt.close(fig)
-    return layout
+    return fig, layout
 
 
 def render_budget_chart(
@@ -205,11 +261,11 @@ def render_budget_chart(
     *,
     labels: tuple[str, str] = ("stock", "PruneVid"),
 ) -> None:
-    """Bar chart of the tokens per stage, the stock model beside PruneVid; saved as an 800x450 PNG.
+    """Bar chart of the tokens per stage, the stock model beside PruneVid; saved as an 800x450 picture.
 
     Args:
         stock_stats, prunevid_stats: Dicts with `visual_tokens`, `after_stage1`, `after_stage2`, `kv_cache_tokens`.
-        out_path: PNG file to write.
+        out_path: File to write (`.png`, `.svg` or `.pdf`).
         labels: Legend names of the two runs.
     """
     import matplotlib
@@ -217,6 +273,7 @@ def render_budget_chart(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    _format(out_path)
     keys = ("visual_tokens", "after_stage1", "after_stage2", "kv_cache_tokens")
     names = ("visual tokens\n(into the LLM)", "after Stage 1\n(merging)", "after Stage 2\n(selection)",
              "KV cache\n(prompt tokens)")  # fmt: skip
@@ -233,8 +290,10 @@ def render_budget_chart(
     ax.margins(y=0.12)
     ax.legend(frameon=False)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=_DPI, format="png", facecolor="white")
-    plt.close(fig)
+    try:
+        fig.savefig(out_path, dpi=_DPI, format=_format(out_path), facecolor="white")
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
