@@ -385,3 +385,27 @@ def test_subprocess_json():
     check_run(result)
     assert result["stats"]["after_stage1"] == result["stats"]["visual_tokens"]  # FastV does not merge
     assert result["stats"]["pruning_layer"] == 2
+
+
+@pytest.mark.parametrize("patches", [1, 2, 3, 5, 16])
+def test_short_clip_pictures_fit_their_text(patches):
+    """Title, header, panel labels and legend lie inside the picture, however few temporal patches there are."""
+    import matplotlib.pyplot as plt
+
+    from modeling.visualize import MIN_WIDTH, _fates_figure
+
+    frames = np.zeros((2 * patches, 56, 84, 3), dtype=np.uint8)
+    stats = {"visual_tokens": 12345, "after_stage1": 6789, "after_stage2": 2345, "kv_cache_tokens": 2400,
+             "static_ratio": 0.5, "pruning_layer": 10}  # fmt: skip
+    fig, layout = _fates_figure(frames, None, stats, title="PruneVid 'conservative' on a_long_file_name_clip.mp4",
+                                seconds_per_patch=0.25, grid=(patches, 2, 3))  # fmt: skip
+    try:
+        assert layout.width >= MIN_WIDTH and layout.cols == min(patches, 8)
+        renderer = fig.canvas.get_renderer()
+        artists = [*fig.texts, *fig.legends]
+        assert len(fig.texts) >= 3 + patches and fig.legends  # title, counts, details, one label per panel
+        for artist in artists:
+            box = artist.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= layout.width and box.y1 <= layout.height, artist
+    finally:
+        plt.close(fig)
