@@ -118,17 +118,25 @@ def test_save_load_roundtrip(checkpoints, tmp_path):
     assert built.prunevid == PruneVidConfig.disabled()
 
 
-def test_loads_the_released_checkpoint_layout(checkpoints):
+def test_loads_the_released_checkpoint_layout(checkpoints, tmp_path):
     """Checkpoints on disk use the released key layout (`visual.*`, `model.layers.*`); the drop-in class renames them
-    like the stock class (transformers skips the renaming for classes outside `transformers.` unless registered)."""
-    from safetensors import safe_open
+    like the stock class (transformers skips the renaming for classes outside `transformers.` unless registered).
+    The layout is written here, since what `save_pretrained` writes differs by release (5.4: `model.visual.*`)."""
+    import shutil
 
-    with safe_open(str(checkpoints["gqa2"] / "model.safetensors"), "pt") as f:
-        keys = set(f.keys())
+    from safetensors.torch import load_file, save_file
+
+    released = {"model.visual.": "visual.", "model.language_model.": "model."}
+    weights = load_file(str(checkpoints["gqa2"] / "model.safetensors"))
+    weights = {next((new + k[len(old) :] for old, new in released.items() if k.startswith(old)), k): v
+               for k, v in weights.items()}  # fmt: skip
+    shutil.copytree(checkpoints["gqa2"], tmp_path / "released")
+    save_file(weights, str(tmp_path / "released" / "model.safetensors"), metadata={"format": "pt"})
+    keys = set(weights)
     assert any(k.startswith("visual.blocks.") for k in keys) and any(k.startswith("model.layers.") for k in keys)
-    ours, info = Qwen2_5_VLPruneVid.from_pretrained(checkpoints["gqa2"], output_loading_info=True)
+    ours, info = Qwen2_5_VLPruneVid.from_pretrained(tmp_path / "released", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    stock = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoints["gqa2"])
+    stock = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "released")
     ours_sd, stock_sd = ours.state_dict(), stock.state_dict()
     assert ours_sd.keys() == stock_sd.keys()
     for name, tensor in stock_sd.items():
