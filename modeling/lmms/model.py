@@ -7,8 +7,8 @@ class changes three things, and only these:
 
 1. **Loading** (`__init__`): `Qwen2_5_VLPruneVid.from_pretrained` with the PruneVid settings of the model args
    (`prunevid=<preset>` and one override per `PruneVidConfig` field, e.g. `keep_ratio=0.3`), with the stock class's
-   dtype (bfloat16, or the extra arg `dtype=float32`), device map and attention implementation. Data parallel runs on CPU processes too
-   (`accelerate launch --cpu`), which the stock class refuses; the model is never wrapped in DDP (evaluation only).
+   dtype (bfloat16, or the extra arg `dtype=float32`), device map and attention implementation. Data parallel runs
+   on CPU processes too, which the stock class refuses; the model is never wrapped in DDP (evaluation only).
 2. **Statistics** (`generate_until`): PruneVid's token counts of every sample's prefill (Huang et al., Sec. 3.2-3.4:
    visual tokens, after Stage 1, after Stage 2, KV cache) and its retention (`after_stage2 / visual_tokens`) are
    attached to the sample's `token_counts`, which lmms-eval writes into every logged sample (`--log_samples`) for
@@ -123,9 +123,15 @@ class Qwen2_5_VLPruneVidLMM(Qwen2_5_VL):
     ) -> None:
         lmms.__init__(self)
         self.prunevid = prunevid_config_from_args(prunevid, overrides)
+        torch_dtype = getattr(torch, str(dtype), None)
+        if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+            raise ValueError(f"qwen2_5_vl_prunevid: dtype={dtype!r} is not a torch floating-point dtype "
+                             "(bfloat16, float16, float32)")  # fmt: skip
         valid_attn_implementations = (None, "flash_attention_2", "sdpa", "eager")
         if attn_implementation not in valid_attn_implementations:
-            raise ValueError(f"attn_implementation must be one of {valid_attn_implementations}, got {attn_implementation}")
+            raise ValueError(
+                f"attn_implementation must be one of {valid_attn_implementations}, got {attn_implementation}"
+            )
         _require_decord()
 
         # As lmms-eval's qwen2_5_vl, except that several processes may share a CPU-only host.
@@ -141,9 +147,6 @@ class Qwen2_5_VLPruneVidLMM(Qwen2_5_VL):
             self._device = torch.device(device)
             self.device_map = device_map if device_map else device
 
-        torch_dtype = getattr(torch, str(dtype), None)
-        if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
-            raise ValueError(f"qwen2_5_vl_prunevid: dtype={dtype!r} is not a torch floating-point dtype (bfloat16, float32, ...)")
         model_kwargs: dict[str, Any] = {"dtype": torch_dtype, "device_map": self.device_map}
         if attn_implementation is not None:
             model_kwargs["attn_implementation"] = attn_implementation
@@ -180,7 +183,10 @@ class Qwen2_5_VLPruneVidLMM(Qwen2_5_VL):
 
         out = []
         for index, (request, result) in enumerate(zip(requests, results)):
-            text, counts = (result.text, result.token_counts) if isinstance(result, GenerationResult) else (result, None)
+            if isinstance(result, GenerationResult):
+                text, counts = result.text, result.token_counts
+            else:
+                text, counts = result, None
             sample = stats.get(index)
             if sample is not None:
                 self._records.append((request.task_name, request.doc_id, sample))

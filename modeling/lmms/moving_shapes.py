@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 
-__all__ = ["DATA_FILE", "doc_to_text", "doc_to_visual", "extract_letter", "process_docs", "process_results", "write_ids"]
+__all__ = [
+    "DATA_FILE", "doc_to_text", "doc_to_visual", "extract_letter", "process_docs", "process_results", "write_ids",
+]  # fmt: skip
 
 SPLIT = "test"
 DATA_FILE = Path(__file__).resolve().parent / "tasks" / "prunevid_moving_shapes" / "test.jsonl"
