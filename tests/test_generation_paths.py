@@ -306,7 +306,7 @@ def test_saved_settings_with_unknown_or_bad_keys(checkpoints, tmp_path):
     assert loaded.prunevid == PruneVidConfig.fastv()
     saved["prunevid"]["keep_ratio"] = 7
     config_path.write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match="keep_ratio.*pass `prunevid=`"):
+    with pytest.raises(ValueError, match="keep_ratio.*pass `prunevid=`"), pytest.warns(UserWarning, match="future"):
         Qwen2_5_VLPruneVid.from_pretrained(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
