@@ -353,17 +353,19 @@ def test_lazy_package_exports():
 
 def test_checkpoint_saved_settings_are_the_default(capsys, tmp_path):
     from modeling.offline import build_processor
-    from tests.conftest import save_random_model
+    from conftest import save_random_model
 
     folder = save_random_model(tmp_path / "ckpt")
     build_processor().save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
-    config["prunevid"] = {**PruneVidConfig.aggressive().to_dict(), "keep_ratio": 0.3}
+    config["prunevid"] = {**PruneVidConfig.aggressive().to_dict(), "keep_ratio": 0.3, "knob_of_a_newer_version": 1}
     (folder / "config.json").write_text(json.dumps(config))
     code, out, err = run_cli(capsys, "--model", str(folder), "--json", *FAST)
     assert code == 0, err
     result = json.loads(out)
     assert result["preset"] == "saved" and result["prunevid"]["keep_ratio"] == 0.3 and result["prunevid"]["tau"] == 0.7
+    notes = [line for line in err.splitlines() if "knob_of_a_newer_version" in line]
+    assert len(notes) == 1 and notes[0].startswith("qwen-prunevid: note: ")  # the unknown saved key, said once
     code, out, err = run_cli(capsys, "--model", str(folder), "--json", "--tau", "0.9", *FAST)
     assert code == 0, err
     result = json.loads(out)  # an override applies on top of the saved settings
