@@ -580,7 +580,8 @@ FAKE_PYTHON = """#!/bin/sh
 # A stand-in for the venv's python: records pip calls, fails pytest when FAIL is set.
 echo "$*" >> "{log}"
 case "$1 $2" in
-  "-m pytest") if [ -n "$FAIL" ]; then echo "FAILED tests/test_stages.py::test_stage2 - IndexError"; exit 1; fi
+  "-m pytest") if [ -n "$KILL" ]; then kill -TERM $PPID; sleep 5; fi
+              if [ -n "$FAIL" ]; then echo "FAILED tests/test_stages.py::test_stage2 - IndexError"; exit 1; fi
             echo "3 passed";;
 esac
 """
@@ -610,6 +611,18 @@ def test_sync_rolls_back_when_the_tests_fail(repo: Path, fake_python, monkeypatc
     else:
         assert "rolled back" in out and len(calls) == 3 and calls[2] == calls[0]  # the old pin reinstalled
         assert hashes(repo) == before
+    assert not list(repo.glob(".patchtool-sync-*"))
+
+
+def test_sync_killed_during_the_tests_rolls_back(repo: Path, fake_python, monkeypatch):
+    """SIGTERM (a `kill`, or make's own termination) while the tests run undoes the sync like Ctrl-C."""
+    script, log = fake_python
+    monkeypatch.setenv("KILL", "1")
+    before = hashes(repo)
+    result = sync(repo, far_change(repo), "5.22.3", "--python", str(script))
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert "interrupted: the tree is back at transformers 5.22.2" in result.stderr
+    assert hashes(repo) == before
     assert not list(repo.glob(".patchtool-sync-*"))
 
 

@@ -868,9 +868,14 @@ def run_tests(repo: Repo, python: str, tests: Sequence[str]) -> list[str]:
     print(f"sync-upstream: {' '.join(command)}", flush=True)
     process = subprocess.Popen(command, cwd=repo.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = []
-    for line in process.stdout:
-        print(line, end="", flush=True)
-        output.append(line)
+    try:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            output.append(line)
+    except BaseException:  # interrupted: stop the tests too before the tree is rolled back
+        process.terminate()
+        process.wait()
+        raise
     if process.wait() == 0:
         return []
     return re.findall(r"^(?:FAILED|ERROR) (\S+)", "".join(output), re.M) or [f"`{' '.join(command)}`"]
