@@ -53,13 +53,15 @@ class Result:
     errors: int = 0
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
+    round_trip: str = "not run"  # syncing back to the pin restores the committed tree byte for byte?
     seconds: float = 0.0
     install_seconds: float = 0.0
     log: str = ""
 
     @property
     def green(self) -> bool:
-        return self.sync in ("clean", "offsets/fuzz") and self.passed > 0 and not (self.failed or self.errors)
+        synced = self.sync in ("clean", "offsets/fuzz") and self.round_trip == "identical"
+        return synced and self.passed > 0 and not (self.failed or self.errors)
 
 
 def key(version: str) -> tuple[int, ...]:
@@ -140,6 +142,24 @@ def parse_pytest(output: str, result: Result) -> None:
     result.failures = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
 
 
+def round_trip(clone: Path, scratch: Path) -> str:
+    """Sync the clone back to its committed release and compare with the commit: `identical` or what differs."""
+    scratch.write_bytes(run(["git", "show", "HEAD:upstream_snapshot/UPSTREAM.json"], clone).stdout.encode())
+    pin = json.loads(scratch.read_text())["transformers_version"]
+    snapshot = subprocess.run(
+        ["git", "show", "HEAD:upstream_snapshot/modeling_qwen2_5_vl.py"], cwd=clone, capture_output=True, check=True
+    ).stdout
+    scratch.write_bytes(snapshot)
+    back = run([sys.executable, "tools/patchtool.py", "sync-upstream", "--version", pin, "--from-file", str(scratch),
+                "--force"], clone)  # fmt: skip
+    scratch.unlink()
+    if back.returncode:
+        return f"sync back failed: {back.stderr.strip().splitlines()[-1:]}"
+    changed = run(["git", "status", "--porcelain", "--untracked-files=no"], clone).stdout.split("\n")
+    changed = [line[3:] for line in changed if line]
+    return "identical" if not changed else "differs: " + ", ".join(changed)
+
+
 def check_release(args: argparse.Namespace, version: str) -> Result:
     """Sync a fresh scratch clone onto `version` and run the tests there."""
     result, log = Result(version), []
@@ -179,6 +199,7 @@ def check_release(args: argparse.Namespace, version: str) -> Result:
         tested = run(command, clone, env=env, timeout=args.test_timeout)
         log.append(tested.stdout[-20000:] + tested.stderr[-5000:])
         parse_pytest(tested.stdout, result)
+        result.round_trip = round_trip(clone, work / f"pin-{version}.py")
         return result
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as error:
         result.sync = result.sync if result.sync != "not run" else "error"
@@ -205,13 +226,13 @@ def render(results: Sequence[Result], args: argparse.Namespace, total: float) ->
         verdict = "**green**" if r.green else "red"
         rows.append(
             f"| {r.release} | {r.sync} | {offsets} | {tests} | {verdict}{': ' + failing if failing else ''} "
-            f"| {r.seconds:.0f} s |"
+            f"| {r.round_trip} | {r.seconds:.0f} s |"
         )
     selection = " ".join(args.tests) + (f" -k '{args.k}'" if args.k else "")
     return "\n".join(
         [
-            "| release | sync | hunk offsets (vs the 5.23.0 patches) | tests | result | time |",
-            "|---|---|---|---|---|---|",
+            "| release | sync | hunk offsets (vs the 5.23.0 patches) | tests | result | back to the pin | time |",
+            "|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"Tests run on each release: `{selection}`. Total wall time: {total / 60:.1f} min "
