@@ -59,7 +59,8 @@ def test_entry_point_resolves_to_the_plugin_class():
 def test_model_args_build_the_config():
     assert prunevid_config_from_args("paper", {}) == PruneVidConfig.paper()
     assert prunevid_config_from_args("off", {}) == PruneVidConfig.disabled()
-    config = prunevid_config_from_args("aggressive", {"keep_ratio": 0.3, "pruning_layer": "None", "enable_stage1": False})
+    args = {"keep_ratio": 0.3, "pruning_layer": "None", "enable_stage1": False}
+    config = prunevid_config_from_args("aggressive", args)
     assert config == PruneVidConfig.aggressive(keep_ratio=0.3, enable_stage1=False)
     assert prunevid_config_from_args("fastv", {"pruning_layer": 1}).pruning_layer == 1
 
@@ -237,3 +238,4 @@ def lmms_eval_cli(tmp: Path, name: str, model: str, model_args: str, *launcher: 
     log = done.stdout + done.stderr
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{log[-6000:]}"
     return Run(output, log, time.perf_counter() - start)
+
