@@ -66,11 +66,13 @@ def _number(low: float, *, low_open: bool = False, integer: bool = False, high: 
             value = int(text) if integer else float(text)
         except ValueError:
             value = None
-        ok = value is not None and math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+        finite = value is not None and (integer or math.isfinite(value))
+        ok = finite and (value > low if low_open else value >= low) and value <= high
         if not ok:
-            kind = "an integer" if integer else "a finite number"
-            bound = f"> {low:g}" if low_open else f">= {low:g}" if high == math.inf else f"in {low:g}..{high:g}"
-            raise argparse.ArgumentTypeError(f"must be {kind} {bound}, got {text!r}")
+            kind, (lo, hi) = ("an integer", (int(low), int(high) if high != math.inf else high)) if integer else (
+                "a finite number", (low, high))  # fmt: skip
+            bound = f"> {lo}" if low_open else f">= {lo}" if hi == math.inf else f"in {lo}..{hi}"
+            raise argparse.ArgumentTypeError(f"must be {kind} {bound}, got {_shown(text)}")
         return value
 
     return parse
@@ -82,9 +84,9 @@ def _bounded_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be an integer, got {_shown(text)}") from None
     if abs(value) > MAX_INT:
-        raise argparse.ArgumentTypeError(f"must be an integer of at most {MAX_INT}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be an integer of at most {MAX_INT}, got {_shown(text)}")
     return value
 
 
@@ -95,8 +97,13 @@ def _finite(text: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {_shown(text)}")
     return value
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A value as quoted in an error line, shortened when long."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 # (flag, PruneVidConfig field, argparse type / choices, help)
@@ -321,6 +328,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if not demo:
         from .pipeline import check_checkpoint  # torch, not transformers
 
+        if Path(args.model).expanduser().exists():  # transformers does not expand "~"
+            args.model = str(Path(args.model).expanduser())
         try:
             checkpoint = check_checkpoint(args.model)
         except ValueError as error:
@@ -450,7 +459,10 @@ def _one_line(error: BaseException | Warning | str) -> str:
 
 
 def _visualize(plan: _Plan, runs: dict[str, Any], inputs: dict[str, Any], qa: Any) -> list[str]:
-    """Write the pictures (each through a temporary file, so a failure leaves nothing behind)."""
+    """Draw the pictures: one per video, and with --compare the token budget. Each is written through a temporary
+    file and renamed, so a failure leaves no picture behind."""
+    from functools import partial
+
     from .visualize import frames_from_inputs, render_budget_chart, render_fates, video_grid
 
     out = plan.picture
@@ -459,21 +471,24 @@ def _visualize(plan: _Plan, runs: dict[str, Any], inputs: dict[str, Any], qa: An
     grids = inputs["video_grid_thw"].tolist() if "video_grid_thw" in inputs else []
     seconds = inputs.get("second_per_grid_ts")
     jobs = []
-    for k in range(len(grids)):
-        path = out if k == 0 else out.with_name(f"{out.stem}_{k + 1}{out.suffix}")
-        frames = frames_from_inputs(inputs, k, processor.image_mean, processor.image_std)
-        fates = result.video_fates[k] if k < len(result.video_fates) else None
+    for k, grid in enumerate(grids):
         name = Path(plan.videos[k]).name if k < len(plan.videos) else f"video {k + 1}"
-        title = f"PruneVid '{plan.preset}' on {name}" + ("  (demo model)" if qa.offline_demo else "")
-        jobs.append((path, lambda p, f=frames, fa=fates, g=grids[k], t=title, k=k: render_fates(
-            f, fa, result.stats, p, title=t, grid=video_grid(g),
-            seconds_per_patch=float(seconds[k]) if seconds is not None else None)))  # fmt: skip
+        draw = partial(
+            render_fates,
+            frames_from_inputs(inputs, k, processor.image_mean, processor.image_std),
+            result.video_fates[k] if k < len(result.video_fates) else None,  # None: PruneVid off, all kept
+            result.stats,
+            title=f"PruneVid '{plan.preset}' on {name}" + ("  (demo model)" if qa.offline_demo else ""),
+            grid=video_grid(grid),
+            seconds_per_patch=float(seconds[k]) if seconds is not None else None,
+        )
+        jobs.append((out if k == 0 else out.with_name(f"{out.stem}_{k + 1}{out.suffix}"), draw))
     if not grids:
         plan.notes.append("no video in the input, so --visualize has nothing to draw")
     if "stock" in runs:
-        budget = out.with_name(f"{out.stem}_budget{out.suffix}")
-        jobs.append((budget, lambda p: render_budget_chart(runs["stock"].stats, result.stats, p,
-                                                           labels=("stock", f"PruneVid ({plan.preset})"))))  # fmt: skip
+        labels = ("stock", f"PruneVid ({plan.preset})")
+        draw = partial(render_budget_chart, runs["stock"].stats, result.stats, labels=labels)
+        jobs.append((out.with_name(f"{out.stem}_budget{out.suffix}"), draw))
     written: list[Path] = []
     try:
         for path, draw in jobs:
@@ -507,8 +522,8 @@ def _json_result(meta: dict[str, Any], runs: dict[str, Any], pictures: list[str]
 def _print_report(meta: dict[str, Any], runs: dict[str, Any], pictures: list[str], out: TextIO) -> None:
     p = runs["prunevid"]
     print(f"Model:    {meta['model']} on {meta['device']} ({meta['dtype']}), loaded in {meta['load_s']:.1f} s", file=out)
-    print(f"PruneVid: {meta['preset']}" + ("  (the settings saved with the checkpoint)" if meta["preset"] == "saved" else ""),
-          file=out)
+    saved = "  (the settings saved with the checkpoint)" if meta["preset"] == "saved" else ""
+    print(f"PruneVid: {meta['preset']}{saved}", file=out)
     media = meta["videos"] + meta["images"]
     grids = "; ".join(f"{t} x {h // 2} x {w // 2} tokens" for t, h, w in meta["grids"])
     print(f"Media:    {', '.join(media)}" + (f"  ({grids}, t x h x w)" if grids else ""), file=out)

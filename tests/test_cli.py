@@ -117,6 +117,7 @@ def test_visualize_preset_off_is_per_temporal_patch(capsys, tmp_path):
     assert code == 0, err
     with Image.open(out_png) as image:  # 16 temporal patches (32 frames): 2 rows of 8 panels, not 4 rows
         assert image.size == (fates_layout(16, 112, 112).width, fates_layout(16, 112, 112).height)
+    assert "PruneVid: off" in out and f"Wrote {out_png}" in out
 
 
 def test_visualize_svg_writes_svg(capsys, tmp_path):
@@ -127,6 +128,7 @@ def test_visualize_svg_writes_svg(capsys, tmp_path):
         head = path.read_bytes()[:400]
         assert b"<svg" in head and not head.startswith(b"\x89PNG")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fates.svg", "fates_budget.svg"]  # no temporary left
+    assert f"Wrote {out_svg}" in out
 
 
 def test_dtype_reaches_the_demo_model(capsys):
@@ -237,7 +239,9 @@ BAD_INPUTS: dict[str, tuple[list[str], str, bool]] = {
     "seed_huge": (["--seed", str(10**20)], "argument --seed: must be an integer in 0..", True),
     "max_new_tokens_0": (["--max-new-tokens", "0"], "argument --max-new-tokens: must be an integer in 1..32768", True),
     "max_new_tokens_huge": (["--max-new-tokens", str(10**9)], "argument --max-new-tokens", True),
+    "seed_400_digits": (["--seed", "1" + "0" * 400], "argument --seed: must be an integer in 0..", True),
     "tau_nan": (["--tau", "nan"], "argument --tau: must be a finite number", True),
+    "tau_overflow": (["--tau", "1e999"], "argument --tau: must be a finite number, got '1e999'", True),
     # exit 1 before
     "ckpt_corrupt_weights": (["--model", "{ckpt_corrupt_weights}"], "not a valid safetensors file", True),
     "ckpt_truncated_weights": (["--model", "{ckpt_truncated_weights}"], "is truncated", True),
@@ -385,6 +389,8 @@ def test_subprocess_json():
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     check_run(result)
+    # stderr holds the demo's note and nothing else: no "qwen-vl-utils using decord", no warnings, no native logs
+    assert [line.split(":")[:2] for line in proc.stderr.splitlines()] == [["qwen-prunevid", " note"]], proc.stderr
     assert result["stats"]["after_stage1"] == result["stats"]["visual_tokens"]  # FastV does not merge
     assert result["stats"]["pruning_layer"] == 2
 

@@ -187,7 +187,7 @@ def test_beam_search_and_timing(videos):
 def _image(mode: str, size: tuple[int, int], seed: int = 0) -> Image.Image:
     rgb = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     if mode == "I;16":
-        return Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
+        return Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
     return rgb.convert(mode)
 
 
