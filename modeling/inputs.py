@@ -9,7 +9,8 @@ then the processor), with three details that matter for correctness:
   so every read failure became an unrelated crash. Here a failure raises [`MediaError`] naming the file. Two
   deliberate differences: a video of a single frame is read as that frame (qwen-vl-utils' sampler needs two; the
   Qwen2.5-VL processor repeats the last frame to fill the temporal patch, as it does for any odd count), and frames are
-  decoded and resized in chunks, so the full-resolution frames never sit in memory at once.
+  decoded and resized in chunks of at most 256 MiB, so the full-resolution frames of a long or large video never sit
+  in memory at once (qwen-vl-utils decodes every sampled frame in one batch).
 - Each video's metadata is passed on to the processor as `video_metadata`: the processor derives
   `second_per_grid_ts` (seconds per temporal patch, used by the 3-D rotary positions) from the *sampled* fps in it;
   without it, it would assume 24 fps.
@@ -45,8 +46,8 @@ __all__ = ["Media", "MediaError", "build_messages", "check_media", "decode", "pr
 
 Conversation = list[dict[str, Any]]
 _REMOTE = ("http://", "https://")
-#: Frames decoded (at full resolution) and resized at a time.
-_CHUNK_FRAMES = 32
+#: Bytes of full-resolution RGB frames decoded at a time (then resized): 256 MiB, whatever the resolution.
+_CHUNK_BYTES = 256 * 2**20
 #: Seconds to wait for an image URL.
 _URL_TIMEOUT_S = 30
 
@@ -349,12 +350,13 @@ def _read_video(item: dict[str, Any], patch_size: int) -> tuple[torch.Tensor, di
         raise MediaError(f"Video {location} ({width}x{height}) is resized to {new_width}x{new_height} pixels: raise "
                          f"max_pixels to at least {factor}x{factor} tokens' worth for this aspect ratio")  # fmt: skip
     indices = torch.linspace(start, end, count).round().long().tolist()
+    step = max(1, _CHUNK_BYTES // (3 * height * width))
     chunks, log = [], []
     try:
         with _native_log(log):
             reader = decord.VideoReader(location)
-            for first in range(0, count, _CHUNK_FRAMES):
-                frames = reader.get_batch(indices[first : first + _CHUNK_FRAMES]).asnumpy()
+            for first in range(0, count, step):
+                frames = reader.get_batch(indices[first : first + step]).asnumpy()
                 frames = torch.from_numpy(frames).permute(0, 3, 1, 2)
                 chunks.append(resize(frames, [new_height, new_width], interpolation=InterpolationMode.BICUBIC,
                                      antialias=True))  # fmt: skip

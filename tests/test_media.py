@@ -142,11 +142,13 @@ def test_video_matrix(name, videos, processor):
     ids=["fps8", "defaults", "fps3_small", "max_frames6", "nframes10", "total_pixels"],
 )  # fmt: skip
 @pytest.mark.parametrize("name", ["h264", "vp9", "long_80", "odd_97x61"])
-def test_read_media_equals_qwen_vl_utils(name, options, videos, capfd):
-    """Where qwen-vl-utils' decord reader works, ours returns the same frames, bit for bit, and the same metadata."""
+def test_read_media_equals_qwen_vl_utils(name, options, videos, capfd, monkeypatch):
+    """Where qwen-vl-utils' decord reader works, ours returns the same frames, bit for bit, and the same metadata,
+    also when it decodes them a few at a time."""
     from qwen_vl_utils import process_vision_info
 
-    path, _ = _video(videos, name)
+    path, frames = _video(videos, name)
+    monkeypatch.setattr("modeling.inputs._CHUNK_BYTES", 7 * frames[0].nbytes)  # 7 full-resolution frames per chunk
     messages = build_messages("?", videos=[path, path], **options)
     media = read_media(messages)
     _, reference, _ = process_vision_info(messages, return_video_kwargs=True, return_video_metadata=True)
