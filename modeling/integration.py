@@ -32,7 +32,6 @@ detect packed sequences) is made non-decreasing.
 from __future__ import annotations
 
 import inspect
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +81,6 @@ class PrefillState:
     index: torch.Tensor | None = None  # [B, L2] kept columns of the Stage-1 layout (left padded)
     mask_after_select: torch.Tensor | None = None  # [B, L2]
     next_position: torch.Tensor | None = None  # [B] position of the first token after the prompt (unpruned numbering)
-    cache: Any = None  # weakref to the cache filled by this prefill
     cached_prompt: int = 0  # prompt tokens held by cache layer 0 after the prefill
     tail: torch.Tensor | None = field(default=None, repr=False)  # continuing: mask columns after the prompt
 
@@ -298,7 +296,6 @@ class PruneVidController:
             return hidden_states, mask_mapping, position_embeddings, text_positions
         state = self.state
         if i == 0:
-            state.cache = weakref.ref(cache) if cache is not None else None
             state.cached_prompt = hidden_states.shape[1]
             if cache is not None:
                 cache._prunevid_layout = state  # lets a later forward over this cache find its layout
@@ -567,8 +564,6 @@ def _cut_cache(cache: Cache, index: torch.Tensor, upto: int) -> None:
         keys = layer.keys.gather(2, idx.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1]))
         values = layer.values.gather(2, idx.expand(-1, layer.values.shape[1], -1, layer.values.shape[-1]))
         if isinstance(layer, StaticLayer):
-            if width > layer.max_cache_len:
-                raise ValueError(f"PruneVid: {width} kept tokens do not fit a static cache of {layer.max_cache_len}")
             length = int(layer.get_seq_length())
             layer.keys[:, :, :width].copy_(keys)
             layer.values[:, :, :width].copy_(values)
