@@ -18,6 +18,7 @@ Exit codes: 0 success; 2 bad input, reported as one line on stderr (`qwen-prunev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -203,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         _fail(str(error), verbose)
         return 2
-    with warnings.catch_warnings():
-        if not args.verbose:
-            _quiet_libraries()
+    with warnings.catch_warnings(), _quiet_libraries(enabled=not args.verbose):
         try:
             return _run(args)
         except UsageError as error:
@@ -587,15 +587,27 @@ def _with_progress(description: str, work):
     return result
 
 
-def _quiet_libraries() -> None:
-    """Keep the output to what the user asked for: no library warnings or info logs (`--verbose` keeps them)."""
+@contextlib.contextmanager
+def _quiet_libraries(enabled: bool) -> Iterator[None]:
+    """Keep the output to what the user asked for: no library warnings or info logs (`--verbose` keeps them). Call
+    inside `warnings.catch_warnings()`; the loggers' levels are restored afterwards."""
+    if not enabled:
+        yield
+        return
     import logging
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    for name in ("qwen_vl_utils", "huggingface_hub", "transformers", "httpx", "urllib3"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("qwen_vl_utils", "huggingface_hub", "transformers", "httpx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _fail(message: str, verbose: bool, hint: bool = False) -> None:
