@@ -115,15 +115,22 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
                     "This cache holds a PruneVid-pruned prompt, but PruneVid is off on this model: continue with "
                     "the settings that pruned it, or start again with a fresh cache."
                 )
-        elif is_first_iteration and next_sequence_length is not None and past_key_values is not None:
-            cached = int(past_key_values.get_seq_length())
-            next_sequence_length -= controller.unpruned_length(past_key_values) - cached
-            if next_sequence_length <= 0:
+        elif is_first_iteration and controller.pruned_state(past_key_values) is not None:
+            encoded = kwargs.get("mm_encoder_outputs") or {}
+            if any(v is not None for v in encoded.values()) or kwargs.get("pixel_values_videos") is not None:
                 raise ValueError(
-                    f"PruneVid: the cache stands for {controller.unpruned_length(past_key_values)} tokens of the "
-                    f"sequence, which leaves none of the {input_ids.shape[1]} given ids to process. Pass the whole "
-                    "sequence so far (prompt, answer, new turn) as `input_ids`, with its full attention mask."
+                    "PruneVid: the videos of a pruned prompt are already in its cache; continue from it with the "
+                    "conversation's `input_ids` and `attention_mask` only (no `pixel_values`/`pixel_values_videos`)."
                 )
+            if next_sequence_length is not None:
+                unpruned = controller.unpruned_length(past_key_values)
+                next_sequence_length -= unpruned - int(past_key_values.get_seq_length())
+                if next_sequence_length <= 0:
+                    raise ValueError(
+                        f"PruneVid: the cache stands for {unpruned} tokens of the sequence, which leaves none of the "
+                        f"{input_ids.shape[1]} given ids to process. Pass the whole sequence so far (prompt, answer, "
+                        "new turn) as `input_ids`, with its full attention mask."
+                    )
         return super().prepare_inputs_for_generation(
             input_ids,
             next_sequence_length=next_sequence_length,

@@ -182,6 +182,12 @@ def test_mismatched_continuations_raise(checkpoints, processor, media, video):
     with pytest.raises(ValueError, match="cannot bring new images or videos"):
         generate(model, 2, input_ids=with_video, attention_mask=torch.ones_like(with_video),
                  past_key_values=first.past_key_values)  # fmt: skip
+    # The processor's output for the whole conversation, video pixels included.
+    again = {**video, "input_ids": ids, "attention_mask": mask}
+    again["mm_token_type_ids"] = torch.zeros_like(ids, dtype=video["mm_token_type_ids"].dtype)
+    again["mm_token_type_ids"][:, : video["input_ids"].shape[1]] = video["mm_token_type_ids"]
+    with pytest.raises(ValueError, match="already in its cache"):
+        generate(model, 2, past_key_values=first.past_key_values, **again)
     # An attention mask of the wrong length.
     with pytest.raises(ValueError, match="must cover the unpruned prompt"), torch.no_grad():
         model(input_ids=ids[:, -3:], attention_mask=mask[:, :-1], past_key_values=first.past_key_values)
