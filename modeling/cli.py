@@ -5,9 +5,9 @@ the stock model with the paper preset (`make demo`). See docs/cli.md for the ref
 
 A run goes in three steps, so that bad input is reported before anything slow happens:
 
-1. every argument, the `--visualize` output path, the `--model` checkpoint's files (config, weights, processor
-   files; a Hub id is looked up once, without retries) and the `--device` are checked: nothing is loaded, and
-   transformers is not even imported;
+1. every argument, that the local media files exist, the `--visualize` output path, the `--model` checkpoint's files
+   (config, weights, processor files; a Hub id is looked up once, without retries) and the `--device` are checked:
+   nothing is loaded, and neither torch (except to check a `--device`) nor transformers is imported;
 2. every video and image is read and resized completely (decord, PIL), as the model will see it;
 3. only then the model is loaded and run.
 
@@ -323,10 +323,17 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if not videos and not images:
         videos = [str(DEMO_CLIP)]
         fps = DEMO_FPS if fps is None else fps
+    from .inputs import check_files
+    from .pipeline import VideoQA, check_checkpoint  # neither imports torch nor transformers
+
+    try:  # every local media file exists (step 2 reads them)
+        check_files(VideoQA.messages(args.question or DEFAULT_QUESTION, videos, images, fps, args.max_frames,
+                                     args.max_pixels, args.min_pixels))  # fmt: skip
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(_one_line(error)) from error
     picture = _check_picture_path(args.visualize) if args.visualize is not None else None
     checkpoint = None
     if not demo:
-        from .pipeline import check_checkpoint  # torch, not transformers
 
         if Path(args.model).expanduser().exists():  # transformers does not expand "~"
             args.model = str(Path(args.model).expanduser())

@@ -42,7 +42,17 @@ if TYPE_CHECKING:
     from transformers import BatchFeature, ProcessorMixin
 
 
-__all__ = ["Media", "MediaError", "build_messages", "check_media", "decode", "prepare_inputs", "read_media"]
+__all__ = [
+    "Media",
+    "MediaError",
+    "MediaNotFoundError",
+    "build_messages",
+    "check_files",
+    "check_media",
+    "decode",
+    "prepare_inputs",
+    "read_media",
+]
 
 Conversation = list[dict[str, Any]]
 _REMOTE = ("http://", "https://")
@@ -214,6 +224,25 @@ def check_media(conversations: Conversation | Sequence[Conversation]) -> None:
             _load_image(item.get("image", item.get("image_url")))
 
 
+def check_files(conversations: Conversation | Sequence[Conversation]) -> None:
+    """Check that every local video and image file of the conversation(s) exists (nothing is opened or imported).
+
+    Raises:
+        MediaNotFoundError: A local media file does not exist or is a directory (a `FileNotFoundError`).
+        MediaError: A `data:` URI given as a video.
+    """
+    for item in _media_items(_conversations(conversations)):
+        source = item["video"] if "video" in item else item.get("image", item.get("image_url"))
+        if isinstance(source, os.PathLike):
+            source = os.fspath(source)
+        if not isinstance(source, str):
+            continue
+        if "video" in item:
+            _video_location(source)
+        elif not source.startswith((*_REMOTE, "data:")):
+            _local_image(source)
+
+
 def read_media(conversations: Conversation | Sequence[Conversation], patch_size: int = 14) -> Media:
     """Read and resize every video and image of the conversation(s), as qwen-vl-utils' `process_vision_info` with
     decord does (see the module docstring for the two differences), never through its torchvision fallback.
@@ -226,23 +255,31 @@ def read_media(conversations: Conversation | Sequence[Conversation], patch_size:
         MediaNotFoundError: A local media file does not exist (a `FileNotFoundError`).
         MediaError: A video or image cannot be decoded, or cannot be resized within the pixel limits (a `ValueError`).
     """
-    from qwen_vl_utils import fetch_image, fetch_video
+    items = list(_media_items(_conversations(conversations)))
+    opened: list[Any] = []  # 1. every file opens and decodes (decord, PIL): a bad one is named in a second or so
+    for item in items:
+        if "video" in item:
+            source = item["video"]
+            opened.append(_probe_video(_video_location(source)) if isinstance(source, str) else None)
+        else:
+            opened.append(_load_image(item.get("image", item.get("image_url"))))
+
+    from qwen_vl_utils import fetch_image, fetch_video  # 2. sampled and resized (imports torchvision)
 
     images, videos, metadata = [], [], []
-    for item in _media_items(_conversations(conversations)):
+    for item, probe in zip(items, opened):
         if "video" in item:
             if isinstance(item["video"], str):
-                video, meta = _read_video(item, patch_size)
+                video, meta = _read_video(item, patch_size, probe)
             else:  # a list of frames: qwen-vl-utils' own path (no video reader involved)
                 video, meta = fetch_video(item, image_patch_size=patch_size, return_video_metadata=True)
             videos.append(video), metadata.append(meta)
         else:
-            source = item.get("image", item.get("image_url"))
-            image = _load_image(source)
             try:
-                images.append(fetch_image({**item, "image": image}, image_patch_size=patch_size))
+                images.append(fetch_image({**item, "image": probe}, image_patch_size=patch_size))
             except (ValueError, AssertionError, ZeroDivisionError) as error:
-                raise MediaError(f"Image {_name(source)} cannot be resized: {error}") from error
+                source = _name(item.get("image", item.get("image_url")))
+                raise MediaError(f"Image {source} cannot be resized: {error}") from error
     return Media(images or None, videos or None, metadata or None)
 
 
@@ -316,8 +353,11 @@ def _probe_video(location: str) -> tuple[int, float, tuple[int, int]]:
     return frames, fps, (height, width)
 
 
-def _read_video(item: dict[str, Any], patch_size: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """qwen-vl-utils' `fetch_video` for a path or URL with its decord reader; returns (video, metadata)."""
+def _read_video(
+    item: dict[str, Any], patch_size: int, probe: tuple[int, float, tuple[int, int]]
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """qwen-vl-utils' `fetch_video` for a path or URL with its decord reader, given the video's [`_probe_video`];
+    returns (video, metadata)."""
     import decord
     import torch
     from qwen_vl_utils import vision_process as qvu
@@ -325,7 +365,7 @@ def _read_video(item: dict[str, Any], patch_size: int) -> tuple[torch.Tensor, di
     from torchvision.transforms.functional import resize
 
     location = _video_location(item["video"])
-    total, fps, (height, width) = _probe_video(location)
+    total, fps, (height, width) = probe
     try:
         start, end, total = qvu.calculate_video_frame_range(item, total, fps)
         # One frame: qwen-vl-utils' sampler needs two; the processor repeats it to fill the temporal patch.
@@ -389,17 +429,21 @@ def _load_image(source: Any) -> Image.Image:
         except ValueError as error:
             raise MediaError(f"Image {_name(source)}: invalid base64 ({error})") from error
     else:
-        path = Path(source.removeprefix("file://")).expanduser()
-        if not path.is_file():
-            kind = "is a directory, not an image file" if path.is_dir() else "not found"
-            raise MediaNotFoundError(f"Image file {kind}: {path}")
-        data = path
+        data = _local_image(source)
     try:
         with Image.open(data) as image:
             image.load()  # decode every pixel: a truncated file fails here, not later
             return image
     except Exception as error:  # noqa: BLE001 - PIL raises OSError, SyntaxError, DecompressionBombError, ...
         raise MediaError(f"Image cannot be decoded: {_name(source)} ({' '.join(str(error).split())})") from error
+
+
+def _local_image(source: str) -> Path:
+    path = Path(source.removeprefix("file://")).expanduser()
+    if not path.is_file():
+        kind = "is a directory, not an image file" if path.is_dir() else "not found"
+        raise MediaNotFoundError(f"Image file {kind}: {path}")
+    return path
 
 
 def _download(url: str) -> bytes:

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from .inputs import Media, build_messages, decode, prepare_inputs
 from .prunevid.config import PruneVidConfig
 
 
-if TYPE_CHECKING:  # transformers is imported only when a model is built (checks run without it)
+if TYPE_CHECKING:  # torch and transformers are imported when a model is built: the checks run without them
+    import torch
+
     from .model import Qwen2_5_VLPruneVid
 
 
@@ -146,6 +146,7 @@ class VideoQA:
             CheckpointError: `path` is not a loadable Qwen2.5-VL checkpoint (see [`check_checkpoint`]), or its weights
                 or processor files fail to load (a `ValueError`).
         """
+        import torch
         from transformers import AutoProcessor
 
         from .model import Qwen2_5_VLPruneVid
@@ -174,6 +175,8 @@ class VideoQA:
         """A small random-weight Qwen2.5-VL ([`modeling.offline.tiny_config`]) with the real processor, built
         offline in a few seconds. Its answers are meaningless; it shows the pipeline, the token budget and timing.
         `dtype` as in [`from_pretrained`]."""
+        import torch
+
         from .model import Qwen2_5_VLPruneVid
         from .offline import build_processor, tiny_config
 
@@ -247,7 +250,6 @@ class VideoQA:
             max_pixels=max_pixels, min_pixels=min_pixels,
         )  # fmt: skip
 
-    @torch.no_grad()
     def run(
         self,
         question: str | None = None,
@@ -268,6 +270,8 @@ class VideoQA:
         inputs under several PruneVid settings). `generate_kwargs` go to `model.generate`; decoding is greedy by
         default. With beam search, or a `streamer` of your own, only the total time is measured.
         """
+        import torch
+
         if inputs is None:
             if question is None:
                 raise ValueError("VideoQA.run needs a question (or ready `inputs`).")
@@ -280,7 +284,7 @@ class VideoQA:
         if beams == 1 and generate_kwargs.get("streamer") is None:  # beam search cannot stream
             timer = generate_kwargs["streamer"] = _FirstTokenTimer(cuda=device.type == "cuda")
         memory = _PeakMemory(device)
-        with memory:
+        with memory, torch.no_grad():
             start = time.perf_counter()
             output = self.model.generate(**on_device, max_new_tokens=max_new_tokens, **generate_kwargs)
             if device.type == "cuda":
@@ -450,6 +454,8 @@ def _hub_config(repo_id: str) -> Path:
 def _load_errors(path: str | os.PathLike, what: str) -> Iterator[None]:
     """Turn a failure to load a checkpoint's processor or weights into a [`CheckpointError`] naming the path; running
     out of memory is not the checkpoint's fault and passes through."""
+    import torch
+
     try:
         yield
     except (MemoryError, torch.OutOfMemoryError):
@@ -477,6 +483,8 @@ def stock_stats(inputs: dict[str, Any], video_token_id: int) -> dict[str, Any]:
 
 
 def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -516,6 +524,8 @@ class _FirstTokenTimer:
 
     def sync(self) -> None:
         if self.cuda:
+            import torch
+
             torch.cuda.synchronize()
 
     def put(self, value: torch.Tensor) -> None:
@@ -538,6 +548,8 @@ class _PeakMemory:
 
     def __enter__(self) -> "_PeakMemory":
         if self.device.type == "cuda":
+            import torch
+
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
             try:  # Linux: "5" resets the peak RSS (VmHWM) of this process
@@ -549,6 +561,8 @@ class _PeakMemory:
 
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
+            import torch
+
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
             return
         try:

@@ -210,76 +210,76 @@ def bad(tmp_path_factory) -> dict[str, Path]:
 
 
 # id: (argv, expected text in the error line, checkable before any model load)
-BAD_INPUTS: dict[str, tuple[list[str], str, bool]] = {
+BAD_INPUTS: dict[str, tuple[list[str], str, str]] = {
     # video reads that crashed in qwen-vl-utils' removed torchvision fallback
-    "max_frames_0": (["--max-frames", "0"], "argument --max-frames: must be an integer in 2..", True),
-    "max_frames_1": (["--max-frames", "1"], "argument --max-frames: must be an integer in 2..", True),
-    "max_frames_negative": (["--max-frames", "-1"], "argument --max-frames: must be an integer in 2..", True),
-    "fps_nan": (["--fps", "nan"], "argument --fps: must be a finite number > 0, got 'nan'", True),
-    "fps_zero": (["--fps", "0"], "argument --fps: must be a finite number > 0", True),
-    "fps_inf": (["--fps", "inf"], "argument --fps: must be a finite number > 0", True),
-    "video_url_unreachable": (["--video", "http://unreachable.invalid/clip.mp4"], "unreachable.invalid/clip.mp4", True),
-    "video_data_uri": (["--video", "data:video/mp4;base64,AAAA"], "data: URIs are supported for images only", True),
-    "image_url_unreachable": (["--image", "http://unreachable.invalid/x.png"], "Cannot download http://unreachable", True),
+    "max_frames_0": (["--max-frames", "0"], "argument --max-frames: must be an integer in 2..", "light"),
+    "max_frames_1": (["--max-frames", "1"], "argument --max-frames: must be an integer in 2..", "light"),
+    "max_frames_negative": (["--max-frames", "-1"], "argument --max-frames: must be an integer in 2..", "light"),
+    "fps_nan": (["--fps", "nan"], "argument --fps: must be a finite number > 0, got 'nan'", "light"),
+    "fps_zero": (["--fps", "0"], "argument --fps: must be a finite number > 0", "light"),
+    "fps_inf": (["--fps", "inf"], "argument --fps: must be a finite number > 0", "light"),
+    "video_url_unreachable": (["--video", "http://unreachable.invalid/clip.mp4"], "unreachable.invalid/clip.mp4", "light"),
+    "video_data_uri": (["--video", "data:video/mp4;base64,AAAA"], "data: URIs are supported for images only", "light"),
+    "image_url_unreachable": (["--image", "http://unreachable.invalid/x.png"], "Cannot download http://unreachable", "light"),
     # validated too late before
-    "visualize_missing_folder": (["--visualize", "{tmp}/nowhere/x.png"], "nowhere does not exist", True),
-    "visualize_proc": (["--visualize", "/proc/x.png"], "--visualize /proc/x.png: cannot write there", True),
-    "visualize_directory": (["--visualize", "{tmp}"], "is a directory", True),
-    "visualize_unknown_format": (["--visualize", "{tmp}/x.gif"], "must end in .png, .svg, .pdf", True),
-    "max_pixels_0": (["--max-pixels", "0"], "argument --max-pixels: must be an integer in 784..", True),
-    "max_pixels_negative": (["--max-pixels", "-5"], "argument --max-pixels: must be an integer in 784..", True),
-    "max_pixels_1": (["--max-pixels", "1"], "argument --max-pixels: must be an integer in 784..", True),
-    "min_above_max_pixels": (["--min-pixels", "50000", "--max-pixels", "12544"], "--min-pixels 50000 is larger", True),
+    "visualize_missing_folder": (["--visualize", "{tmp}/nowhere/x.png"], "nowhere does not exist", "light"),
+    "visualize_proc": (["--visualize", "/proc/x.png"], "--visualize /proc/x.png: cannot write there", "light"),
+    "visualize_directory": (["--visualize", "{tmp}"], "is a directory", "light"),
+    "visualize_unknown_format": (["--visualize", "{tmp}/x.gif"], "must end in .png, .svg, .pdf", "light"),
+    "max_pixels_0": (["--max-pixels", "0"], "argument --max-pixels: must be an integer in 784..", "light"),
+    "max_pixels_negative": (["--max-pixels", "-5"], "argument --max-pixels: must be an integer in 784..", "light"),
+    "max_pixels_1": (["--max-pixels", "1"], "argument --max-pixels: must be an integer in 784..", "light"),
+    "min_above_max_pixels": (["--min-pixels", "50000", "--max-pixels", "12544"], "--min-pixels 50000 is larger", "light"),
     "max_pixels_too_small_for_aspect": (["--video", "{clip}", "--max-pixels", "784", "--min-pixels", "1"],
-                                        "is resized to", True),
-    "truncated_jpeg": (["--image", "{truncated_jpeg}"], "Image cannot be decoded", True),
-    "text_as_image": (["--image", "{text_image}"], "Image cannot be decoded", True),
-    "aspect_ratio_201": (["--image", "{wide_image}"], "aspect ratio must be smaller than 200", True),
-    "dpc_knn_k_huge": (["--dpc-knn-k", str(10**20)], "argument --dpc-knn-k: must be an integer of at most", True),
-    "seed_huge": (["--seed", str(10**20)], "argument --seed: must be an integer in 0..", True),
-    "max_new_tokens_0": (["--max-new-tokens", "0"], "argument --max-new-tokens: must be an integer in 1..32768", True),
-    "max_new_tokens_huge": (["--max-new-tokens", str(10**9)], "argument --max-new-tokens", True),
-    "seed_400_digits": (["--seed", "1" + "0" * 400], "argument --seed: must be an integer in 0..", True),
-    "tau_nan": (["--tau", "nan"], "argument --tau: must be a finite number", True),
-    "tau_overflow": (["--tau", "1e999"], "argument --tau: must be a finite number, got '1e999'", True),
+                                        "is resized to", "torch"),
+    "truncated_jpeg": (["--image", "{truncated_jpeg}"], "Image cannot be decoded", "light"),
+    "text_as_image": (["--image", "{text_image}"], "Image cannot be decoded", "light"),
+    "aspect_ratio_201": (["--image", "{wide_image}"], "aspect ratio must be smaller than 200", "torch"),
+    "dpc_knn_k_huge": (["--dpc-knn-k", str(10**20)], "argument --dpc-knn-k: must be an integer of at most", "light"),
+    "seed_huge": (["--seed", str(10**20)], "argument --seed: must be an integer in 0..", "light"),
+    "max_new_tokens_0": (["--max-new-tokens", "0"], "argument --max-new-tokens: must be an integer in 1..32768", "light"),
+    "max_new_tokens_huge": (["--max-new-tokens", str(10**9)], "argument --max-new-tokens", "light"),
+    "seed_400_digits": (["--seed", "1" + "0" * 400], "argument --seed: must be an integer in 0..", "light"),
+    "tau_nan": (["--tau", "nan"], "argument --tau: must be a finite number", "light"),
+    "tau_overflow": (["--tau", "1e999"], "argument --tau: must be a finite number, got '1e999'", "light"),
     # exit 1 before
-    "ckpt_corrupt_weights": (["--model", "{ckpt_corrupt_weights}"], "not a valid safetensors file", True),
-    "ckpt_truncated_weights": (["--model", "{ckpt_truncated_weights}"], "is truncated", True),
-    "ckpt_no_weights": (["--model", "{ckpt_no_weights}"], "No weights in", True),
-    "ckpt_no_processor": (["--model", "{ckpt_no_processor}"], "No processor config in", True),
-    "ckpt_config_list": (["--model", "{ckpt_config_list}"], "must hold a JSON object, got a JSON list", True),
-    "ckpt_other_model_type": (["--model", "{ckpt_llama}"], "model_type='llama'", True),
-    "ckpt_no_config": (["--model", "{ckpt_no_config}"], "has no config.json", True),
-    "ckpt_a_file": (["--model", "{clip}"], "got the file", True),
-    "ckpt_bad_saved_settings": (["--model", "{ckpt_bad_saved}"], "saved in", True),
+    "ckpt_corrupt_weights": (["--model", "{ckpt_corrupt_weights}"], "not a valid safetensors file", "light"),
+    "ckpt_truncated_weights": (["--model", "{ckpt_truncated_weights}"], "is truncated", "light"),
+    "ckpt_no_weights": (["--model", "{ckpt_no_weights}"], "No weights in", "light"),
+    "ckpt_no_processor": (["--model", "{ckpt_no_processor}"], "No processor config in", "light"),
+    "ckpt_config_list": (["--model", "{ckpt_config_list}"], "must hold a JSON object, got a JSON list", "light"),
+    "ckpt_other_model_type": (["--model", "{ckpt_llama}"], "model_type='llama'", "light"),
+    "ckpt_no_config": (["--model", "{ckpt_no_config}"], "has no config.json", "light"),
+    "ckpt_a_file": (["--model", "{clip}"], "got the file", "light"),
+    "ckpt_bad_saved_settings": (["--model", "{ckpt_bad_saved}"], "saved in", "light"),
     "ckpt_pruning_layer": (["--model", "{ckpt_12_layers}", "--pruning-layer", "11"],
-                           "--pruning-layer (PruneVidConfig.pruning_layer)=11 is out of range", True),
-    "hub_id_offline": (["--model", "nobody/no-such-model"], "not in the local Hugging Face cache", True),
-    "not_a_hub_id": (["--model", "no such dir/x/y"], "neither an existing directory nor a Hub id", True),
-    "device_cuda_missing": (["--device", "cuda:99"], "--device cuda:99:", True),
-    "device_bogus": (["--device", "bogus"], "--device 'bogus' is not a device", True),
-    "flash_attention_on_cpu": (["--device", "cpu", "--attn", "flash_attention_2"], "needs a CUDA GPU", True),
+                           "--pruning-layer (PruneVidConfig.pruning_layer)=11 is out of range", "light"),
+    "hub_id_offline": (["--model", "nobody/no-such-model"], "not in the local Hugging Face cache", "light"),
+    "not_a_hub_id": (["--model", "no such dir/x/y"], "neither an existing directory nor a Hub id", "light"),
+    "device_cuda_missing": (["--device", "cuda:99"], "--device cuda:99:", "torch"),
+    "device_bogus": (["--device", "bogus"], "--device 'bogus' is not a device", "light"),
+    "flash_attention_on_cpu": (["--device", "cpu", "--attn", "flash_attention_2"], "needs a CUDA GPU", "torch"),
     # more than one line before
-    "unknown_flag": (["--frobnicate"], "unrecognized arguments: --frobnicate (see qwen-prunevid --help)", True),
-    "unknown_preset": (["--preset", "turbo"], "invalid choice: 'turbo'", True),
-    "garbage_video": (["--video", "{garbage_video}"], "Video has no decodable frames", True),
-    "empty_video": (["--video", "{empty_video}"], "Video has no decodable frames", True),
-    "missing_video": (["--video", "{tmp}/nope.mp4"], "Video file not found", True),
-    "directory_as_video": (["--video", "{tmp}"], "is a directory, not a video file", True),
-    "missing_image": (["--image", "{tmp}/nope.png"], "Image file not found", True),
+    "unknown_flag": (["--frobnicate"], "unrecognized arguments: --frobnicate (see qwen-prunevid --help)", "light"),
+    "unknown_preset": (["--preset", "turbo"], "invalid choice: 'turbo'", "light"),
+    "garbage_video": (["--video", "{garbage_video}"], "Video has no decodable frames", "light"),
+    "empty_video": (["--video", "{empty_video}"], "Video has no decodable frames", "light"),
+    "missing_video": (["--video", "{tmp}/nope.mp4"], "Video file not found", "light"),
+    "directory_as_video": (["--video", "{tmp}"], "is a directory, not a video file", "light"),
+    "missing_image": (["--image", "{tmp}/nope.png"], "Image file not found", "light"),
     # wrong behaviour before
-    "empty_question": (["--question", ""], "--question must not be empty", True),
-    "blank_question": (["--question", "  "], "--question must not be empty", True),
-    "stage3_without_stage2": (["--no-stage2", "--stage3"], "--stage3 needs Stage 2", True),
-    "keep_ratio": (["--keep-ratio", "1.5"], "--keep-ratio (PruneVidConfig.keep_ratio)=1.5 is out of range", True),
+    "empty_question": (["--question", ""], "--question must not be empty", "light"),
+    "blank_question": (["--question", "  "], "--question must not be empty", "light"),
+    "stage3_without_stage2": (["--no-stage2", "--stage3"], "--stage3 needs Stage 2", "light"),
+    "keep_ratio": (["--keep-ratio", "1.5"], "--keep-ratio (PruneVidConfig.keep_ratio)=1.5 is out of range", "light"),
     # found only once the (demo) model exists: its depth
-    "pruning_layer_demo": (["--pruning-layer", "11"], "--pruning-layer (PruneVidConfig.pruning_layer)=11", False),
+    "pruning_layer_demo": (["--pruning-layer", "11"], "--pruning-layer (PruneVidConfig.pruning_layer)=11", "model"),
 }
 _WRAPPER = (
     "import sys\n"
     "from modeling.cli import main\n"
     "code = main(sys.argv[1:])\n"
-    "sys.stdout.write('\\n@transformers-imported=%s' % ('transformers' in sys.modules))\n"
+    "sys.stdout.write('\\n@imported=%s' % sorted({'torch', 'transformers'} & set(sys.modules)))\n"
     "sys.exit(code)\n"
 )
 
@@ -317,19 +317,17 @@ def bad_runs(bad, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProce
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_exits_2_with_one_line(case, bad_runs):
-    _, message, up_front = BAD_INPUTS[case]
+    _, message, stage = BAD_INPUTS[case]
     proc, work, elapsed = bad_runs[case]
-    stdout, _, marker = proc.stdout.rpartition("\n@transformers-imported=")
+    stdout, _, imported = proc.stdout.rpartition("\n@imported=")
     lines = proc.stderr.splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1, proc.stderr  # one line: no usage text, no native log lines, no notes, no traceback
     assert lines[0].startswith("qwen-prunevid: error: ") and message in lines[0], lines[0]
     assert stdout == ""  # --json printed nothing
     assert list(_snapshot(work)) == [work / "out"]  # --visualize (and anything else) wrote nothing
-    if up_front:
-        assert marker == "False", f"transformers was imported (a model may have been loaded), {elapsed:.1f} s"
-    else:
-        assert marker == "True"
+    expected = {"light": [], "torch": ["torch"], "model": ["torch", "transformers"]}[stage]
+    assert imported == str(expected), f"imported {imported} before failing, after {elapsed:.1f} s"
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
