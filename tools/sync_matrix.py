@@ -12,7 +12,7 @@ For every release, in a scratch clone of the repository (the checkout itself is 
 3. the equivalence and stage tests (`--tests`, `-k` subset optional) on that release.
 
 Each release's result is saved as JSON in the work folder as soon as it is known (a re-run skips releases already
-done unless `--redo`); the table is written to `--out` (Markdown: release, sync result, hunk offsets, tests
+done unless `--redo`; several workers on one folder share the releases out); the table is written to `--out` (Markdown: release, sync result, hunk offsets, tests
 passed, time). Run it niced on a shared machine:
 
     nice -n 19 python3 tools/sync_matrix.py --minors 5.4 5.23 --out docs/compatibility.md
@@ -193,6 +193,7 @@ def check_release(args: argparse.Namespace, version: str) -> Result:
             result.sync = "synced, check FAILED"
             return result
         env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{clone}", "PYTHONDONTWRITEBYTECODE": "1"}
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # one thread per worker: faster on a shared machine
         command = [args.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args.tests]
         if args.k:
             command += ["-k", args.k]
@@ -277,8 +278,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if saved.exists() and not args.redo:
             results.append(Result(**json.loads(saved.read_text())))
             continue
-        result = check_release(args, version)
-        saved.write_text(json.dumps(asdict(result), indent=1) + "\n")
+        lock = args.workdir / f"running-{version}"
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL))  # another worker on the same folder has it
+        except FileExistsError:
+            continue
+        try:
+            result = check_release(args, version)
+            saved.write_text(json.dumps(asdict(result), indent=1) + "\n")
+        finally:
+            lock.unlink()
         results.append(result)
         print(
             f"{version}: sync {result.sync}; {result.passed} passed, {result.failed} failed, {result.errors} errors; "
