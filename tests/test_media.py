@@ -8,6 +8,8 @@ qwen-vl-utils itself can read the file, the result is compared with its `process
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -81,17 +83,35 @@ VIDEOS = {
 _SUFFIX = {"vp9": ".webm", "mjpeg": ".avi", "odd_97x61": ".mkv", "vfr": ".mkv", "audio_mkv": ".mkv", "grayscale": ".mkv"}
 
 
+def _source_frames(name: str) -> np.ndarray:
+    """The RGB frames `[N, H, W, 3]` encoded into the video `name` of VIDEOS."""
+    _, pix_fmt, (height, width), count, _ = VIDEOS[name]
+    frames = clip_frames(frames=count, size=(height + height % 2, width + width % 2), seed=3)[:, :height, :width]
+    if pix_fmt == "gray":
+        frames = frames.mean(axis=-1, keepdims=True).round().astype(np.uint8).repeat(3, axis=-1)
+    return np.ascontiguousarray(frames)
+
+
+def write_videos(root: Path) -> None:
+    """Encode every video of VIDEOS whose encoder this FFmpeg build has into `root`."""
+    for name, (codec, pix_fmt, _, _, options) in VIDEOS.items():
+        if _has_encoder(codec):
+            encode(root / f"{name}{_SUFFIX.get(name, '.mp4')}", _source_frames(name), codec, pix_fmt, **options)
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray]]:
+    """The videos, encoded in a fresh process: once decord is imported, its bundled FFmpeg libraries shadow PyAV's
+    and the libvpx-vp9 encoder fails to open (seen with decord 0.6.0 and PyAV 18.1)."""
     root = tmp_path_factory.mktemp("videos")
+    script = "import sys; sys.path.insert(0, sys.argv[1]); import test_media; test_media.write_videos(Path(sys.argv[2]))"
+    subprocess.run([sys.executable, "-c", f"from pathlib import Path; {script}", str(Path(__file__).parent), str(root)],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
     out = {}
-    for name, (codec, pix_fmt, (height, width), count, options) in VIDEOS.items():
-        if not _has_encoder(codec):
-            continue
-        frames = clip_frames(frames=count, size=(height + height % 2, width + width % 2), seed=3)[:, :height, :width]
-        if pix_fmt == "gray":
-            frames = frames.mean(axis=-1, keepdims=True).round().astype(np.uint8).repeat(3, axis=-1)
-        out[name] = (encode(root / f"{name}{_SUFFIX.get(name, '.mp4')}", frames, codec, pix_fmt, **options), frames)
+    for name in VIDEOS:
+        path = root / f"{name}{_SUFFIX.get(name, '.mp4')}"
+        if path.is_file():
+            out[name] = (path, _source_frames(name))
     return out
 
 
