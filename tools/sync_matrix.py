@@ -236,8 +236,8 @@ def render(results: Sequence[Result], args: argparse.Namespace, total: float) ->
             "|---|---|---|---|---|---|---|",
             *rows,
             "",
-            f"Tests run on each release: `{selection}`. Total wall time: {total / 60:.1f} min "
-            f"({len(results)} releases).",
+            f"Tests run on each release: `{selection}`. Time per release: install, sync, tests and the sync back "
+            f"(niced, on a shared 2-core machine); {total / 60:.1f} min for the {len(results)} releases together.",
         ]
     )
 
