@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 
-__all__ = ["clip_frames", "make_clip", "square_boxes"]
+__all__ = ["clip_frames", "make_clip", "square_boxes", "write_video"]
 
 # Square colours before / after a scene cut: bright on a dark background, then dark on a light one.
 _BRIGHT = np.array([[255, 220, 0], [0, 255, 255], [255, 64, 255], [128, 255, 0]], dtype=np.uint8)
@@ -144,9 +144,23 @@ def make_clip(
     Returns:
         The path written, as a `Path`.
     """
+    video = clip_frames(frames=frames, size=size, squares=squares, scene_cut_at=scene_cut_at, seed=seed)
+    return write_video(path, video, fps=fps)
+
+
+def write_video(path: str | Path, video: np.ndarray, *, fps: float = 4.0) -> Path:
+    """Encode `[frames, height, width, 3]` uint8 RGB frames (height and width even) to an mp4 file.
+
+    H.264 (libx264, yuv420p, no B-frames, CRF 18) or MPEG-4 Part 2 where libx264 is unavailable; decord reads back
+    exactly `frames` frames at `fps`.
+
+    Returns:
+        The path written, as a `Path`.
+    """
     import av  # PyAV; imported here so that `clip_frames` works without it
 
-    video = clip_frames(frames=frames, size=size, squares=squares, scene_cut_at=scene_cut_at, seed=seed)
+    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8 or video.shape[1] % 2 or video.shape[2] % 2:
+        raise ValueError(f"expected [frames, even height, even width, 3] uint8 frames, got {video.shape} {video.dtype}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
@@ -157,7 +171,7 @@ def make_clip(
         codec, options = "mpeg4", {"qscale": "2", "bf": "0"}
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=rate, options=options)
-        stream.height, stream.width = size
+        stream.height, stream.width = video.shape[1:3]
         stream.pix_fmt = "yuv420p"
         for frame in video:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
