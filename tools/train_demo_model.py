@@ -1,0 +1,363 @@
+"""Train the small Qwen2.5-VL of `modeling.demo` on the moving-shapes benchmark (GPU; seeded; resumable).
+
+    python tools/train_demo_model.py --minutes 9 --out OUT [--resume OUT/state.pt]
+
+Every sample goes through the released input path minus the file: the item's frames (uint8, `modeling.eval.
+benchmark.render`) and the chat template go through the real Qwen2.5-VL processor (`modeling.offline.build_processor`,
+fps 2 so `second_per_grid_ts` is the evaluation's), with the answer letter and `<|im_end|>` appended; the loss is on
+those two tokens, plus an auxiliary perception loss during training only: a linear head on the vision features the
+LLM receives predicts each video token's shape colour and motion (`benchmark.token_labels`); the head is discarded,
+the shipped model is a plain Qwen2.5-VL. Frames get a mild per-pixel noise (sigma 2) so that H.264's small errors at evaluation are
+nothing new (added on the GPU, in the processor's normalised units). The model is `Qwen2_5_VLPruneVid` with every
+stage off (the stock forward); the vision tower's windowed attention runs as one batched call for all windows
+(`UniformSegmentAttention`: the same function as upstream's call per window, several times faster).
+
+Embedding rows of tokens the task never uses are zero at initialisation and after every step (tied embeddings: a
+zero row is a zero logit), so the shipped asset only needs the task's rows (`modeling.demo.export_asset`).
+
+Writes to OUT: `train.log` (appended), `state.pt` (weights, optimizer, step, data cursor: `--resume` continues
+exactly), `demo_model.safetensors` (the compact asset) and `val.json` (validation accuracy per kind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from modeling.eval import benchmark  # noqa: E402
+
+
+class UniformSegmentAttention:
+    """Training-time vision attention for clips whose attention segments all have one length (224x224 frames: every
+    window is 8x8 patches, every frame pair 16x16): one batched `scaled_dot_product_attention` over
+    `[segments, heads, length, head_dim]`, the same function as upstream's one call per segment. Plugged in where
+    `vision_attention="varlen"` plugs its kernel (the tower's `_prunevid_vision`); segments of unequal length fall back
+    to one call per segment."""
+
+    def prepare(self, hidden_states: torch.Tensor, kwargs: dict, *cu_seqlens: torch.Tensor) -> dict:
+        lengths = {id(cu): (cu[1:] - cu[:-1]).unique().tolist() for cu in cu_seqlens}
+        return {**kwargs, "prunevid_vision": lambda q, k, v, cu, scale: self._attend(q, k, v, cu, scale, lengths)}
+
+    @staticmethod
+    def _attend(q, k, v, cu, scale, lengths) -> torch.Tensor:
+        tokens, heads, dim = q.shape
+        found = lengths.get(id(cu)) or (cu[1:] - cu[:-1]).unique().tolist()
+        if len(found) == 1:
+            n = found[0]
+            q, k, v = (t.reshape(tokens // n, n, heads, dim).transpose(1, 2) for t in (q, k, v))
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+            return out.transpose(1, 2).reshape(tokens, heads * dim)
+        bounds = cu.tolist()
+        outs = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            qs, ks, vs = (t[a:b].transpose(0, 1)[None] for t in (q, k, v))
+            outs.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, scale=scale)[0].transpose(0, 1))
+        return torch.cat(outs).reshape(tokens, heads * dim)
+
+
+def build_prompt(processor, question: str) -> str:
+    conversation = [{"role": "user", "content": [{"type": "video", "video": "clip.mp4"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+
+def encode(processor, item: benchmark.Item, *, answer: bool) -> dict:
+    """One item for training: token ids exactly as the processor makes them (checked by `--check`), the video-token
+    type ids, and the uint8 frames `[T, C, H, W]`, which `pixels()` normalises and patchifies on the device."""
+    frames = torch.from_numpy(item.frames_array()).permute(0, 3, 1, 2).contiguous()
+    grid = (item.frames // 2, benchmark.SIZE // 14, benchmark.SIZE // 14)
+    n_video = grid[0] * grid[1] * grid[2] // 4
+    text = build_prompt(processor, item.question) + (f"{item.answer}<|im_end|>" if answer else "")
+    text = text.replace("<|video_pad|>", "<|video_pad|>" * n_video)
+    ids = torch.tensor(processor.tokenizer(text)["input_ids"])
+    mm = (ids == processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")).long() * 2
+    colour, motion = benchmark.token_labels(item)
+    labels = torch.from_numpy(np.stack([colour.reshape(-1), motion.reshape(-1)], axis=1))  # [video tokens, 2]
+    return {"input_ids": ids, "mm_token_type_ids": mm, "frames": frames, "grid": grid, "labels": labels}
+
+
+def pixels(processor, frames: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """`pixel_values_videos` of uint8 `[T, C, H, W]` clips: rescale, normalise (the processor's mean and std), then
+    the processor's own `patchify`."""
+    vp = processor.video_processor
+    mean = torch.tensor(vp.image_mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(vp.image_std, device=device).view(1, 3, 1, 1)
+    out = []
+    for clip in frames:
+        video = (clip.to(device, non_blocking=True).float() * (1 / 255.0) - mean) / std
+        patches, *_ = vp.patchify(video[None], patch_size=14, merge_size=2, temporal_patch_size=2)
+        out.append(patches[0])
+    return torch.cat(out)
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """Train items `start, start + 1, ...` (each worker takes every `num_workers`-th), encoded with the answer."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self):
+        from modeling.offline import build_processor
+
+        torch.set_num_threads(1)
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        processor = build_processor()
+        index = self.start + worker
+        while True:
+            yield index, encode(processor, benchmark.make_item("train", index), answer=True)
+            index += workers
+
+
+def collate(samples: list) -> dict:
+    """Right-pad the token rows (a padded query then still sees its earlier tokens: no fully masked attention row);
+    `last` is each row's last real position."""
+    encs = [e for _, e in samples]
+    width = max(e["input_ids"].shape[0] for e in encs)
+    batch: dict = {"indices": [i for i, _ in samples]}
+    for key, fill in (("input_ids", 151643), ("mm_token_type_ids", 0)):
+        batch[key] = torch.stack([torch.cat([e[key], e[key].new_full((width - e[key].shape[0],), fill)]) for e in encs])
+    lengths = torch.tensor([e["input_ids"].shape[0] for e in encs])
+    batch["attention_mask"] = (torch.arange(width)[None] < lengths[:, None]).long()
+    batch["last"] = lengths - 1
+    batch["frames"] = [e["frames"] for e in encs]
+    batch["video_grid_thw"] = torch.tensor([e["grid"] for e in encs])
+    batch["second_per_grid_ts"] = torch.full((len(encs),), 2 / benchmark.FPS)
+    batch["token_labels"] = torch.cat([e["labels"] for e in encs])
+    return batch
+
+
+def model_inputs(processor, batch: dict, device: torch.device) -> dict:
+    inputs = {k: batch[k].to(device, non_blocking=True)
+              for k in ("input_ids", "mm_token_type_ids", "attention_mask", "video_grid_thw", "second_per_grid_ts")}  # fmt: skip
+    inputs["pixel_values_videos"] = pixels(processor, batch["frames"], device)
+    return inputs
+
+
+def logits_at(model, inputs: dict, positions: torch.Tensor) -> torch.Tensor:
+    """Logits at `positions` `[B, P]` of each row (the LM head runs on those rows only)."""
+    hidden = model.model(**inputs).last_hidden_state
+    index = positions.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1])
+    return model.lm_head(hidden.gather(1, index))
+
+
+def task_token_ids(processor) -> list[int]:
+    """Every token id a prompt or answer of the task can contain."""
+    ids: set[int] = set()
+    for question in benchmark.all_questions():
+        ids.update(processor.tokenizer(build_prompt(processor, question))["input_ids"])
+    for letter in benchmark.LETTERS:
+        ids.update(processor.tokenizer(f"{letter}<|im_end|>")["input_ids"])
+    tok = processor.tokenizer
+    ids.update(tok.convert_tokens_to_ids(t) for t in ("<|video_pad|>", "<|image_pad|>", "<|endoftext|>", "<|im_end|>"))
+    return sorted(ids)
+
+
+def encode_eval(processor, items, batch_size: int = 32) -> list[tuple[list, dict]]:
+    """Validation batches, encoded once (without the answer)."""
+    return [(items[i : i + batch_size], collate([(0, encode(processor, it, answer=False)) for it in items[i : i + batch_size]]))
+            for i in range(0, len(items), batch_size)]  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate(model, processor, batches, device) -> dict:
+    """Teacher-forced accuracy: argmax over the whole vocabulary of the first answer token == the letter."""
+    model.eval()
+    letters = {l: processor.tokenizer.convert_tokens_to_ids(l) for l in benchmark.LETTERS}
+    correct: dict[str, list[int]] = {}
+    for chunk, batch in batches:
+        logits = logits_at(model, model_inputs(processor, batch, device), batch["last"][:, None])[:, 0].float()
+        for it, p in zip(chunk, logits.argmax(-1).tolist()):
+            correct.setdefault(it.kind, []).append(int(p == letters[it.answer]))
+    model.train()
+    out = {k: round(sum(v) / len(v), 4) for k, v in sorted(correct.items())}
+    out["all"] = round(sum(sum(v) for v in correct.values()) / sum(len(v) for v in correct.values()), 4)
+    return out
+
+
+def check_inputs(processor, n: int = 6) -> None:
+    """The training inputs equal the processor's for the same frames (ids exactly; pixels to float rounding)."""
+    for item in benchmark.load_split("val", limit=n):
+        mine = collate([(0, encode(processor, item, answer=False))])
+        video = torch.from_numpy(item.frames_array()).permute(0, 3, 1, 2).contiguous()
+        meta = {"fps": benchmark.FPS, "total_num_frames": item.frames, "frames_indices": list(range(item.frames))}
+        ref = processor(text=[build_prompt(processor, item.question)], videos=[video], video_metadata=[meta],
+                        fps=benchmark.FPS, do_sample_frames=False, return_tensors="pt")  # fmt: skip
+        for key in ("input_ids", "mm_token_type_ids", "video_grid_thw"):
+            assert torch.equal(mine[key], ref[key]), key
+        assert torch.allclose(mine["second_per_grid_ts"], torch.as_tensor(ref["second_per_grid_ts"]).float())
+        diff = (pixels(processor, mine["frames"], torch.device("cpu")) - ref["pixel_values_videos"]).abs().max().item()
+        assert diff < 1e-5, diff
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--resume", type=Path)
+    parser.add_argument("--minutes", type=float, default=9.0, help="stop (and save) after this much training time")
+    parser.add_argument("--steps", type=int, default=6000, help="length of the learning-rate schedule")
+    parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--val", type=int, default=300)
+    parser.add_argument("--noise", type=float, default=2.0)
+    parser.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-token perception loss")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (default: float32 with TF32 matmuls)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
+    from modeling.demo import EMBED_KEY, demo_config, export_asset
+    from modeling.offline import build_processor
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_file = open(args.out / "train.log", "a")
+
+    def log(message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(4)  # the data workers need the other cores
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    device = torch.device(args.device)
+    processor = build_processor()
+    model = Qwen2_5_VLPruneVid(demo_config(), prunevid=PruneVidConfig.disabled())
+    model.model.visual._prunevid_vision = UniformSegmentAttention()
+    model.to(device).train()
+    # Auxiliary perception loss (training only; the head is not part of the model): from the vision features the
+    # LLM receives, predict each token's shape colour and motion (`benchmark.token_labels`).
+    aux_head = torch.nn.Linear(model.config.text_config.hidden_size, len(benchmark.COLOURS) + 1 + 5).to(device)
+    captured: dict = {}
+    model.model.visual.register_forward_hook(lambda mod, inp, out: captured.__setitem__("features", out.pooler_output))
+    check_inputs(processor)
+    used = torch.tensor(task_token_ids(processor), device=device)
+    embed = model.get_input_embeddings().weight
+    unused = torch.ones(embed.shape[0], dtype=torch.bool, device=device)
+    unused[used] = False
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n] + [aux_head.weight]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n] + [aux_head.bias]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.98),
+    )  # fmt: skip
+    step, cursor = 0, 0
+    if args.resume is not None:  # weights, step and data cursor; the optimizer restarts with a short warm-up
+        state = torch.load(args.resume, map_location=device, weights_only=True)
+        weights = state["weights"]
+        rows = weights.pop("embed_rows")
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        assert set(missing) <= {EMBED_KEY, "lm_head.weight"} and not unexpected, (missing, unexpected)
+        with torch.no_grad():
+            embed[state["embed_ids"].to(device)] = rows.to(device)
+        step, cursor = int(state["step"]), int(state["cursor"])
+        log(f"resumed from {args.resume}: step {step}, data cursor {cursor}")
+    resumed_at = step
+    with torch.no_grad():
+        embed[unused] = 0.0
+    n_params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    log(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), torch "
+        f"{torch.__version__}, non-embedding parameters {n_params:,}, task tokens {len(used)}, args {vars(args)}")  # fmt: skip
+
+    def lr_at(s: int) -> float:
+        warm = (s - resumed_at + 1) / 100 if resumed_at else 1.0  # after a resume: 100 steps back to the schedule
+        if s < args.warmup:
+            return args.lr * (s + 1) / args.warmup
+        return min(1.0, warm) * _cosine(s)
+
+    def _cosine(s: int) -> float:
+        progress = min(1.0, (s - args.warmup) / max(1, args.steps - args.warmup))
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    noise_std = torch.tensor(processor.video_processor.image_std, device=device, dtype=torch.float32)
+    loader = torch.utils.data.DataLoader(
+        TrainStream(cursor), batch_size=args.batch, collate_fn=collate, num_workers=args.workers,
+        prefetch_factor=4 if args.workers else None, persistent_workers=bool(args.workers), pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    val_batches = encode_eval(processor, benchmark.load_split("val", limit=args.val))
+    start = time.time()
+    losses: list[float] = []
+    aux_losses: list[float] = []
+    wait = 0.0
+    skipped = 0
+    tick = time.time()
+    for batch in loader:
+        wait += time.time() - tick
+        cursor = max(batch["indices"]) + 1
+        inputs = model_inputs(processor, batch, device)
+        ids = inputs["input_ids"]
+        if args.noise:  # per-pixel noise of sigma `noise` grey levels, in the processor's normalised units
+            pixels_ = inputs["pixel_values_videos"]
+            scale = (args.noise / 255.0) / noise_std.repeat_interleave(pixels_.shape[1] // 3)
+            inputs["pixel_values_videos"] = pixels_ + torch.randn_like(pixels_) * scale
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        last = batch["last"].to(device)
+        positions = torch.stack([last - 2, last - 1], dim=1)  # they predict the letter and <|im_end|>
+        targets = ids.gather(1, torch.stack([last - 1, last], dim=1))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            logits = logits_at(model, inputs, positions).float()
+        answer_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        aux = aux_head(captured.pop("features").float())
+        labels = batch["token_labels"].to(device)
+        n_colour = len(benchmark.COLOURS) + 1
+        aux_loss = torch.nn.functional.cross_entropy(aux[:, :n_colour], labels[:, 0]) + torch.nn.functional.cross_entropy(aux[:, n_colour:], labels[:, 1])
+        loss = answer_loss + args.aux_weight * aux_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_head.parameters()), 1.0)
+        if not (torch.isfinite(loss) and torch.isfinite(norm)):  # never let one bad batch poison the weights
+            bad = [n for n, q in model.named_parameters() if q.grad is not None and not q.grad.isfinite().all()]
+            skipped += 1
+            log(f"step {step}: non-finite loss {loss.item()} / grad norm {norm.item()} (grads: {bad[:4]}); skipped")
+            if skipped > 50:
+                raise RuntimeError("more than 50 non-finite steps: stopping")
+            tick = time.time()
+            continue
+        optimizer.step()
+        with torch.no_grad():
+            embed[unused] = 0.0
+        step += 1
+        losses.append(answer_loss.item())
+        aux_losses.append(aux_loss.item())
+        if step <= 20 or step % 50 == 0:
+            log(f"step {step} loss {np.mean(losses[-50:]):.4f} aux {np.mean(aux_losses[-50:]):.4f} lr {lr_at(step):.2e} "
+                f"{(time.time() - start) / 60:.1f} min, data wait {wait:.0f} s")  # fmt: skip
+        done = (time.time() - start) / 60 >= args.minutes or step >= args.steps
+        if step % args.eval_every == 0 or done:
+            acc = evaluate(model, processor, val_batches, device)
+            log(f"step {step} val accuracy {json.dumps(acc)}")
+        if done:
+            break
+        tick = time.time()
+
+    state = {k: v for k, v in model.state_dict().items()}
+    compact = {k: v.float().cpu() for k, v in state.items() if k not in (EMBED_KEY, "lm_head.weight")}
+    compact["embed_rows"] = state[EMBED_KEY][used].float().cpu()
+    torch.save({"weights": compact, "embed_ids": used.cpu(), "step": step, "cursor": cursor}, args.out / "state.pt")
+    export_asset(state, used.tolist(), args.out / "demo_model.safetensors",
+                 metadata={"step": str(step), "val_accuracy": f"{acc['all']:.4f}", "seed": str(args.seed)})  # fmt: skip
+    (args.out / "val.json").write_text(json.dumps({"step": step, "val": acc}, indent=2) + "\n")
+    log(f"saved step {step} to {args.out}")
+    assert EMBED_KEY in state
+
+
+if __name__ == "__main__":
+    main()
