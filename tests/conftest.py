@@ -14,6 +14,19 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# (test id, what) for every input the installed release's stock model cannot process (tests/test_equivalence.py,
+# tests/test_stages.py); listed at the end of the run, one `STOCK-UNSUPPORTED` line each (read by tools/sync_matrix.py).
+STOCK_UNSUPPORTED: list[tuple[str, str]] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if STOCK_UNSUPPORTED:
+        import transformers
+
+        terminalreporter.section(f"inputs the stock model of transformers {transformers.__version__} cannot process")
+        for nodeid, what in STOCK_UNSUPPORTED:
+            terminalreporter.line(f"STOCK-UNSUPPORTED {nodeid}: {what}")
+
 
 @pytest.fixture(scope="session")
 def processor():

@@ -53,6 +53,8 @@ class Result:
     errors: int = 0
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
+    # `test id: what` for every input the release's stock model cannot process (the tests' STOCK-UNSUPPORTED lines)
+    stock_unsupported: list[str] = field(default_factory=list)
     round_trip: str = "not run"  # syncing back to the pin restores the committed tree byte for byte?
     seconds: float = 0.0
     install_seconds: float = 0.0
@@ -140,6 +142,7 @@ def parse_pytest(output: str, result: Result) -> None:
         attr = {"error": "errors", "errors": "errors"}.get(what, what)
         setattr(result, attr, int(count))
     result.failures = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
+    result.stock_unsupported = re.findall(r"^STOCK-UNSUPPORTED (.*)$", output, re.M)
 
 
 def round_trip(clone: Path, scratch: Path) -> str:
@@ -225,6 +228,13 @@ def render(results: Sequence[Result], args: argparse.Namespace, total: float) ->
             tests = "not run"
         failing = ", ".join(f.split("::")[-1] for f in r.failures[:4]) + (" ..." if len(r.failures) > 4 else "")
         verdict = "**green**" if r.green else "red"
+        if r.stock_unsupported:  # inputs the release's own stock model raises on (ours raises the same, or skipped)
+            inputs = sorted(set(re.findall(r"the '(\w+)' input", " ".join(r.stock_unsupported))))
+            same = sum("ours raises the same" in line for line in r.stock_unsupported)
+            verdict += (
+                f" (its stock model cannot process the {', '.join(map(repr, inputs))} input: {same} equivalence "
+                f"tests pass by raising what stock raises, {len(r.stock_unsupported) - same} stage tests skipped)"
+            )
         rows.append(
             f"| {r.release} | {r.sync} | {offsets} | {tests} | {verdict}{': ' + failing if failing else ''} "
             f"| {r.round_trip} | {r.seconds:.0f} s |"
