@@ -11,7 +11,6 @@ rewrites `test.jsonl` from the benchmark.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,6 @@ __all__ = [
 
 SPLIT = "test"
 DATA_FILE = Path(__file__).resolve().parent / "tasks" / "prunevid_moving_shapes" / "test.jsonl"
-# A leading option letter, alone or as "(B)", "B.", "B:", "B)" or "B " before more text.
-_LETTER = re.compile(r"\s*\(?([A-Z])(?:\)|\.|:|\s|$)")
 
 
 def _split_items() -> list[Any]:
@@ -70,13 +67,14 @@ def doc_to_text(doc: dict[str, Any], lmms_eval_specific_kwargs: dict[str, Any] |
 
 
 def extract_letter(response: str) -> str | None:
-    """The option letter a response starts with ("B", "(B) left", "B. left"), or None."""
-    match = _LETTER.match(response)
-    return match.group(1) if match else None
+    """The response's first character, upper-cased (None for an empty response): the rule of
+    `python -m modeling.eval`, so that both score the same answers the same way."""
+    text = response.strip()
+    return text[0].upper() if text else None
 
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    """`exact_match`: 1.0 when the response's leading letter is the answer's letter, else 0.0."""
+    """`exact_match`: 1.0 when the response starts with the answer's letter, else 0.0."""
     return {"exact_match": float(extract_letter(results[0]) == doc["answer"])}
 
 
