@@ -240,15 +240,7 @@ class PruneVidController:
                 parts_e.append(embeds[cursor:pos]), parts_o.append(torch.arange(cursor, pos, device=device))
                 parts_g.append(text_group[cursor:pos])
                 if cfg.enable_stage1 and grid[0] > 1:  # one temporal patch: nothing to merge over time
-                    res = merge_video(
-                        embeds[pos : pos + n],
-                        grid,
-                        tau=cfg.tau,
-                        temporal_segment_ratio=cfg.temporal_segment_ratio,
-                        cluster_ratio=cfg.cluster_ratio,
-                        k=cfg.dpc_knn_k,
-                        min_tokens_to_cluster=cfg.min_tokens_to_cluster,
-                    )
+                    res = self.merge(embeds[pos : pos + n], grid)
                     feats, origin, group = res.features, pos + res.source, res.group
                 else:
                     res = None
@@ -266,6 +258,20 @@ class PruneVidController:
         origin = torch.cat(parts_o)
         group = torch.cat(parts_g) if cfg.enable_stage2 else torch.full_like(origin, -1)
         return torch.cat(parts_e), origin, group, records
+
+    def merge(self, features: torch.Tensor, grid: tuple[int, int, int]) -> MergeResult:
+        """Stage 1 on one video's `[t*h*w, C]` tokens (Sec. 3.2). The one place a subclass swaps the pre-LLM
+        reduction (e.g. the token-dropping baselines of `modeling.eval.baselines`)."""
+        cfg = self.config
+        return merge_video(
+            features,
+            grid,
+            tau=cfg.tau,
+            temporal_segment_ratio=cfg.temporal_segment_ratio,
+            cluster_ratio=cfg.cluster_ratio,
+            k=cfg.dpc_knn_k,
+            min_tokens_to_cluster=cfg.min_tokens_to_cluster,
+        )
 
     def _query_mask(self, origin, mask, is_video, is_image) -> torch.Tensor:
         """Tokens whose attention scores the candidates: text after the last video (paper) or the last token."""
