@@ -39,8 +39,11 @@ __all__ = ["DEFAULT_QUESTION", "DEMO_CLIP", "JSON_SCHEMA", "PICTURE_FORMATS", "b
 
 PROG = "qwen-prunevid"
 DEMO_CLIP = Path(__file__).resolve().parent / "assets" / "demo_clip.mp4"
-#: 32 frames at 8 fps: sample every frame (16 temporal patches) rather than qwen-vl-utils' default 2 fps.
-DEMO_FPS = 8.0
+#: The bundled clip's question and correct answer (a held-out moving-shapes item, `modeling.eval.benchmark`).
+DEMO_QUESTION_FILE = DEMO_CLIP.with_suffix(".json")
+#: The bundled clip is read as the demo model was trained: 2 fps (every frame), 224x224 (8x8 tokens per patch).
+DEMO_FPS = 2.0
+DEMO_PIXELS = 224 * 224
 DEFAULT_QUESTION = "What happens in this video? Describe the moving objects."
 JSON_SCHEMA = "qwen-prunevid.result/v1"
 #: File types `--visualize` writes (Matplotlib's writers); the extension picks the format.
@@ -49,11 +52,16 @@ PICTURE_FORMATS = (".png", ".svg", ".pdf")
 MAX_NEW_TOKENS = 32768
 #: Largest value of any integer flag (seeds: 2**63 - 1).
 MAX_INT = 2**31 - 1
-_RANDOM_NOTE = (
-    "Offline demo: a small RANDOM-WEIGHT Qwen2.5-VL (no download). Its answers are meaningless; the run shows the "
-    "pipeline, the token budget per stage and the timing. Pass --model Qwen/Qwen2.5-VL-7B-Instruct (or a local "
-    "checkpoint) for real answers."
+_DEMO_NOTE = (
+    "Offline demo: a small Qwen2.5-VL trained here on moving-shapes questions (no download); it answers questions "
+    "about clips like the bundled one. Pass --model Qwen/Qwen2.5-VL-7B-Instruct (or a local checkpoint) for a real "
+    "model."
 )
+
+
+def demo_question() -> dict[str, Any]:
+    """The bundled clip's question, options and correct answer (`{"question", "answer", "answer_text", ...}`)."""
+    return json.loads(DEMO_QUESTION_FILE.read_text())
 
 
 class UsageError(Exception):
@@ -236,6 +244,7 @@ class _Plan:
     picture: Path | None
     checkpoint: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    expected: dict[str, Any] | None = None  # the bundled clip's correct answer, when its question is asked
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -300,9 +309,11 @@ def _run(args: argparse.Namespace) -> int:
         "dtype": str(qa.model.dtype).removeprefix("torch."),
         "load_s": round(load_s, 3),
         "grids": [list(g) for g in inputs["video_grid_thw"].tolist()] if "video_grid_thw" in inputs else [],
+        "correct_answer": plan.expected["answer"] if plan.expected else None,
+        "correct_answer_text": plan.expected["answer_text"] if plan.expected else None,
     }
     if plan.demo and qa.offline_demo:
-        plan.notes.insert(0, _RANDOM_NOTE)
+        plan.notes.insert(0, _DEMO_NOTE)
     for note in plan.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     if args.json:
@@ -320,9 +331,14 @@ def _plan(args: argparse.Namespace) -> _Plan:
         raise UsageError(f"--min-pixels {args.min_pixels} is larger than --max-pixels {args.max_pixels}")
     demo = args.model is None
     videos, images, fps = list(args.video), list(args.image), args.fps
+    expected = None
     if not videos and not images:
         videos = [str(DEMO_CLIP)]
         fps = DEMO_FPS if fps is None else fps
+        if args.min_pixels is None and args.max_pixels is None:
+            args.min_pixels = args.max_pixels = DEMO_PIXELS
+        if args.question is None:
+            args.question, expected = demo_question()["question"], demo_question()
     from .inputs import check_files
     from .pipeline import VideoQA, check_checkpoint  # neither imports torch nor transformers
 
@@ -366,6 +382,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
         picture=picture,
         checkpoint=checkpoint,
         notes=notes,
+        expected=expected,
     )
 
 
@@ -535,8 +552,8 @@ def _print_report(meta: dict[str, Any], runs: dict[str, Any], pictures: list[str
     grids = "; ".join(f"{t} x {h // 2} x {w // 2} tokens" for t, h, w in meta["grids"])
     print(f"Media:    {', '.join(media)}" + (f"  ({grids}, t x h x w)" if grids else ""), file=out)
     print(f"Question: {meta['question']}", file=out)
-    if meta["offline_demo"]:
-        print("Note:     random weights: the answers are meaningless; look at the tokens and the timing.", file=out)
+    if meta.get("correct_answer"):
+        print(f"Correct:  {meta['correct_answer']} ({meta['correct_answer_text']})", file=out)
     print(file=out)
     columns = [("stock", runs["stock"])] if "stock" in runs else []
     columns.append((f"PruneVid ({meta['preset']})", p))
@@ -566,6 +583,9 @@ def _print_report(meta: dict[str, Any], runs: dict[str, Any], pictures: list[str
     if "stock" in runs:
         agree = runs["stock"].answer.strip() == p.answer.strip()
         print(f"Answers agree: {'yes' if agree else 'no'}", file=out)
+    if meta.get("correct_answer"):
+        right = [name for name, r in columns if r.answer.strip()[:1].upper() == meta["correct_answer"]]
+        print(f"Answered correctly ({meta['correct_answer']}): {', '.join(right) if right else 'neither'}", file=out)
     for path in pictures:
         print(f"Wrote {path}", file=out)
 

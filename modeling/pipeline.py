@@ -172,19 +172,21 @@ class VideoQA:
         device: str | torch.device | None = None,
         attn_implementation: str = "sdpa",
     ) -> "VideoQA":
-        """A small random-weight Qwen2.5-VL ([`modeling.offline.tiny_config`]) with the real processor, built
-        offline in a few seconds. Its answers are meaningless; it shows the pipeline, the token budget and timing.
-        `dtype` as in [`from_pretrained`]."""
+        """The small Qwen2.5-VL trained here on the moving-shapes benchmark ([`modeling.demo`]), loaded offline
+        through `from_pretrained` from the standard checkpoint folder that [`modeling.demo.checkpoint_path`] writes
+        to the user cache on first use. It answers questions about clips like the bundled one (its answers to
+        anything else mean nothing). `dtype` as in [`from_pretrained`]; `seed` seeds sampling, if asked for."""
         import torch
 
-        from .model import Qwen2_5_VLPruneVid
-        from .offline import build_processor, tiny_config
+        from .demo import checkpoint_path
 
         torch.manual_seed(seed)
-        model = Qwen2_5_VLPruneVid(tiny_config(), prunevid=prunevid)
-        model.set_attn_implementation(attn_implementation)
+        path = checkpoint_path()
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(model.to(device=device, dtype=_resolve_dtype(dtype, device)), build_processor(), offline_demo=True)
+        qa = cls.from_pretrained(path, prunevid=prunevid, dtype=dtype, device=device,
+                                 attn_implementation=attn_implementation)  # fmt: skip
+        qa.offline_demo = True
+        return qa
 
     # ------------------------------------------------------------------------------------------------ asking
     def ask(

@@ -63,9 +63,10 @@ def test_every_preset_json(capsys, preset):
     assert code == 0, err
     result = json.loads(out)  # stdout holds the JSON and nothing else
     assert result["schema"] == JSON_SCHEMA and result["preset"] == preset and result["offline_demo"] is True
-    assert result["grids"] == [[16, 8, 8]]  # 32 frames at 8 fps, 112x112 -> 16 x 4 x 4 LLM tokens
+    assert result["grids"] == [[16, 8, 8]]  # 32 frames at 2 fps, 112x112 -> 16 x 4 x 4 LLM tokens
     check_run(result)
-    assert "stock" not in result and "RANDOM-WEIGHT" in err
+    assert "stock" not in result and "trained here on moving-shapes questions" in err
+    assert result["correct_answer"] == "D" and result["correct_answer_text"] == "right"
     stats = result["stats"]
     assert stats["visual_tokens"] == 16 * 4 * 4
     if preset == "off":
@@ -81,7 +82,17 @@ def test_compare_table(capsys):
     assert "Answers agree: " in out
     for row in ("visual tokens", "after Stage 1", "after Stage 2", "KV cache", "prefill", "decode (tokens/s)"):
         assert row in out
-    assert "meaningless" in out
+    assert "Correct:  D (right)" in out and "Answered correctly (D): " in out
+
+
+def test_demo_answers_the_bundled_clip_correctly(capsys):
+    """The trained demo model at the clip's training size: stock and PruneVid both give the correct letter."""
+    code, out, err = run_cli(capsys, "--json", "--no-warmup")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["grids"] == [[16, 16, 16]] and result["question"].startswith("Question: In which direction")
+    assert result["answer"].strip()[:1] == result["stock"]["answer"].strip()[:1] == result["correct_answer"] == "D"
+    assert result["answers_agree"] is True
 
 
 def test_compare_json_and_overrides(capsys):

@@ -86,6 +86,7 @@ def load_asset(path: str | os.PathLike = ASSET) -> tuple[dict[str, torch.Tensor]
     embed[ids] = rows.float()
     state = {k: v.float() for k, v in tensors.items()}
     state[EMBED_KEY] = embed
+    state["lm_head.weight"] = embed  # tied, as in the config
     return state, metadata
 
 
