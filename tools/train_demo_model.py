@@ -1,6 +1,6 @@
 """Train the small Qwen2.5-VL of `modeling.demo` on the moving-shapes benchmark (GPU; seeded; resumable).
 
-    python tools/train_demo_model.py --minutes 9 --out OUT [--resume OUT/state.pt]
+    python tools/train_demo_model.py --minutes 9 --out OUT [--resume OUT/state.pt | modeling/assets/demo_model.safetensors]
 
 Every sample goes through the released input path minus the file: the item's frames (uint8, `modeling.eval.
 benchmark.render`) and the chat template go through the real Qwen2.5-VL processor (`modeling.offline.build_processor`,
@@ -259,8 +259,18 @@ def main() -> None:
         lr=args.lr, betas=(0.9, 0.98),
     )  # fmt: skip
     step, cursor = 0, 0
-    if args.resume is not None:  # weights, step and data cursor; the optimizer restarts with a short warm-up
+    if args.resume is not None and args.resume.suffix == ".safetensors":  # the shipped asset: weights and step
+        from modeling.demo import load_asset
+
+        weights, metadata = load_asset(args.resume)
+        ids = (weights[EMBED_KEY].abs().sum(-1) > 0).nonzero().flatten()
+        weights["embed_rows"] = weights[EMBED_KEY][ids]
+        state = {"weights": {k: v for k, v in weights.items() if k not in (EMBED_KEY, "lm_head.weight")},
+                 "embed_ids": ids, "step": int(metadata.get("step", 0)),
+                 "cursor": int(metadata.get("cursor", 10**6))}  # fmt: skip
+    elif args.resume is not None:  # weights, step and data cursor; the optimizer restarts with a short warm-up
         state = torch.load(args.resume, map_location=device, weights_only=True)
+    if args.resume is not None:
         weights = state["weights"]
         rows = weights.pop("embed_rows")
         missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -353,7 +363,8 @@ def main() -> None:
     compact["embed_rows"] = state[EMBED_KEY][used].float().cpu()
     torch.save({"weights": compact, "embed_ids": used.cpu(), "step": step, "cursor": cursor}, args.out / "state.pt")
     export_asset(state, used.tolist(), args.out / "demo_model.safetensors",
-                 metadata={"step": str(step), "val_accuracy": f"{acc['all']:.4f}", "seed": str(args.seed)})  # fmt: skip
+                 metadata={"step": str(step), "cursor": str(cursor), "val_accuracy": f"{acc['all']:.4f}",
+                           "seed": str(args.seed)})  # fmt: skip
     (args.out / "val.json").write_text(json.dumps({"step": step, "val": acc}, indent=2) + "\n")
     log(f"saved step {step} to {args.out}")
     assert EMBED_KEY in state
