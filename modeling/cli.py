@@ -359,10 +359,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
             raise UsageError(_one_line(error)) from error
     notes: list[str] = []
     config, preset = _prunevid_config(args, checkpoint, notes)
-    if checkpoint is not None and config.is_active:
+    if (checkpoint is not None or demo) and config.is_active:
+        from .demo import DEMO_ARCHITECTURE
         from .pipeline import checkpoint_depth
 
-        depth = checkpoint_depth(checkpoint)
+        depth = checkpoint_depth(checkpoint) if checkpoint is not None else DEMO_ARCHITECTURE["num_hidden_layers"]
         if depth is not None:
             try:
                 config.resolve_pruning_layer(depth)

@@ -178,13 +178,15 @@ class VideoQA:
         anything else mean nothing). `dtype` as in [`from_pretrained`]; `seed` seeds sampling, if asked for."""
         import torch
 
-        from .demo import checkpoint_path
+        from transformers.utils import logging as hf_logging
+
+        from .demo import checkpoint_path, quiet_progress
 
         torch.manual_seed(seed)
-        path = checkpoint_path()
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        qa = cls.from_pretrained(path, prunevid=prunevid, dtype=dtype, device=device,
-                                 attn_implementation=attn_implementation)  # fmt: skip
+        with quiet_progress(hf_logging):
+            qa = cls.from_pretrained(checkpoint_path(), prunevid=prunevid, dtype=dtype, device=device,
+                                     attn_implementation=attn_implementation)  # fmt: skip
         qa.offline_demo = True
         return qa
 

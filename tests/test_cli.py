@@ -283,8 +283,8 @@ BAD_INPUTS: dict[str, tuple[list[str], str, str]] = {
     "blank_question": (["--question", "  "], "--question must not be empty", "light"),
     "stage3_without_stage2": (["--no-stage2", "--stage3"], "--stage3 needs Stage 2", "light"),
     "keep_ratio": (["--keep-ratio", "1.5"], "--keep-ratio (PruneVidConfig.keep_ratio)=1.5 is out of range", "light"),
-    # found only once the (demo) model exists: its depth
-    "pruning_layer_demo": (["--pruning-layer", "11"], "--pruning-layer (PruneVidConfig.pruning_layer)=11", "model"),
+    # the demo model's depth is known up front (modeling.demo.DEMO_ARCHITECTURE)
+    "pruning_layer_demo": (["--pruning-layer", "11"], "--pruning-layer (PruneVidConfig.pruning_layer)=11", "light"),
 }
 _WRAPPER = (
     "import sys\n"

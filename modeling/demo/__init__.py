@@ -21,10 +21,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ASSET", "checkpoint_path", "demo_config", "export_asset", "load_asset"]
 
@@ -57,6 +58,7 @@ def demo_config():
 def export_asset(state_dict: dict[str, torch.Tensor], embed_ids: list[int], path: str | os.PathLike,
                  metadata: dict[str, str] | None = None) -> Path:  # fmt: skip
     """Write the compact asset: float16 weights without the embedding, plus the embedding rows `embed_ids`."""
+    import torch
     from safetensors.torch import save_file
 
     ids = torch.tensor(sorted(set(embed_ids)), dtype=torch.int64)
@@ -72,6 +74,7 @@ def export_asset(state_dict: dict[str, torch.Tensor], embed_ids: list[int], path
 def load_asset(path: str | os.PathLike = ASSET) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The full float32 state dict of the demo model (zero embedding rows outside the task's tokens), and the
     asset's metadata."""
+    import torch
     from safetensors import safe_open
 
     path = Path(path)
@@ -123,7 +126,9 @@ def checkpoint_path(cache: str | os.PathLike | None = None, asset: str | os.Path
 
 
 def _write_checkpoint(folder: Path, asset: Path) -> None:
+    import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.utils import logging as hf_logging
 
     from ..offline import build_processor
 
@@ -133,6 +138,22 @@ def _write_checkpoint(folder: Path, asset: Path) -> None:
         model = Qwen2_5_VLForConditionalGeneration(config)
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
-    model.save_pretrained(folder)
+    with quiet_progress(hf_logging):
+        model.save_pretrained(folder)
     build_processor().save_pretrained(folder)
     (folder / "demo_model.json").write_text(json.dumps({"asset": asset.name, **metadata}, indent=2) + "\n")
+
+
+class quiet_progress:
+    """Context manager: transformers' progress bars off (loading a tiny model needs none), restored after."""
+
+    def __init__(self, hf_logging: Any) -> None:
+        self.hf_logging = hf_logging
+
+    def __enter__(self) -> None:
+        self.was_enabled = self.hf_logging.is_progress_bar_enabled()
+        self.hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.was_enabled:
+            self.hf_logging.enable_progress_bar()
