@@ -202,7 +202,8 @@ def test_beam_search_and_timing(videos):
     assert beams.prefill_s is None and beams.decode_tokens_per_s is None and beams.total_s > 0
     assert 1 <= beams.new_tokens <= 3
     greedy = qa.run(inputs=inputs, max_new_tokens=3)
-    assert greedy.total_s >= greedy.prefill_s > 0 and greedy.new_tokens == 3
+    assert greedy.total_s >= greedy.prefill_s > 0 and 1 <= greedy.new_tokens <= 3  # the trained demo may stop early
+    assert greedy.decode_tokens_per_s is None or greedy.decode_tokens_per_s > 0
 
 
 # ------------------------------------------------------------------------------------------------------- images

@@ -54,7 +54,9 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == n else min(1.0, centre + half)  # exact at the ends (no 0.9999999999999999)
+    return (low, high)
 
 
 @dataclass
