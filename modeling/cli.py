@@ -338,7 +338,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
         if args.min_pixels is None and args.max_pixels is None:
             args.min_pixels = args.max_pixels = DEMO_PIXELS
         if args.question is None:
-            args.question, expected = demo_question()["question"], demo_question()
+            expected = demo_question()
+            args.question = expected["question"]
     from .inputs import check_files
     from .pipeline import VideoQA, check_checkpoint  # neither imports torch nor transformers
 

@@ -21,7 +21,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,6 @@ class Evaluation:
     clip_cache: Path | None = None
     max_new_tokens: int = 4
     progress: bool = True
-    outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, items: Sequence[Any], **kwargs: Any) -> "Evaluation":
@@ -117,6 +116,8 @@ class Evaluation:
         (decoded once, shared by the configs); `paper` runs before the baselines that use its budget."""
         from tqdm.auto import tqdm
 
+        from ..prunevid.config import PruneVidConfig
+
         unknown = [c for c in configs if c not in CONFIGS]
         if unknown:
             raise ValueError(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}")
@@ -131,8 +132,7 @@ class Evaluation:
             for name in order:
                 done[name] = self._run_one(name, item, full, done.get("paper"))
                 outcomes[name].append(done[name])
-        self.model.prunevid = _disabled()
-        self.outcomes.update(outcomes)
+        self.model.prunevid = PruneVidConfig.disabled()
         return outcomes
 
     def _run_one(self, name: str, item: Any, full: dict, paper: Outcome | None) -> Outcome:
@@ -175,12 +175,6 @@ class Evaluation:
         else:
             kept = int(stats["kv_cache_tokens"]) - (prompt - int(stats["visual_tokens"]))
         return Outcome(item.id, item.kind, item.answer, text[:1].upper(), visual_full, kept)
-
-
-def _disabled():
-    from ..prunevid.config import PruneVidConfig
-
-    return PruneVidConfig.disabled()
 
 
 # ------------------------------------------------------------------------------------------------ reporting
