@@ -31,7 +31,6 @@ detect packed sequences) is made non-decreasing.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +39,7 @@ from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.utils import logging
 
+from .compat import MASK_CACHE_KWARG, MASKS_TAKE_LAYER
 from .prunevid.config import PruneVidConfig
 from .prunevid.merge import MergeResult, merge_video
 from .prunevid.select import attention_importance, grouped_topk
@@ -51,8 +51,6 @@ _MASK_FUNCTIONS = {
     "full_attention": create_causal_mask,
     "sliding_attention": create_sliding_window_causal_mask,
 }
-# transformers >= 5.17 sizes a mask by any cache layer (`layer_idx`); before, always by the first one.
-_MASKS_TAKE_LAYER = "layer_idx" in inspect.signature(create_causal_mask).parameters
 
 
 @dataclass
@@ -132,14 +130,14 @@ class PruneVidController:
         inputs_embeds: torch.Tensor,
         position_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None,
+        cache: Cache | None,
         video_grid_thw: torch.Tensor | None,
         image_grid_thw: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        past = int(past_key_values.get_seq_length()) if past_key_values is not None else 0
+        past = int(cache.get_seq_length()) if cache is not None else 0
         self._prefilling, self._continuing = False, None
         if past > 0:
-            return self._continue(input_ids, inputs_embeds, position_ids, attention_mask, past_key_values)
+            return self._continue(input_ids, inputs_embeds, position_ids, attention_mask, cache)
         self.state = None
         cfg = self.config
         if not (cfg.enable_stage1 or cfg.enable_stage2):
@@ -357,10 +355,10 @@ class PruneVidController:
         """The masks of `mapping`'s kinds for the layers from `layer_idx` on, whose cache (without Stage 3, or
         during the prefill before it is cut) holds another number of tokens than layer 0's."""
         kwargs = {"config": text_model.config, "inputs_embeds": hidden_states, "attention_mask": mask}
-        if _MASKS_TAKE_LAYER:
-            kwargs.update(past_key_values=cache, layer_idx=layer_idx)
+        if MASKS_TAKE_LAYER:
+            kwargs.update({MASK_CACHE_KWARG: cache, "layer_idx": layer_idx})
         else:
-            kwargs.update(past_key_values=_LayerView(cache, layer_idx) if cache is not None else None)
+            kwargs[MASK_CACHE_KWARG] = _LayerView(cache, layer_idx) if cache is not None else None
         return {kind: _MASK_FUNCTIONS[kind](**kwargs) for kind in mapping}
 
     def _continue(self, input_ids, inputs_embeds, position_ids, attention_mask, cache):

@@ -14,6 +14,7 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.masking_utils import create_masks_for_generate
 
+from .compat import CACHE_KWARG
 from .integration import PruneVidController
 from .modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from .prunevid.config import PruneVidConfig
@@ -38,7 +39,8 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
         >>> model.prunevid_stats      # tokens per stage of the last prefill
 
     Generation: greedy, sampling and beam search, on a dynamic or static cache, and continuing from the returned
-    cache (a follow-up turn: `generate(input_ids=ids_so_far_plus_new_turn, past_key_values=cache)`). Assisted
+    cache (a follow-up turn: `generate(input_ids=ids_so_far_plus_new_turn, cache=cache)`, `past_key_values=cache`
+    before transformers 5.24). Assisted
     decoding, prompt lookup and chunked prefill are refused while a pruning stage is on.
     """
 
@@ -96,7 +98,6 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
         self,
         input_ids: torch.LongTensor,
         next_sequence_length: int | None = None,
-        past_key_values: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
@@ -107,15 +108,17 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
         `generate` processes `ids[:, cache.get_seq_length():]` when it starts from a filled cache; a pruned cache
         is shorter than the prompt it holds (Stage 1 merged, Stage 3 dropped tokens), which would feed part of the
         prompt through again. Its unpruned length (`PruneVidController.unpruned_length`) is used instead.
+        The cache comes in `kwargs` under the installed release's name (`cache` from transformers 5.24 on).
         """
+        cache: Cache | None = kwargs.get(CACHE_KWARG, kwargs.get("past_key_values"))
         controller = self.model._prunevid
         if controller is None:
-            if getattr(past_key_values, "_prunevid_layout", None) is not None and past_key_values.get_seq_length():
+            if getattr(cache, "_prunevid_layout", None) is not None and cache.get_seq_length():
                 raise ValueError(
                     "This cache holds a PruneVid-pruned prompt, but PruneVid is off on this model: continue with "
                     "the settings that pruned it, or start again with a fresh cache."
                 )
-        elif is_first_iteration and controller.pruned_state(past_key_values) is not None:
+        elif is_first_iteration and controller.pruned_state(cache) is not None:
             encoded = kwargs.get("mm_encoder_outputs") or {}
             if any(v is not None for v in encoded.values()) or kwargs.get("pixel_values_videos") is not None:
                 raise ValueError(
@@ -123,8 +126,8 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
                     "conversation's `input_ids` and `attention_mask` only (no `pixel_values`/`pixel_values_videos`)."
                 )
             if next_sequence_length is not None:
-                unpruned = controller.unpruned_length(past_key_values)
-                next_sequence_length -= unpruned - int(past_key_values.get_seq_length())
+                unpruned = controller.unpruned_length(cache)
+                next_sequence_length -= unpruned - int(cache.get_seq_length())
                 if next_sequence_length <= 0:
                     raise ValueError(
                         f"PruneVid: the cache stands for {unpruned} tokens of the sequence, which leaves none of the "
@@ -134,7 +137,6 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
         return super().prepare_inputs_for_generation(
             input_ids,
             next_sequence_length=next_sequence_length,
-            past_key_values=past_key_values,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
             is_first_iteration=is_first_iteration,

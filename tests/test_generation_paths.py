@@ -20,6 +20,7 @@ from transformers import DynamicCache, GenerationMixin, StaticCache
 from conftest import make_inputs
 from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
 from modeling import integration
+from modeling.compat import cache_of, with_cache
 from modeling.integration import _gather, _gather_rotary
 
 
@@ -61,11 +62,11 @@ def test_continuing_equals_one_uninterrupted_generate(model, processor, media, c
     width = inputs["input_ids"].shape[1]
     whole = generate(model, 20, **inputs)
     first = generate(model, 10, **inputs)
-    cache = first.past_key_values
+    cache = cache_of(first)
     prompt = cache_lengths(cache)
     ids = first.sequences
     mask = torch.cat([inputs["attention_mask"], inputs["attention_mask"].new_ones(ids.shape[0], 10)], dim=1)
-    rest = generate(model, 10, input_ids=ids, attention_mask=mask, past_key_values=cache)
+    rest = generate(model, 10, input_ids=ids, attention_mask=mask, **with_cache(cache))
     assert torch.equal(rest.sequences, whole.sequences)
     assert all(torch.equal(a, b) for a, b in zip(first.logits + rest.logits, whole.logits))
     assert cache_lengths(cache) == [n + 10 for n in prompt], "exactly the new tokens were processed"
@@ -88,11 +89,11 @@ def manual_conversation(model, video, ids, n1, n2, delta):
         end = begin + tokens.shape[1]
         position = (torch.arange(begin, end) + delta)[None].expand(3, -1, -1)
         mask = torch.ones(1, end, dtype=torch.long)
-        kwargs = dict(attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True)
+        kwargs = dict(attention_mask=mask, position_ids=position, **with_cache(cache), use_cache=True)
         return model(input_ids=tokens, **kwargs).logits[:, -1]
 
     with torch.no_grad():
-        logits = model(**video, past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = model(**video, **with_cache(cache), use_cache=True).logits[:, -1]
         answer = [logits.argmax(-1)]
         for k in range(1, n1):
             answer.append(step(answer[-1][:, None], width + k - 1).argmax(-1))
@@ -120,7 +121,7 @@ def test_follow_up_turn_matches_manual_loop_in_unpruned_numbering(model, process
     )
     try:
         mask = torch.ones_like(ids)
-        turn2 = generate(model, n2, input_ids=ids, attention_mask=mask, past_key_values=turn1.past_key_values)
+        turn2 = generate(model, n2, input_ids=ids, attention_mask=mask, **with_cache(cache_of(turn1)))
     finally:
         hook.remove()
 
@@ -139,7 +140,7 @@ def test_follow_up_turn_matches_manual_loop_in_unpruned_numbering(model, process
     assert torch.equal(answer, turn1.sequences[:, width:])
     assert torch.equal(tokens, turn2.sequences[:, ids.shape[1] :])
     assert all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(logits, turn2.logits))
-    assert cache_lengths(cache) == cache_lengths(turn2.past_key_values)
+    assert cache_lengths(cache) == cache_lengths(cache_of(turn2))
     kept = model.prunevid_stats["kv_cache_tokens"]  # the prompt as held by cache layer 0
     assert cache_lengths(cache)[0] == kept + n1 + extra + n2 - 1, "exactly the new tokens were processed"
     assert cache_lengths(cache)[-1] < width + n1 + extra + n2 - 1, "the prompt is pruned"
@@ -158,12 +159,12 @@ def test_manual_forward_without_positions_or_mask_continues_the_unpruned_numberi
     cache = DynamicCache(config=model.config)
     positions = []
     with torch.no_grad():
-        logits = [model(**video, past_key_values=cache, use_cache=True).logits[:, -1]]
+        logits = [model(**video, **with_cache(cache), use_cache=True).logits[:, -1]]
         hook = model.model.language_model.register_forward_pre_hook(
             lambda module, args, kwargs: positions.append(kwargs["position_ids"][-3:]), with_kwargs=True
         )
         for _ in range(5):
-            logits.append(model(input_ids=logits[-1].argmax(-1)[:, None], past_key_values=cache).logits[:, -1])
+            logits.append(model(input_ids=logits[-1].argmax(-1)[:, None], **with_cache(cache)).logits[:, -1])
         hook.remove()
     assert torch.equal(torch.stack([x.argmax(-1) for x in logits], 1), expected.sequences[:, width:])
     assert all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(logits, expected.logits))
@@ -181,31 +182,31 @@ def test_mismatched_continuations_raise(checkpoints, processor, media, video):
     assert (with_video[:, ids.shape[1] :] == model.config.video_token_id).any()
     with pytest.raises(ValueError, match="cannot bring new images or videos"):
         generate(model, 2, input_ids=with_video, attention_mask=torch.ones_like(with_video),
-                 past_key_values=first.past_key_values)  # fmt: skip
+                 **with_cache(cache_of(first)))  # fmt: skip
     # The processor's output for the whole conversation, video pixels included.
     again = {**video, "input_ids": ids, "attention_mask": mask}
     again["mm_token_type_ids"] = torch.zeros_like(ids, dtype=video["mm_token_type_ids"].dtype)
     again["mm_token_type_ids"][:, : video["input_ids"].shape[1]] = video["mm_token_type_ids"]
     with pytest.raises(ValueError, match="already in its cache"):
-        generate(model, 2, past_key_values=first.past_key_values, **again)
+        generate(model, 2, **with_cache(cache_of(first)), **again)
     # An attention mask of the wrong length.
     with pytest.raises(ValueError, match="must cover the unpruned prompt"), torch.no_grad():
-        model(input_ids=ids[:, -3:], attention_mask=mask[:, :-1], past_key_values=first.past_key_values)
+        model(input_ids=ids[:, -3:], attention_mask=mask[:, :-1], **with_cache(cache_of(first)))
     # Only the new tokens, without the mask of the whole sequence: nothing tells what the cache stands for.
     with pytest.raises(ValueError, match="leaves none of the 5 given ids"):
-        generate(model, 2, input_ids=ids[:, -5:], past_key_values=first.past_key_values)
+        generate(model, 2, input_ids=ids[:, -5:], **with_cache(cache_of(first)))
     # A cache pruned by an earlier prefill (another generate ran since).
     generate(model, 2, **make_inputs(processor, media, "multi"))
     with pytest.raises(ValueError, match="another prefill"):
-        generate(model, 2, input_ids=ids, attention_mask=mask, past_key_values=first.past_key_values)
+        generate(model, 2, input_ids=ids, attention_mask=mask, **with_cache(cache_of(first)))
     # ... or by other settings, or continued with PruneVid off.
     first = generate(model, 4, **video)
     model.prunevid = PruneVidConfig.conservative()
     with pytest.raises(ValueError, match="another prefill"):
-        generate(model, 2, input_ids=ids, attention_mask=mask, past_key_values=first.past_key_values)
+        generate(model, 2, input_ids=ids, attention_mask=mask, **with_cache(cache_of(first)))
     model.prunevid = PruneVidConfig.disabled()
     with pytest.raises(ValueError, match="PruneVid is off"):
-        generate(model, 2, input_ids=ids, attention_mask=mask, past_key_values=first.past_key_values)
+        generate(model, 2, input_ids=ids, attention_mask=mask, **with_cache(cache_of(first)))
 
 
 # ------------------------------------------------------------------------------------------------ static cache
@@ -216,18 +217,18 @@ def test_static_cache_equals_dynamic(model, video):
     static = generate(model, 12, cache_implementation="static", **video)
     assert torch.equal(static.sequences, dynamic.sequences)
     assert all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(static.logits, dynamic.logits))
-    cache = static.past_key_values
+    cache = cache_of(static)
     assert isinstance(cache, StaticCache)
-    assert cache_lengths(cache) == cache_lengths(dynamic.past_key_values)
-    for layer, reference in zip(cache.layers, dynamic.past_key_values.layers):
+    assert cache_lengths(cache) == cache_lengths(cache_of(dynamic))
+    for layer, reference in zip(cache.layers, cache_of(dynamic).layers):
         n = int(layer.get_seq_length())
         assert torch.allclose(layer.keys[:, :, :n], reference.keys, atol=1e-5, rtol=0), "kept tokens at the front"
         assert not layer.keys[:, :, n:].any(), "the slots after them are unused"
 
-    first = generate(model, 6, past_key_values=StaticCache(config=model.config, max_cache_len=400), **video)
+    first = generate(model, 6, **with_cache(StaticCache(config=model.config, max_cache_len=400)), **video)
     ids = first.sequences
     mask = torch.ones_like(ids)
-    rest = generate(model, 6, input_ids=ids, attention_mask=mask, past_key_values=first.past_key_values)
+    rest = generate(model, 6, input_ids=ids, attention_mask=mask, **with_cache(cache_of(first)))
     assert torch.equal(rest.sequences, dynamic.sequences)
 
 
@@ -287,7 +288,7 @@ def test_layer_masks_without_layer_idx(checkpoints, video, monkeypatch, name):
     after M see a cache view sized by their own layer, and give the same tokens and logits."""
     model = load(checkpoints["gqa2"], SETTINGS[name])
     reference = generate(model, 8, **video)
-    monkeypatch.setattr(integration, "_MASKS_TAKE_LAYER", False)
+    monkeypatch.setattr(integration, "MASKS_TAKE_LAYER", False)
     views = []
     monkeypatch.setattr(integration, "_LayerView", lambda cache, i: views.append(i) or _RealView(cache, i))
     again = generate(model, 8, **video)

@@ -16,6 +16,7 @@ from transformers import DynamicCache
 
 from conftest import STOCK_UNSUPPORTED, make_inputs
 from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
+from modeling.compat import with_cache
 
 
 def load(path, prunevid, attn="sdpa"):
@@ -220,7 +221,7 @@ def test_images_untouched_by_default(request, checkpoints, processor, media):
 def manual_decode(model, inputs, n, cache):
     """Greedy decoding by hand over `cache`: prefill, then one token a step with the unpruned 2-D mask."""
     with torch.no_grad():
-        out = model(**inputs, past_key_values=cache, use_cache=True)
+        out = model(**inputs, **with_cache(cache), use_cache=True)
         mask = inputs["attention_mask"]
         tokens = [out.logits[:, -1].argmax(-1)]
         for _ in range(n - 1):  # the unpruned 2-D mask grows as usual; positions continue the unpruned numbering
@@ -232,7 +233,7 @@ def manual_decode(model, inputs, n, cache):
                 input_ids=tokens[-1][:, None],
                 attention_mask=mask,
                 position_ids=position,
-                past_key_values=cache,
+                **with_cache(cache),
                 use_cache=True,
             )
             tokens.append(out.logits[:, -1].argmax(-1))
@@ -262,7 +263,7 @@ def test_stage2_without_stage3_decodes_with_per_layer_masks(checkpoints, process
     m = ours.model._prunevid.layer
     cache = DynamicCache(config=ours.config)
     with torch.no_grad():
-        ours(**inputs, past_key_values=cache, use_cache=True)
+        ours(**inputs, **with_cache(cache), use_cache=True)
     stats = ours.prunevid_stats
     lengths = [layer.keys.shape[-2] for layer in cache.layers]
     assert lengths[: m + 1] == [lengths[0]] * (m + 1) and lengths[m + 1 :] == [lengths[-1]] * (len(lengths) - m - 1)

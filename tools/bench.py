@@ -369,6 +369,8 @@ class Bench:
 
     # ------------------------------------------------------------------ one frame count
     def run_frames(self, frames):
+        from modeling.compat import cache_of
+
         torch = self.torch
         args = self.args
         size = args.size
@@ -413,7 +415,7 @@ class Bench:
                 new = 1 if r else DECODE_TOKENS + 1
                 ttft, _, out, peak, timers = self.generate(text, new, mm_encoder_outputs=encoder_outputs(emb))
                 stats = self.model.prunevid_stats
-                kv = cache_bytes(out.past_key_values)
+                kv = cache_bytes(cache_of(out))
                 del out
                 if r:
                     runs[name].append(
