@@ -140,6 +140,7 @@ def template(tmp_path_factory) -> Path:
     generated.write_text(edited)
     ok(run(root, "refresh"))
     (root / "edited.py").write_text(edited)
+    shutil.copy(REPO / "patches" / "renames.json", root / "patches" / "renames.json")
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
     git(root, "init", "-q")
     git(root, "add", "-A")
@@ -270,6 +271,17 @@ VIOLATIONS = {
     "pin missing": (
         lambda root: edit(root / "pyproject.toml", '"transformers==5.22.2"', '"transformers>=5.22"'),
         ["pyproject.toml: no `\"transformers==...\"` pin, UPSTREAM.json says 5.22.2"],
+    ),
+    "undefined name": (
+        lambda root: edit_block_and_refresh(
+            root, "self._prunevid.after_layers(self)", "self._prunevid.after_layers(self, norm_state)"
+        ),
+        ["[stage2-select hunk 2] name `norm_state` is not defined where the block stands "
+         "(in Qwen2_5_VLTextModel.forward)"],
+    ),  # fmt: skip
+    "bad renames.json": (
+        lambda root: (root / "patches" / "renames.json").write_text('{"renames": [{"old": "a b", "new": "c"}]}'),
+        ["renames.json: expected"],
     ),
     "tampered snapshot": (
         lambda root: edit(root / "upstream_snapshot" / TARGET, "class Qwen2_5_VLMLP(", "class  Qwen2_5_VLMLP("),
@@ -437,6 +449,89 @@ def test_sync_upstream_real_release(repo: Path):
     assert body[merge + 6] == "        outputs = self.language_model(\n"
     select = next(i for i, line in enumerate(body) if "# >>> prunevid:stage2-select" in line)
     assert body[select - 1] == "        for i, decoder_layer in enumerate(self.layers):\n"
+
+
+def rename_in_forward(text: str, cls: str, old: str, new: str) -> str:
+    """Upstream renaming a parameter or local of `cls.forward` (not attributes, not keyword argument names)."""
+    lines = text.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"class {cls}("))
+    start = next(i for i in range(start, len(lines)) if lines[i].startswith("    def forward("))
+    end = next(i for i in range(start + 1, len(lines)) if re.match(r"\S|    [^ )]", lines[i]))
+    body = re.sub(rf"(?<![\w.]){old}(?![\w=])", new, "".join(lines[start:end]))
+    assert body != "".join(lines[start:end])
+    return "".join(lines[:start]) + body + "".join(lines[end:])
+
+
+def test_sync_reports_a_renamed_local_before_any_test(repo: Path):
+    """Every hunk applies (fuzz), but the block would use a local upstream renamed: a conflict naming the patch,
+    the hunk, the name and the new name; nothing is written, no `.rej`."""
+    before = hashes(repo)
+    snapshot = read(repo / "upstream_snapshot" / TARGET)
+    new = rename_in_forward(snapshot, "Qwen2_5_VLTextModel", "position_embeddings", "rotary_embeddings")
+    out = failed(sync(repo, new))
+    assert re.search(
+        r"CONFLICT stage2-select hunk 1 \(in Qwen2_5_VLTextModel\.forward, synced line \d+\): name "
+        r"`position_embeddings` is not defined there; likely new name `rotary_embeddings`",
+        out,
+    )
+    assert "stage1-merge" not in out.split("CONFLICT", 1)[1]  # only the block that uses it
+    assert "cannot rebase onto transformers 5.22.3: nothing changed" in out
+    assert hashes(repo) == before and not list((repo / "patches").glob("*.rej"))
+
+
+def test_sync_reports_a_renamed_parameter_with_the_parameter_in_its_place(repo: Path):
+    snapshot = read(repo / "upstream_snapshot" / TARGET)
+    new = rename_in_forward(snapshot, "Qwen2_5_VLModel", "past_key_values", "cache")
+    out = failed(sync(repo, new))  # renames.json declares this rename for 5.24.0, which 5.22.3 does not cross
+    assert re.search(
+        r"CONFLICT stage1-merge hunk 1 \(in Qwen2_5_VLModel\.forward, synced line \d+\): name `past_key_values` "
+        r"is not defined there; likely new name `cache` \(if upstream renamed it, declare "
+        r'\{"old": "past_key_values", "new": "cache", "since": "5\.22\.3"\} in patches/renames\.json\)',
+        out,
+    )
+
+
+def test_declared_rename_is_made_both_ways(repo: Path):
+    """With the rename declared, the sync makes it in the inserted lines only; syncing back down undoes it, byte
+    for byte; the lock's transformers pin follows the sync."""
+    (repo / "patches" / "renames.json").write_text(
+        json.dumps({"renames": [{"old": "past_key_values", "new": "cache", "since": "5.22.3", "why": "test"}]})
+    )
+    (repo / "requirements.lock").write_text("torch==2.14.1\ntransformers==5.22.2\n    # via qwen-prunevid\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "declare the rename")
+    committed = hashes(repo)
+    snapshot = read(repo / "upstream_snapshot" / TARGET)
+    new = rename_in_forward(snapshot, "Qwen2_5_VLModel", "past_key_values", "cache")
+    out = ok(sync(repo, new))
+    assert "stage1-merge: hunk 1 renamed `past_key_values` -> `cache` (transformers 5.22.3)" in out
+    patch = read(repo / "patches" / "stage1-merge.patch")
+    assert "+                self, input_ids, inputs_embeds, position_ids, attention_mask, cache\n" in patch
+    assert [line for line in patch.splitlines() if "past_key_values" in line and line[0] == "+"] == []
+    assert read(repo / "requirements.lock") == "torch==2.14.1\ntransformers==5.22.3\n    # via qwen-prunevid\n"
+    ok(run(repo, "check"))
+    git(repo, "commit", "-q", "-am", "synced")
+    back = repo.parent / "old_upstream.py"
+    back.write_text(snapshot)
+    out = ok(run(repo, "sync-upstream", "--version", "5.22.2", "--from-file", str(back)))
+    assert "stage1-merge: hunk 1 renamed `cache` -> `past_key_values` (transformers 5.22.3)" in out
+    assert hashes(repo) == committed
+    assert "transformers==5.22.2\n" in read(repo / "requirements.lock")
+
+
+def test_rename_identifier_renames_variables_only(monkeypatch):
+    patchtool = load_patchtool(REPO, monkeypatch)
+    lines = [
+        "if x.past_key_values is not None:  # past_key_values\n",
+        "    f(past_key_values, past_key_values=past_key_values, key='past_key_values')\n",
+        "    past_key_values = g(past_key_values_2, [past_key_values])\n",
+    ]
+    assert patchtool.rename_identifier(lines, "past_key_values", "cache") == [
+        "if x.past_key_values is not None:  # past_key_values\n",
+        "    f(cache, past_key_values=cache, key='past_key_values')\n",
+        "    cache = g(past_key_values_2, [cache])\n",
+    ]
+    assert patchtool.rename_identifier(["f(\n"], "f", "g") == ["f(\n"]  # does not tokenize: unchanged
 
 
 def test_check_passes_on_the_real_repository():
@@ -658,3 +753,33 @@ def test_missing_qwen2_5_vl_in_a_wheel_is_one_line(repo: Path, monkeypatch, caps
         "(transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py is not in its wheel)\n"
     )
     assert hashes(repo) == before
+
+
+def test_undefined_names_follow_python_scoping(monkeypatch):
+    """Comprehension targets and lambda parameters are defined inside their expression; a block's own binding only
+    from its next statement; locals of the function only when bound before the block."""
+    patchtool = load_patchtool(REPO, monkeypatch)
+    source = textwrap.dedent(
+        """\
+        import os
+
+
+        def forward(self, x):
+            y = x + 1
+            # >>> prunevid:demo
+            if self is not None:
+                a = [t * y for t in range(3)] + list(map(lambda u: u + a0, [os.sep]))
+                b, c = a, c
+                d = b
+                z = later
+            # <<< prunevid:demo
+            later = 2
+            return d
+        """
+    )
+    found = patchtool.undefined_names(source.splitlines(keepends=True))
+    assert [(u.scope, u.name, u.line + 1) for u in found] == [
+        ("forward", "a0", 8),
+        ("forward", "c", 9),
+        ("forward", "later", 11),
+    ]

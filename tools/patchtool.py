@@ -17,19 +17,26 @@ Commands (stdlib only, runs with a plain `python3`):
 
     apply          regenerate modeling/modeling_qwen2_5_vl.py from the snapshot and the series
     refresh        rewrite patches/*.patch from the blocks edited in the generated file
-    check          verify snapshot checksum, generated file, and that every patch is insert-only and guarded
+    check          verify snapshot checksum, generated file, and that every patch is insert-only and guarded,
+                   and that every name a block uses is defined where it stands
     sync-upstream  rebase the series onto another transformers release (--version X [--from-file PATH]
                    [--python VENV_PYTHON [--keep]] [--force]): all or nothing, see `cmd_sync`
+
+Upstream renames (a parameter or local the blocks use, e.g. `past_key_values` -> `cache` in 5.24) are declared in
+`patches/renames.json`; a sync across the release that made one renames it in the inserted lines, either way.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import builtins
+import dataclasses
 import difflib
 import hashlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import os
 import re
@@ -39,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import tokenize
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,7 +63,9 @@ PIN_RE = re.compile(r'("transformers==)([^"]*)(")')
 VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 FIRST_QWEN2_5_VL = (4, 49, 0)  # the first transformers release with models/qwen2_5_vl
 # What a sync rewrites: uncommitted changes there would be lost, so sync-upstream refuses to run on them.
-SYNCED_PATHS = ("modeling", "patches", "upstream_snapshot", "pyproject.toml")
+SYNCED_PATHS = ("modeling", "patches", "upstream_snapshot", "pyproject.toml", "requirements.lock")
+LOCK = "requirements.lock"
+LOCK_PIN_RE = re.compile(r"^(transformers==)(\S+)$", re.M)
 DEFAULT_SYNC_TESTS = (
     "tests/test_equivalence.py",
     "tests/test_stages.py",
@@ -456,6 +466,293 @@ def failure_message(outcome: HunkResult) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Names: what a block uses must be defined where it stands; renames upstream made are declared in patches/renames.json
+
+
+@dataclass(frozen=True)
+class Rename:
+    """Upstream renamed `old` to `new` in transformers `since`: a sync across `since` renames it in inserted lines."""
+
+    old: str
+    new: str
+    since: str
+    why: str = ""
+
+
+def read_renames(path: Path) -> list[Rename]:
+    """The renames of `patches/renames.json` (`{"renames": [{"old", "new", "since", "why"}, ...]}`); none if absent."""
+    if not path.exists():
+        return []
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["renames"]
+        renames = [Rename(e["old"], e["new"], e["since"], e.get("why", "")) for e in entries]
+    except (ValueError, KeyError, TypeError) as error:
+        raise PatchError(f"{path.name}: expected {{\"renames\": [{{\"old\", \"new\", \"since\", \"why\"}}]}} ({error!r})")
+    for rename in renames:
+        if not (rename.old.isidentifier() and rename.new.isidentifier() and VERSION_RE.match(rename.since)):
+            raise PatchError(f"{path.name}: bad entry {rename}: names must be identifiers, `since` a release x.y.z")
+    return renames
+
+
+def rename_identifier(lines: Sequence[str], old: str, new: str) -> list[str]:
+    """`lines` (Python source) with the variable `old` renamed to `new`: name tokens only, not attributes (`x.old`),
+    keyword arguments (`f(old=...)`), strings or comments. Source that does not tokenize is returned unchanged."""
+    text = "".join(lines)
+    try:
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type not in _NOISE]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return list(lines)
+    edits: list[tuple[int, int]] = []
+    depth = 0
+    for i, token in enumerate(tokens):
+        if token.type == tokenize.OP:
+            depth += (token.string in "([{") - (token.string in ")]}")
+        if token.type != tokenize.NAME or token.string != old:
+            continue
+        after = tokens[i + 1].string if i + 1 < len(tokens) else ""
+        if (i and tokens[i - 1].string == ".") or (depth > 0 and after == "="):
+            continue
+        edits.append(token.start)
+    out = list(lines)
+    for row, col in sorted(edits, reverse=True):
+        line = out[row - 1]
+        out[row - 1] = line[:col] + new + line[col + len(old) :]
+    return out
+
+
+_NOISE = (tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT)
+
+
+def renames_between(renames: Sequence[Rename], current: str, target: str) -> list[tuple[str, str, Rename]]:
+    """(from, to, rename) for every declared rename a sync from release `current` to `target` crosses: forwards
+    (old -> new) going up over `since`, backwards (new -> old) going down."""
+    low, high = sorted((version_key(current), version_key(target)))
+    upward = version_key(target) > version_key(current)
+    found = []
+    for rename in renames:
+        if low < version_key(rename.since) <= high:
+            found.append((rename.old, rename.new, rename) if upward else (rename.new, rename.old, rename))
+    return found
+
+
+def rename_patch(patch: Patch, renames: Sequence[tuple[str, str, Rename]]) -> tuple[Patch, list[str]]:
+    """`patch` with the names renamed in its inserted lines, and a note per rename that changed a hunk."""
+    hunks, notes = [], []
+    for number, hunk in enumerate(patch.hunks, 1):
+        lines = list(hunk.lines)
+        for old, new, rename in renames:
+            inserted = [i for i, line in enumerate(lines) if line[0] == "+"]
+            renamed = rename_identifier([lines[i][1:] for i in inserted], old, new)
+            if any(lines[i][1:] != text for i, text in zip(inserted, renamed)):
+                notes.append(f"hunk {number} renamed `{old}` -> `{new}` (transformers {rename.since})")
+            for i, text in zip(inserted, renamed):
+                lines[i] = "+" + text
+        hunks.append(dataclasses.replace(hunk, lines=lines))
+    return dataclasses.replace(patch, hunks=hunks), notes
+
+
+@dataclass
+class Undefined:
+    """A name loaded in a block that is not defined where the block stands (`line`: 0-based, in the body)."""
+
+    block: Block
+    scope: str
+    name: str
+    line: int
+
+
+def _bound_names(node: ast.AST, before: int | None = None) -> dict[str, int]:
+    """Names bound in `node`'s scope (not inside nested functions, lambdas or classes, whose own names count), with
+    the first line that binds each; only bindings on lines before `before` when given."""
+    found: dict[str, int] = {}
+
+    def record(name: str, line: int) -> None:
+        if before is None or line < before:
+            found[name] = min(found.get(name, line), line)
+
+    stack = list(ast.iter_child_nodes(node))
+    while stack:
+        child = stack.pop()
+        line = getattr(child, "lineno", 0)
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            record(child.name, line)
+            stack.extend(child.decorator_list)
+            continue
+        if isinstance(child, ast.Lambda):
+            continue
+        if isinstance(child, ast.Name) and isinstance(child.ctx, (ast.Store, ast.Del)):
+            record(child.id, line)
+        elif isinstance(child, (ast.Import, ast.ImportFrom)):
+            for alias in child.names:
+                record(alias.asname or alias.name.split(".")[0], line)
+        elif isinstance(child, (ast.Global, ast.Nonlocal)):
+            for name in child.names:
+                record(name, line)
+        elif isinstance(child, ast.ExceptHandler) and child.name:
+            record(child.name, line)
+        elif isinstance(child, (ast.MatchAs, ast.MatchStar)) and child.name:
+            record(child.name, line)
+        elif isinstance(child, ast.MatchMapping) and child.rest:
+            record(child.rest, line)
+        stack.extend(ast.iter_child_nodes(child))
+    return found
+
+
+def _parameters(function: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> list[ast.arg]:
+    args = function.args
+    return [*args.posonlyargs, *args.args, *([args.vararg] if args.vararg else []), *args.kwonlyargs,
+            *([args.kwarg] if args.kwarg else [])]  # fmt: skip
+
+
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _loads(node: ast.AST, local: frozenset[str] = frozenset()) -> Iterator[ast.Name]:
+    """Names loaded in `node`, lambda parameters and comprehension targets excepted inside their own expression."""
+    if isinstance(node, ast.Lambda):
+        local = local | {arg.arg for arg in _parameters(node)}
+    elif isinstance(node, _COMPREHENSIONS):
+        targets = [n for g in node.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)]
+        local = local | {n.id for n in targets}
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in local:
+        yield node
+    for child in ast.iter_child_nodes(node):
+        yield from _loads(child, local)
+
+
+def _parents(tree: ast.AST) -> dict[ast.AST, ast.AST]:
+    return {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+
+
+def undefined_names(lines: Sequence[str]) -> list[Undefined]:
+    """Every name a `# >>> prunevid:` block of `lines` loads that is not defined where the block stands: not a
+    builtin, a module-level name, a parameter of an enclosing function, a local bound before the block in the
+    innermost function (anywhere in outer ones), nor bound by an earlier statement of the block (`a, b = f(b)`
+    loads `b` before it binds it). Empty if `lines` does not parse."""
+    try:
+        tree = ast.parse("".join(lines))
+    except SyntaxError:
+        return []
+    parents = _parents(tree)
+    statements = {(node.lineno, node.col_offset): node for node in ast.walk(tree) if isinstance(node, ast.If)}
+    module = set(_bound_names(tree)) | set(dir(builtins)) | {"__file__", "__name__", "__doc__", "__spec__"}
+    blocks, _ = find_blocks(lines)
+    found = []
+    for block in blocks:
+        indent = len(MARKER_RE.match(lines[block.start])["indent"].expandtabs())
+        guard = statements.get((block.start + 2, indent))
+        if guard is None:
+            continue  # not a guarded block: `check` reports that
+        own = _bound_names(guard)  # counted from the statement after the one that binds each
+        defined = set(module)
+        scope: list[str] = []
+        node, innermost = guard, True
+        while node in parents:
+            node = parents[node]
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                defined |= {arg.arg for arg in _parameters(node)}
+                defined |= set(_bound_names(node, before=guard.lineno if innermost else None))
+                innermost = False
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                scope.append(node.name)
+        qualname = ".".join(reversed(scope)) or "<module>"
+        seen = set()
+        for name in _loads(guard):
+            statement = name
+            while not isinstance(statement, ast.stmt):
+                statement = parents[statement]
+            if name.id in own and own[name.id] < statement.lineno:
+                continue
+            if name.id not in defined and name.id not in seen:
+                seen.add(name.id)
+                found.append(Undefined(block, qualname, name.id, name.lineno - 1))
+    return found
+
+
+def _function(tree: ast.AST, qualname: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """The function `Class.method` (or `function`) of `tree`, None if it has none by that name."""
+    node: ast.AST = tree
+    for part in qualname.split("."):
+        node = next(
+            (c for c in ast.iter_child_nodes(node)
+             if isinstance(c, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and c.name == part),
+            None,
+        )  # fmt: skip
+        if node is None:
+            return None
+    return node if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+
+
+def likely_new_name(old_lines: Sequence[str], new_lines: Sequence[str], scope: str, name: str) -> str | None:
+    """The name upstream most likely renamed `name` (defined in `scope` of `old_lines`) to in `new_lines`: the new
+    parameter in the same place of the signature, else the newly bound name whose binding line reads most like
+    the line that bound `name` (difflib ratio >= 0.6). None when there is no such name."""
+    try:
+        old_tree, new_tree = ast.parse("".join(old_lines)), ast.parse("".join(new_lines))
+    except SyntaxError:
+        return None
+    old_function, new_function = _function(old_tree, scope), _function(new_tree, scope)
+    if old_function is None or new_function is None:
+        return None
+    old_params = {arg.arg: arg.lineno for arg in _parameters(old_function)}
+    new_params = {arg.arg: arg.lineno for arg in _parameters(new_function)}
+    old_bound = {**_bound_names(old_function), **old_params}
+    new_bound = {**_bound_names(new_function), **new_params}
+    candidates = {n: line for n, line in new_bound.items() if n not in old_bound}
+    if name not in old_bound or not candidates:
+        return None
+    if name in old_params:
+        index = list(old_params).index(name)
+        same_place = list(new_params)[index] if index < len(new_params) else None
+        if same_place in candidates:
+            return same_place
+    pattern = old_lines[old_bound[name] - 1].replace(name, "").strip()
+
+    def score(candidate: str) -> float:
+        text = new_lines[candidates[candidate] - 1].replace(candidate, "").strip()
+        return difflib.SequenceMatcher(None, pattern, text).ratio()
+
+    best = max(sorted(candidates), key=score)
+    return best if score(best) >= 0.6 else None
+
+
+def block_hunks(patches: Sequence[Patch]) -> dict[str, list[int]]:
+    """Per patch, the hunk number of each of its blocks in file order (a hunk may hold several blocks)."""
+    numbers = {}
+    for patch in patches:
+        numbers[patch.name] = [
+            number
+            for number, hunk in enumerate(patch.hunks, 1)
+            for line in hunk.lines
+            if line[0] == "+" and (m := MARKER_RE.match(line[1:])) and m["kind"] == ">>>"
+        ]
+    return numbers
+
+
+def undefined_in_series(
+    body: Sequence[str], patches: Sequence[Patch], old_body: Sequence[str] | None = None
+) -> list[tuple[str, int, Undefined, str | None]]:
+    """(patch, hunk number, undefined name, likely new name) for every name a block of `body` uses but cannot see.
+    The likely new name is looked for in `old_body`, the same series on the previous upstream, when given."""
+    numbers = block_hunks(patches)
+    blocks, _ = find_blocks(body)
+    order: dict[int, int] = {}
+    counts: dict[str, int] = {}
+    for block in blocks:
+        order[block.start] = counts.get(block.name, 0)
+        counts[block.name] = order[block.start] + 1
+    found = []
+    for item in undefined_names(body):
+        hunks = numbers.get(item.block.name, [])
+        index = order[item.block.start]
+        hunk = hunks[index] if index < len(hunks) else 0
+        hint = likely_new_name(old_body, body, item.scope, item.name) if old_body is not None else None
+        found.append((item.block.name, hunk, item, hint))
+    series = [patch.name for patch in patches]
+    return sorted(found, key=lambda f: (series.index(f[0]) if f[0] in series else len(series), f[1], f[2].line))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # The repository
 
 
@@ -480,6 +777,10 @@ class Repo:
     @property
     def pyproject(self) -> Path:
         return self.root / "pyproject.toml"
+
+    @property
+    def renames(self) -> Path:
+        return self.root / "patches" / "renames.json"
 
     def patch_path(self, name: str) -> Path:
         return self.root / "patches" / f"{name}.patch"
@@ -669,6 +970,16 @@ def cmd_check(repo: Repo) -> int:
         problems += lint_patch(patch)
     expected_body, outcomes = apply_series(repo.base(meta), patches)
     problems += [failure_message(o) for o in outcomes if not o.applied]
+    try:
+        read_renames(repo.renames)
+    except PatchError as error:
+        problems.append(f"patches/{error}")
+    header_len = len(repo.header(meta, names))
+    for name, number, item, _ in undefined_in_series(expected_body, patches):
+        problems.append(
+            f"modeling/{TARGET}:{header_len + item.line + 1}: [{name} hunk {number}] name `{item.name}` is not "
+            f"defined where the block stands (in {item.scope})"
+        )
 
     generated = f"modeling/{TARGET}"
     if not repo.generated.exists():
@@ -896,7 +1207,10 @@ def cmd_sync(
 
     The version is validated before any download (`releases`: the index's releases, asked for when None and no
     `from_file` is given). Uncommitted changes under `SYNCED_PATHS` stop the sync unless `force`. Stale `*.rej`
-    files go first. A conflict writes only `patches/NAME.patch.rej`. Otherwise every file is staged and moved into
+    files go first. The renames of `patches/renames.json` the sync crosses are made in the inserted lines. A hunk
+    whose context is gone writes only `patches/NAME.patch.rej`; a block that uses a name not defined where it now
+    stands (upstream renamed or removed it) is a conflict too, reported with the likely new name, and writes
+    nothing. Otherwise every file (`requirements.lock`'s transformers pin included) is staged and moved into
     place at once (`Transaction`). With `python` (the venv's interpreter), the project and its new pin are then
     installed and `tests` run; if they fail, the tree goes back to how it was (unless `keep`) and the failing tests
     are listed. Exit status 1 on any failure.
@@ -919,17 +1233,19 @@ def cmd_sync(
         print(f"sync-upstream: removed the stale patches/{stale.name}")
     meta, names = repo.meta(), repo.series()
     patches = repo.patches(names)
+    crossed = renames_between(read_renames(repo.renames), meta["transformers_version"], version)
     new_bytes = fetch_upstream(version, meta["source_path"], from_file)
     old_cur = repo.base(meta)
     new_cur = rewrite_imports(split_lines(new_bytes.decode("utf-8")), meta["source_path"])
     new_base, new_names = list(new_cur), qualified_names(new_cur)
-    summary, conflicts, rejects = [], [], {}
+    summary, conflicts, rejects, renamed_patches = [], [], {}, []
     for patch in patches:
-        new_next, outcomes = apply_patch(new_cur, patch, line_mapping(old_cur, new_cur))
+        renamed, notes = rename_patch(patch, crossed)  # the names upstream renamed between the two releases
+        renamed_patches.append(renamed)
+        new_next, outcomes = apply_patch(new_cur, renamed, line_mapping(old_cur, new_cur))
         old_next, old_outcomes = apply_patch(old_cur, patch)
         if not all(o.applied for o in old_outcomes):
             raise PatchError(f"{patch.filename} does not apply to the current snapshot: run `patchtool.py check`")
-        notes = []
         for outcome in outcomes:
             if outcome.applied:
                 notes += [f"hunk {outcome.number} offset {outcome.offset:+d}"] if outcome.offset else []
@@ -950,6 +1266,19 @@ def cmd_sync(
             notes.append(f"hunk {outcome.number} FAILED")
         summary.append(f"  {patch.name}: {', '.join(notes) or 'clean'}")
         old_cur, new_cur = old_next, new_next
+    if not conflicts:  # every hunk applied: does every block still see the names it uses?
+        for name, number, item, hint in undefined_in_series(new_cur, renamed_patches, old_cur):
+            why = f"name `{item.name}` is not defined there"
+            if hint:
+                why += (
+                    f"; likely new name `{hint}` (if upstream renamed it, declare "
+                    f'{{"old": "{item.name}", "new": "{hint}", "since": "{version}"}} in patches/renames.json)'
+                )
+            conflicts.append(f"CONFLICT {name} hunk {number} (in {item.scope}, synced line {item.line + 1}): {why}")
+        if conflicts:
+            print("\n".join(summary), file=sys.stderr)
+            print("\n".join(conflicts), file=sys.stderr)
+            raise PatchError(f"cannot rebase onto transformers {version}: nothing changed")
     if conflicts:
         for name, hunks in rejects.items():
             rej = f"--- a/{TARGET}\n+++ b/{TARGET}\n" + "".join(hunk.text() for hunk in hunks)
@@ -965,6 +1294,9 @@ def cmd_sync(
     pyproject, pins = PIN_RE.subn(rf"\g<1>{version}\g<3>", pyproject)
     if not pins:
         raise PatchError("no `\"transformers==...\"` pin in pyproject.toml to update: nothing changed")
+    lock = repo.root / LOCK
+    # The lock pins the same release (tools/lockcheck.py); `make lock` then re-resolves what transformers needs.
+    locked = LOCK_PIN_RE.sub(rf"\g<1>{version}", lock.read_text(encoding="utf-8")) if lock.exists() else None
     transaction = Transaction(repo.root)
     try:
         transaction.stage(repo.snapshot, new_bytes)
@@ -973,6 +1305,8 @@ def cmd_sync(
             transaction.stage(repo.patch_path(name), text.encode())
         transaction.stage(repo.generated, "".join(repo.header(new_meta, names) + new_cur).encode())
         transaction.stage(repo.pyproject, pyproject.encode())
+        if locked is not None:
+            transaction.stage(lock, locked.encode())
         transaction.commit()
         print(f"sync-upstream: transformers {meta['transformers_version']} -> {version}")
         print("\n".join(summary), flush=True)
