@@ -25,7 +25,7 @@ def _parameter(function: Callable, *names: str) -> str:
 # deprecation warning, until 5.40). The glue passes and reads the cache under the installed release's name.
 CACHE_KWARG = _parameter(GenerationMixin.prepare_inputs_for_generation, "cache", "past_key_values")
 MASK_CACHE_KWARG = _parameter(create_causal_mask, "cache", "past_key_values")
-# transformers >= 5.17 sizes a mask by any cache layer (`layer_idx`); before, always by the first one.
+# transformers >= 5.14 sizes a mask by any cache layer (`layer_idx`); before, always by the first one.
 MASKS_TAKE_LAYER = "layer_idx" in inspect.signature(create_causal_mask).parameters
 
 

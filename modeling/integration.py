@@ -529,7 +529,7 @@ def _gather_rotary(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 class _LayerView:
-    """`cache` as the mask functions of transformers < 5.17 see it: sized by layer `layer_idx` instead of the
+    """`cache` as the mask functions of transformers < 5.14 see it: sized by layer `layer_idx` instead of the
     first layer (they take no `layer_idx`). Everything else is the cache's."""
 
     def __init__(self, cache: Cache, layer_idx: int) -> None:

@@ -284,7 +284,7 @@ def test_rotary_gather_handles_both_layouts():
 
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_layer_masks_without_layer_idx(checkpoints, video, monkeypatch, name):
-    """Mask functions without `layer_idx` (transformers < 5.17) size masks by the first cache layer; the layers
+    """Mask functions without `layer_idx` (transformers < 5.14) size masks by the first cache layer; the layers
     after M see a cache view sized by their own layer, and give the same tokens and logits."""
     model = load(checkpoints["gqa2"], SETTINGS[name])
     reference = generate(model, 8, **video)
