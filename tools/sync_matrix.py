@@ -15,7 +15,7 @@ Each release's result is saved as JSON in the work folder as soon as it is known
 done unless `--redo`; several workers on one folder share the releases out); the table is written to `--out` (Markdown: release, sync result, hunk offsets, tests
 passed, time). Run it niced on a shared machine:
 
-    nice -n 19 python3 tools/sync_matrix.py --minors 5.4 5.23 --out docs/compatibility.md
+    nice -n 19 python3 tools/sync_matrix.py --minors 5.4 5.24 --out docs/compatibility.md
 
 (`make sync-matrix`). Only the part of `--out` between its `<!-- sync-matrix:begin/end -->` markers is rewritten.
 """
@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_PATH = "transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py"
 DEFAULT_TESTS = ("tests/test_equivalence.py", "tests/test_stages.py")
+PIN = json.loads((ROOT / "upstream_snapshot" / "UPSTREAM.json").read_text())["transformers_version"]
 VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
 
@@ -242,7 +243,7 @@ def render(results: Sequence[Result], args: argparse.Namespace, total: float) ->
     selection = " ".join(args.tests) + (f" -k '{args.k}'" if args.k else "")
     return "\n".join(
         [
-            "| release | sync | hunk offsets (vs the 5.23.0 patches) | tests | result | back to the pin | time |",
+            f"| release | sync | hunk offsets (vs the {PIN} patches) | tests | result | back to the pin | time |",
             "|---|---|---|---|---|---|---|",
             *rows,
             "",
@@ -269,7 +270,10 @@ def write_table(path: Path, table: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("releases", nargs="*", help="exact releases (default: the latest patch of --minors)")
-    parser.add_argument("--minors", nargs=2, metavar=("FIRST", "LAST"), default=("5.4", "5.23"))
+    parser.add_argument(
+        "--minors", nargs=2, metavar=("FIRST", "LAST"), default=("5.4", ".".join(PIN.split(".")[:2])),
+        help="the window's first and last minor (default: 5.4 to the pin's minor)",
+    )  # fmt: skip
     parser.add_argument("--source", type=Path, default=ROOT, help="repository to clone (its committed HEAD)")
     parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"), help="the project's venv python")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/qwen-prunevid-sync-matrix"))
