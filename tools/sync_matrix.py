@@ -221,7 +221,7 @@ def render(results: Sequence[Result], args: argparse.Namespace, total: float) ->
     """The Markdown table of docs/compatibility.md."""
     rows = []
     for r in sorted(results, key=lambda r: key(r.release)):
-        offsets = "; ".join(r.hunks) or "-"
+        offsets = re.sub(r" \(transformers [\d.]+\)", "", "; ".join(r.hunks)) or "-"  # the release is in the row
         tests = f"{r.passed} passed" + (f", {r.failed} failed" if r.failed else "") + (
             f", {r.errors} errors" if r.errors else ""
         ) + (f", {r.skipped} skipped" if r.skipped else "")
