@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--image", action="append", default=[], metavar="PATH|URL", help="image (repeatable)")
     io.add_argument("--question", default=None, help=f"question, not empty (default: {DEFAULT_QUESTION!r})")
     io.add_argument("--fps", type=_number(0, low_open=True), default=None,
-                    help="frames per second sampled from each video, > 0 (qwen-vl-utils default 2; the demo clip: 8)")
+                    help="frames per second sampled from each video, > 0 (qwen-vl-utils default 2; the bundled demo clip is read at 2)")
     io.add_argument("--max-frames", type=_number(2, integer=True, high=MAX_INT), default=None,
                     help="most frames sampled per video, >= 2 (frames come in pairs, one temporal patch)")
     io.add_argument("--max-pixels", type=_number(28 * 28, integer=True, high=MAX_INT), default=None,
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--max-new-tokens", type=_number(1, integer=True, high=MAX_NEW_TOKENS), default=None,
                        help=f"most tokens to generate, 1..{MAX_NEW_TOKENS} (default: 64, the offline demo 16)")
     model.add_argument("--seed", type=_number(0, integer=True, high=2**63 - 1), default=0,
-                       help="seed of the demo model's weights and of sampling (default: 0)")
+                       help="torch seed set before each run: matters only where the generation config samples (default: 0)")
     model.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                        help="an untimed one-token run first, so that the timed runs do not pay one-off start-up costs (default: on)")
 

@@ -7,7 +7,7 @@ config cannot be changed in place (``config.keep_ratio = 0.3`` raises): ``config
 validated copy, and ``model.prunevid = model.prunevid.replace(...)`` applies it to a model, where the pruning layer
 is checked against the model's depth.
 
-Mapping from the earlier PruneVid-on-Qwen2.5-VL package (see README, "Migrating"):
+Names in the earlier PruneVid-on-Qwen2.5-VL package (a wrapper around a hand-edited modeling file) and here:
 ``enable_stage1/2`` -> ``enable_stage1/2``; ``enable_cache_compression`` -> ``enable_stage3``; ``tau``,
 ``cluster_ratio``, ``temporal_segment_ratio``, ``dpc_knn_k``, ``keep_ratio``, ``pruning_layer``,
 ``attention_aggregation`` keep their names. Its "conservative" preset pruned *more* and "aggressive" *less*; here
