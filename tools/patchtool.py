@@ -63,8 +63,8 @@ PIN_RE = re.compile(r'("transformers==)([^"]*)(")')
 VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 FIRST_QWEN2_5_VL = (4, 49, 0)  # the first transformers release with models/qwen2_5_vl
 # What a sync rewrites: uncommitted changes there would be lost, so sync-upstream refuses to run on them.
-SYNCED_PATHS = ("modeling", "patches", "upstream_snapshot", "pyproject.toml", "requirements.lock")
 LOCK = "requirements.lock"
+SYNCED_PATHS = ("modeling", "patches", "upstream_snapshot", "pyproject.toml", LOCK)
 LOCK_PIN_RE = re.compile(r"^(transformers==)(\S+)$", re.M)
 DEFAULT_SYNC_TESTS = (
     "tests/test_equivalence.py",
@@ -494,6 +494,9 @@ def read_renames(path: Path) -> list[Rename]:
     return renames
 
 
+_NOISE = (tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT)  # tokens between code tokens
+
+
 def rename_identifier(lines: Sequence[str], old: str, new: str) -> list[str]:
     """`lines` (Python source) with the variable `old` renamed to `new`: name tokens only, not attributes (`x.old`),
     keyword arguments (`f(old=...)`), strings or comments. Source that does not tokenize is returned unchanged."""
@@ -518,9 +521,6 @@ def rename_identifier(lines: Sequence[str], old: str, new: str) -> list[str]:
         line = out[row - 1]
         out[row - 1] = line[:col] + new + line[col + len(old) :]
     return out
-
-
-_NOISE = (tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT)
 
 
 def renames_between(renames: Sequence[Rename], current: str, target: str) -> list[tuple[str, str, Rename]]:
@@ -974,10 +974,10 @@ def cmd_check(repo: Repo) -> int:
         read_renames(repo.renames)
     except PatchError as error:
         problems.append(f"patches/{error}")
-    header_len = len(repo.header(meta, names))
+    expected_header = repo.header(meta, names)
     for name, number, item, _ in undefined_in_series(expected_body, patches):
         problems.append(
-            f"modeling/{TARGET}:{header_len + item.line + 1}: [{name} hunk {number}] name `{item.name}` is not "
+            f"modeling/{TARGET}:{len(expected_header) + item.line + 1}: [{name} hunk {number}] name `{item.name}` is not "
             f"defined where the block stands (in {item.scope})"
         )
 
@@ -999,7 +999,7 @@ def cmd_check(repo: Repo) -> int:
                     f"{generated}:{len(header) + block.start + 1}: block `{block.name}` is not a known patch: "
                     f"add {block.name}.patch to patches/series"
                 )
-        expected = repo.header(meta, names) + expected_body
+        expected = expected_header + expected_body
         if header + body != expected:
             problems.append(
                 f"{generated}: drift: the file differs from apply(snapshot, series) (block edits: `make patches`; "
@@ -1275,10 +1275,6 @@ def cmd_sync(
                     f'{{"old": "{item.name}", "new": "{hint}", "since": "{version}"}} in patches/renames.json)'
                 )
             conflicts.append(f"CONFLICT {name} hunk {number} (in {item.scope}, synced line {item.line + 1}): {why}")
-        if conflicts:
-            print("\n".join(summary), file=sys.stderr)
-            print("\n".join(conflicts), file=sys.stderr)
-            raise PatchError(f"cannot rebase onto transformers {version}: nothing changed")
     if conflicts:
         for name, hunks in rejects.items():
             rej = f"--- a/{TARGET}\n+++ b/{TARGET}\n" + "".join(hunk.text() for hunk in hunks)
@@ -1286,7 +1282,10 @@ def cmd_sync(
         print("\n".join(summary), file=sys.stderr)
         print("\n".join(conflicts), file=sys.stderr)
         rej_files = ", ".join(f"patches/{name}.patch.rej" for name in rejects)
-        raise PatchError(f"cannot rebase onto transformers {version}: nothing changed; rejected hunks in {rej_files}")
+        raise PatchError(
+            f"cannot rebase onto transformers {version}: nothing changed"
+            + (f"; rejected hunks in {rej_files}" if rejects else "")
+        )
 
     new_meta = {**meta, "transformers_version": version, "sha256": hashlib.sha256(new_bytes).hexdigest()}
     texts = render_patches(repo, new_base, new_cur, names)
