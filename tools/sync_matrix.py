@@ -38,7 +38,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_PATH = "transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py"
 DEFAULT_TESTS = ("tests/test_equivalence.py", "tests/test_stages.py")
-PIN = json.loads((ROOT / "upstream_snapshot" / "UPSTREAM.json").read_text())["transformers_version"]
 VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
 
@@ -146,10 +145,14 @@ def parse_pytest(output: str, result: Result) -> None:
     result.stock_unsupported = re.findall(r"^STOCK-UNSUPPORTED (.*)$", output, re.M)
 
 
+def committed_pin(repo: Path) -> str:
+    """The transformers release the committed HEAD of `repo` is synced to (its `upstream_snapshot/UPSTREAM.json`)."""
+    return json.loads(run(["git", "show", "HEAD:upstream_snapshot/UPSTREAM.json"], repo).stdout)["transformers_version"]
+
+
 def round_trip(clone: Path, scratch: Path) -> str:
     """Sync the clone back to its committed release and compare with the commit: `identical` or what differs."""
-    scratch.write_bytes(run(["git", "show", "HEAD:upstream_snapshot/UPSTREAM.json"], clone).stdout.encode())
-    pin = json.loads(scratch.read_text())["transformers_version"]
+    pin = committed_pin(clone)
     snapshot = subprocess.run(
         ["git", "show", "HEAD:upstream_snapshot/modeling_qwen2_5_vl.py"], cwd=clone, capture_output=True, check=True
     ).stdout
@@ -243,7 +246,7 @@ def render(results: Sequence[Result], args: argparse.Namespace, total: float) ->
     selection = " ".join(args.tests) + (f" -k '{args.k}'" if args.k else "")
     return "\n".join(
         [
-            f"| release | sync | hunk offsets (vs the {PIN} patches) | tests | result | back to the pin | time |",
+            f"| release | sync | hunk offsets (vs the {args.pin} patches) | tests | result | back to the pin | time |",
             "|---|---|---|---|---|---|---|",
             *rows,
             "",
@@ -270,10 +273,8 @@ def write_table(path: Path, table: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("releases", nargs="*", help="exact releases (default: the latest patch of --minors)")
-    parser.add_argument(
-        "--minors", nargs=2, metavar=("FIRST", "LAST"), default=("5.4", ".".join(PIN.split(".")[:2])),
-        help="the window's first and last minor (default: 5.4 to the pin's minor)",
-    )  # fmt: skip
+    parser.add_argument("--minors", nargs=2, metavar=("FIRST", "LAST"),
+                        help="the window's first and last minor (default: 5.4 to the minor of --source's pin)")
     parser.add_argument("--source", type=Path, default=ROOT, help="repository to clone (its committed HEAD)")
     parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"), help="the project's venv python")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/qwen-prunevid-sync-matrix"))
@@ -284,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--redo", action="store_true", help="re-run releases that have a saved result")
     parser.add_argument("--keep-clones", action="store_true")
     args = parser.parse_args(argv)
+    args.pin = committed_pin(args.source)  # the release the series under test is synced to
+    args.minors = args.minors or ("5.4", ".".join(args.pin.split(".")[:2]))
     args.workdir.mkdir(parents=True, exist_ok=True)
     releases = args.releases or latest_patches(released_versions(args.python), *args.minors)
     results = []
