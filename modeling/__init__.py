@@ -2,8 +2,17 @@
 
     from modeling import Qwen2_5_VLPruneVid, PruneVidConfig
 
-The names are imported on first use (PEP 562), so that `python -m modeling --help` and the command line's input checks
-do not pay for importing torch and transformers.
+The package, by concern (imports point down this list, never up; tests/test_layout.py checks it):
+
+- `modeling.eval`: the accuracy table, its benchmark and baselines, the lmms-eval plugin;
+- `modeling.app`: the front door, `VideoQA`, `MediaOptions` and the `qwen-prunevid` command line;
+- `modeling.integration` (the glue: `Qwen2_5_VLPruneVid`, the controller, stats) and `modeling.demo` (the offline
+  model, tokenizer, processor and clips);
+- `modeling.prunevid`: the algorithm in plain PyTorch, and `PruneVidConfig`;
+- `modeling.modeling_qwen2_5_vl`: the vendored upstream file with the patch series applied (generated).
+
+The names below are imported on first use (PEP 562), so that `python -m modeling --help` and the command line's input
+checks do not pay for importing torch and transformers.
 """
 
 from __future__ import annotations
@@ -13,17 +22,24 @@ from typing import TYPE_CHECKING, Any
 
 
 if TYPE_CHECKING:
-    from .model import Qwen2_5_VLPruneVid
-    from .pipeline import VideoQA
+    from .app.options import MediaOptions
+    from .app.videoqa import VideoQA
+    from .integration.controller import PruneVidController
+    from .integration.model import Qwen2_5_VLPruneVid
+    from .integration.stats import PruneVidStats
     from .prunevid.config import PRESETS, PruneVidConfig
 
-__all__ = ["PRESETS", "PruneVidConfig", "Qwen2_5_VLPruneVid", "VideoQA"]
+__all__ = ["PRESETS", "MediaOptions", "PruneVidConfig", "PruneVidController", "PruneVidStats", "Qwen2_5_VLPruneVid",
+           "VideoQA"]  # fmt: skip
 
 _LAZY = {
     "PRESETS": ".prunevid.config",
     "PruneVidConfig": ".prunevid.config",
-    "Qwen2_5_VLPruneVid": ".model",
-    "VideoQA": ".pipeline",
+    "MediaOptions": ".app.options",
+    "VideoQA": ".app.videoqa",
+    "PruneVidController": ".integration.controller",
+    "PruneVidStats": ".integration.stats",
+    "Qwen2_5_VLPruneVid": ".integration.model",
 }
 
 

@@ -1,8 +1,8 @@
-"""`python -m modeling`: the `qwen-prunevid` command line (see `modeling/cli.py` and docs/cli.md)."""
+"""`python -m modeling`: the `qwen-prunevid` command line (see `modeling/app/cli/` and docs/cli.md)."""
 
 import sys
 
-from .cli import main
+from .app.cli import main
 
 
 sys.exit(main())

@@ -30,7 +30,7 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def processor():
-    from modeling.offline import build_processor
+    from modeling.demo.offline import build_processor
 
     return build_processor()
 
@@ -41,7 +41,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
     import numpy as np
     from PIL import Image
 
-    from modeling.clips import clip_frames, make_clip
+    from modeling.demo.clips import clip_frames, make_clip
 
     root = tmp_path_factory.mktemp("media")
     files = {
@@ -57,12 +57,15 @@ def media(tmp_path_factory) -> dict[str, Path]:
 
 def make_inputs(processor, media, case: str):
     """Processor outputs for the named input case, built through the released model's path."""
-    from functools import partial
-
-    from modeling.inputs import build_messages as _build_messages, prepare_inputs
+    from modeling import MediaOptions
+    from modeling.app.inputs import build_messages as _build_messages, prepare_inputs
 
     # Keep the clips at their own size (qwen-vl-utils would upscale them to >= 128 tokens per frame pair).
-    build_messages = partial(_build_messages, min_pixels=28 * 28 * 4, max_pixels=112 * 112)
+    small = MediaOptions(min_pixels=28 * 28 * 4, max_pixels=112 * 112)
+
+    def build_messages(question, videos=(), images=(), fps=None):
+        return _build_messages(question, videos, images, small.replace(fps=fps))
+
     q = "What is happening in this video? Answer in one sentence."
     if case == "text":
         conv = build_messages("Write a haiku about tokens.")
@@ -105,7 +108,7 @@ def save_random_model(path: Path, seed: int = 0, **overrides) -> Path:
     """Save a random-weight Qwen2.5-VL (stock class) to `path`; returns `path`."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from modeling.offline import tiny_config
+    from modeling.demo.offline import tiny_config
 
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(**overrides))

@@ -113,8 +113,15 @@ def assert_same_or_same_failure(stock, ours, inputs) -> str | None:
 def test_stages_off_equals_stock(request, checkpoints, processor, media, shape, case, attn, dtype):
     inputs = make_inputs(processor, media, case)
     stock, ours = load_pair(checkpoints[shape], attn, dtype)
-    assert ours.model._prunevid is None and ours.prunevid_stats is None
+    assert ours.model._prunevid is None and ours.prunevid_stats == []  # no prefill yet
     failure = assert_same_or_same_failure(stock, ours, inputs)
+    if failure is None:  # the stats of the last prefill (the forward): every token stays, one row per sample
+        stats, ids, mask = ours.prunevid_stats, inputs["input_ids"], inputs["attention_mask"].bool()
+        assert [s.technique for s in stats] == ["off"] * ids.shape[0]
+        assert [s.prompt_tokens for s in stats] == [s.kv_cache_tokens for s in stats] == mask.sum(dim=1).tolist()
+        video = ((ids == ours.config.video_token_id) & mask).sum(dim=1).tolist()
+        assert [s.visual_tokens for s in stats] == [s.cached_visual_tokens for s in stats] == video
+        assert all(s.retention == (1.0 if s.visual_tokens else None) for s in stats)
     if failure is not None:  # the release's stock model cannot process this input; ours fails identically
         STOCK_UNSUPPORTED.append(
             (request.node.nodeid, f"the {case!r} input: stock raises {failure}; ours raises the same")

@@ -88,12 +88,12 @@ def test_rendered_clip_matches_its_description_and_token_labels():
 
 
 def test_video_file_reaches_the_model_at_the_training_size(processor_demo, tmp_path):
-    from modeling.inputs import build_messages, prepare_inputs
+    from modeling.app.inputs import build_messages, prepare_inputs
 
     item = benchmark.load_split("test", limit=1)[0]
     path = item.video_path(tmp_path)
     assert path.is_file() and path.parent == tmp_path
-    inputs = prepare_inputs(processor_demo, build_messages(item.question, videos=[str(path)], **benchmark.VIDEO_KWARGS))
+    inputs = prepare_inputs(processor_demo, build_messages(item.question, [str(path)], options=benchmark.MEDIA))
     assert inputs["video_grid_thw"].tolist() == [[item.frames // 2, 16, 16]]
     assert int((inputs["input_ids"] == 151656).sum()) == item.frames // 2 * 64
 
@@ -168,23 +168,30 @@ def test_system_prompt_control_changes_the_selection_not_the_accuracy(accuracy):
 
 
 def test_system_prompt_control_selects_other_tokens():
+    """The control is a technique set through the public extension point: `prunevid_override` runs it and puts the
+    model's own settings back; the stats name it."""
     from modeling import PruneVidConfig
-    from modeling.eval.baselines import SystemPromptQuery, attach
+    from modeling.eval.baselines import SystemPromptQuery, TokenDrop
 
     items = benchmark.load_split("test", limit=3)
     evaluation = Evaluation.from_pretrained(checkpoint_path(), items, progress=False)
     model = evaluation.model
+    model.prunevid = PruneVidConfig.paper()
     for item in items:
         inputs = evaluation.inputs(item)
-        model.prunevid = PruneVidConfig.paper()
         model.generate(**inputs, max_new_tokens=1, do_sample=False)
-        question = model.model._prunevid.state
-        control = SystemPromptQuery(model.config)
-        attach(model, control)
-        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        question = model.prunevid_technique.state
+        with model.prunevid_override(SystemPromptQuery()) as control:
+            model.generate(**inputs, max_new_tokens=1, do_sample=False)
+            assert model.prunevid_stats[0].technique == "system_prompt_query"
+        assert model.prunevid_technique is not control and model.prunevid == PruneVidConfig.paper()
         assert not (question.query & control.state.query).any()  # disjoint query tokens
         assert control.state.query.sum() > 5 and question.query.sum() > 20
         assert not torch.equal(question.keep, control.state.keep)
+        with model.prunevid_override(TokenDrop("random", budget=10)):
+            model.generate(**inputs, max_new_tokens=1, do_sample=False)
+            (stats,) = model.prunevid_stats
+            assert stats.technique == "random" and stats.cached_visual_tokens == stats.after_stage1 == 10
 
 
 def test_wilson_interval():

@@ -19,9 +19,9 @@ from transformers import DynamicCache, GenerationMixin, StaticCache
 
 from conftest import make_inputs
 from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
-from modeling import integration
-from modeling.compat import cache_of, with_cache
-from modeling.integration import _gather, _gather_rotary
+from modeling.integration import compat
+from modeling.integration.compat import cache_of, with_cache
+from modeling.integration.compat import gather as _gather, gather_rotary as _gather_rotary
 
 
 FOLLOW_UP = "<|im_end|>\n<|im_start|>user\nAnd which way does the square move?<|im_end|>\n<|im_start|>assistant\n"
@@ -141,7 +141,7 @@ def test_follow_up_turn_matches_manual_loop_in_unpruned_numbering(model, process
     assert torch.equal(tokens, turn2.sequences[:, ids.shape[1] :])
     assert all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(logits, turn2.logits))
     assert cache_lengths(cache) == cache_lengths(cache_of(turn2))
-    kept = model.prunevid_stats["kv_cache_tokens"]  # the prompt as held by cache layer 0
+    kept = model.prunevid_stats[0].kv_cache_tokens  # the prompt as held by cache layer 0
     assert cache_lengths(cache)[0] == kept + n1 + extra + n2 - 1, "exactly the new tokens were processed"
     assert cache_lengths(cache)[-1] < width + n1 + extra + n2 - 1, "the prompt is pruned"
 
@@ -288,16 +288,16 @@ def test_layer_masks_without_layer_idx(checkpoints, video, monkeypatch, name):
     after M see a cache view sized by their own layer, and give the same tokens and logits."""
     model = load(checkpoints["gqa2"], SETTINGS[name])
     reference = generate(model, 8, **video)
-    monkeypatch.setattr(integration, "MASKS_TAKE_LAYER", False)
+    monkeypatch.setattr(compat, "MASKS_TAKE_LAYER", False)
     views = []
-    monkeypatch.setattr(integration, "_LayerView", lambda cache, i: views.append(i) or _RealView(cache, i))
+    monkeypatch.setattr(compat, "_LayerView", lambda cache, i: views.append(i) or _RealView(cache, i))
     again = generate(model, 8, **video)
     assert views and set(views) == {model.model._prunevid.layer + 1}
     assert torch.equal(again.sequences, reference.sequences)
     assert all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(again.logits, reference.logits))
 
 
-_RealView = integration._LayerView
+_RealView = compat._LayerView
 
 
 def test_saved_settings_with_unknown_or_bad_keys(checkpoints, tmp_path):

@@ -1,4 +1,4 @@
-"""The lmms-eval plugin (`modeling/lmms`): model `qwen2_5_vl_prunevid` and task `prunevid_moving_shapes`.
+"""The lmms-eval plugin (`modeling/eval/lmms`): model `qwen2_5_vl_prunevid` and task `prunevid_moving_shapes`.
 
 The end-to-end checks run the lmms-eval CLI as a user would (entry-point model, `--include_path` task, offline),
 with the trained demo model on `prunevid_moving_shapes --limit 24`:
@@ -28,9 +28,9 @@ import torch
 
 lmms_eval = pytest.importorskip("lmms_eval", reason="the eval extra is not installed: pip install -e '.[eval]'")
 
-from modeling.lmms import MODEL_ID, TASKS_DIR  # noqa: E402
-from modeling.lmms import moving_shapes  # noqa: E402
-from modeling.lmms.model import (  # noqa: E402
+from modeling.eval.lmms import MODEL_ID, TASKS_DIR  # noqa: E402
+from modeling.eval.lmms import moving_shapes  # noqa: E402
+from modeling.eval.lmms.model import (  # noqa: E402
     PruneVidTokenCounts,
     Qwen2_5_VLPruneVidLMM,
     _check_videos,
@@ -51,9 +51,20 @@ def test_entry_point_resolves_to_the_plugin_class():
     from lmms_eval.models import get_model, get_model_manifest
 
     assert get_model(MODEL_ID) is Qwen2_5_VLPruneVidLMM
-    assert get_model_manifest(MODEL_ID).chat_class_path == "modeling.lmms.model.Qwen2_5_VLPruneVidLMM"
+    assert get_model_manifest(MODEL_ID).chat_class_path == "modeling.eval.lmms.model.Qwen2_5_VLPruneVidLMM"
     # the stock model a user compares against resolves to the class the plugin extends
     assert issubclass(Qwen2_5_VLPruneVidLMM, get_model("qwen2_5_vl"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [({"fps": 0}, "fps=0.0 is out of range"), ({"max_num_frames": 1}, "max_num_frames=1 is out of range"),
+     ({"min_pixels": 5000, "max_pixels": 1000}, "min_pixels=5000 is larger"), ({"max_pixels": 10}, "max_pixels=10")],
+)  # fmt: skip
+def test_media_args_are_checked_before_loading(args, message):
+    """The media args are validated once, as the CLI's and VideoQA's `MediaOptions` (nothing is loaded first)."""
+    with pytest.raises(ValueError, match=f"qwen2_5_vl_prunevid: {message}"):
+        Qwen2_5_VLPruneVidLMM(pretrained="/no/such/checkpoint", device="cpu", **args)
 
 
 def test_model_args_build_the_config():
@@ -133,7 +144,7 @@ def test_summary_counts_each_sample_once():
     """A padding duplicate of a rank's last request (same task and doc id) counts once; samples without video
     tokens are left out of the mean."""
     stats = lambda retention, visual=100: {"retention": retention, "visual_tokens": visual,  # noqa: E731
-                                           "after_stage2": int(retention * visual) if retention else 0}  # fmt: skip
+                                           "cached_visual_tokens": int(retention * visual) if retention else 0}  # fmt: skip
     records = [("a", 0, stats(0.2)), ("a", 1, stats(0.4)), ("a", 1, stats(0.4)), ("b", 0, stats(0.9)),
                ("b", 1, stats(None, 0))]  # fmt: skip
     summary = summarize(records)
@@ -153,39 +164,45 @@ def test_token_counts_carry_prunevid_numbers():
 def test_sample_stats_split_a_batch_per_row(checkpoints, processor, media):
     """`sample_stats` gives each row of a left-padded batch the numbers that row gets alone; PruneVid off keeps
     every token (retention 1)."""
-    from functools import partial
+    from modeling import MediaOptions, Qwen2_5_VLPruneVid
+    from modeling.app.inputs import build_messages, prepare_inputs
 
-    from modeling import Qwen2_5_VLPruneVid
-    from modeling.inputs import build_messages, prepare_inputs
-
-    build = partial(build_messages, min_pixels=28 * 28 * 4, max_pixels=112 * 112, fps=4.0)
-    conversations = [build("Where do the squares go?", videos=[str(media["clip16"])]),
-                     build("Is there a scene cut?", videos=[str(media["clip12_cut"])]),
-                     build("And here?", videos=[str(media["clip8"])])]  # fmt: skip
+    options = MediaOptions(min_pixels=28 * 28 * 4, max_pixels=112 * 112, fps=4.0)
+    conversations = [build_messages("Where do the squares go?", [str(media["clip16"])], options=options),
+                     build_messages("Is there a scene cut?", [str(media["clip12_cut"])], options=options),
+                     build_messages("And here?", [str(media["clip8"])], options=options)]  # fmt: skip
     model = Qwen2_5_VLPruneVid.from_pretrained(checkpoints["gqa2"], prunevid=PruneVidConfig.paper()).eval()
 
     def stats_of(inputs):
         with torch.no_grad():
             model.generate(**inputs, max_new_tokens=1, do_sample=False)
-        return sample_stats(model, inputs["input_ids"], inputs["attention_mask"])
+        return sample_stats(model)
 
     batched = stats_of(prepare_inputs(processor, conversations))
     alone = [stats_of(prepare_inputs(processor, conversation))[0] for conversation in conversations]
-    counts = ("visual_tokens", "after_stage1", "after_stage2", "kv_cache_tokens", "prompt_tokens", "segments")
-    assert [{k: row[k] for k in counts} for row in batched] == [{k: row[k] for k in counts} for row in alone]
+    assert batched == alone
     assert len({row["visual_tokens"] for row in alone}) == 3  # three different clips: rows cannot be swapped
     for row in batched:
-        assert 0 < row["retention"] < 1
-        assert row["retention"] == row["after_stage2"] / row["visual_tokens"]
+        assert 0 < row["retention"] < 1 and row["technique"] == "prunevid"
+        assert row["retention"] == round(row["cached_visual_tokens"] / row["visual_tokens"], 4)
 
     model.prunevid = PruneVidConfig.disabled()
     for row, single in zip(stats_of(prepare_inputs(processor, conversations)), alone):
-        assert row["retention"] == 1.0
+        assert row["retention"] == 1.0 and row["technique"] == "off"
         assert row["after_stage2"] == row["visual_tokens"] == single["visual_tokens"]
         assert row["kv_cache_tokens"] == row["prompt_tokens"] == single["prompt_tokens"]
 
 
 # ------------------------------------------------------------------------------------------- the CLI, end to end
+def _free_port() -> int:
+    """A TCP port nothing listens on now (the system picks it), for the launcher's rendezvous."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _env(cache: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -251,11 +268,11 @@ class Runs:
     """The CLI runs of this module, each made once, on first use."""
 
     def __init__(self, tmp: Path, checkpoint: str) -> None:
-        from modeling.eval.benchmark import VIDEO_KWARGS
+        from modeling.eval.benchmark import MEDIA
 
         self.tmp = tmp
         # The benchmark's clips reach the model at their native size and frame count, as in `python -m modeling.eval`.
-        video = ",".join(f"{key}={VIDEO_KWARGS[key]}" for key in ("min_pixels", "max_pixels", "fps"))
+        video = ",".join(f"{key}={value}" for key, value in MEDIA.to_dict().items())
         self.args = f"pretrained={checkpoint},device=cpu,device_map=cpu,{video}"
         self._runs: dict[str, Run] = {}
 
@@ -274,7 +291,7 @@ class Runs:
             return lmms_eval_cli(self.tmp, name, MODEL_ID, f"{args},dtype=float32,prunevid={name}")
         if name == "paper_2proc_batch2":
             launcher = (str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
-                        str(29500 + os.getpid() % 1000), "-m", "lmms_eval")  # fmt: skip
+                        str(_free_port()), "-m", "lmms_eval")  # fmt: skip
             return lmms_eval_cli(self.tmp, name, MODEL_ID, f"{args},dtype=float32,prunevid=paper", *launcher,
                                  batch_size=2)  # fmt: skip
         raise KeyError(name)
@@ -304,7 +321,8 @@ def test_prunevid_numbers_are_logged(runs):
     for doc_id in paper.samples:
         numbers = paper.prunevid(doc_id)
         assert 0 < numbers["after_stage2"] < numbers["after_stage1"] <= numbers["visual_tokens"]
-        assert numbers["retention"] == numbers["after_stage2"] / numbers["visual_tokens"]
+        assert numbers["retention"] == round(numbers["cached_visual_tokens"] / numbers["visual_tokens"], 4)
+        assert numbers["cached_visual_tokens"] == numbers["after_stage2"]  # Stage 3: the cache holds the selection
         assert numbers["kv_cache_tokens"] < numbers["prompt_tokens"]
         retention.append(numbers["retention"])
     throughput = paper.results["throughput"]
@@ -345,7 +363,7 @@ def test_accuracy_equals_modeling_eval(runs):
         letters = [moving_shapes.extract_letter(run.answers()[doc_id]) for doc_id in range(LIMIT)]
         assert letters == reference["predictions"][config], config
         assert run.accuracy == pytest.approx(rows[config]["accuracy"], abs=1e-4)
-        kept = sum(run.prunevid(doc_id)["after_stage2"] for doc_id in range(LIMIT))
+        kept = sum(run.prunevid(doc_id)["cached_visual_tokens"] for doc_id in range(LIMIT))
         visual = sum(run.prunevid(doc_id)["visual_tokens"] for doc_id in range(LIMIT))
         assert kept / visual == pytest.approx(rows[config]["retention"], abs=1e-4)  # token-weighted, as there
     items = load_split("test", limit=LIMIT)

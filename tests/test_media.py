@@ -1,6 +1,6 @@
 """The media matrix: codecs, sizes, aspect ratios, frame counts and image modes, read the way the model sees them.
 
-Small files are generated here with PyAV and PIL. Every video is read by `modeling.inputs.read_media` (decord,
+Small files are generated here with PyAV and PIL. Every video is read by `modeling.app.inputs.read_media` (decord,
 qwen-vl-utils' sampling and resize, no torchvision fallback) and processed by the offline processor; where
 qwen-vl-utils itself can read the file, the result is compared with its `process_vision_info` bit for bit.
 """
@@ -18,8 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling.clips import clip_frames
-from modeling.inputs import MediaError, build_messages, prepare_inputs, read_media
+from modeling.demo.clips import clip_frames
+from modeling import MediaOptions
+from modeling.app.inputs import MediaError, build_messages, prepare_inputs, read_media
 
 
 av = pytest.importorskip("av")
@@ -135,7 +136,7 @@ def test_video_matrix(name, videos, processor):
     from qwen_vl_utils import smart_resize
 
     path, frames = _video(videos, name)
-    messages = build_messages("What moves?", videos=[path], fps=8.0, **SMALL)
+    messages = build_messages("What moves?", [path], options=MediaOptions(fps=8.0, **SMALL))
     media = read_media(messages)
     (video,), (meta,) = media.videos, media.metadata
     count = len(frames)
@@ -168,8 +169,8 @@ def test_read_media_equals_qwen_vl_utils(name, options, videos, capfd, monkeypat
     from qwen_vl_utils import process_vision_info
 
     path, frames = _video(videos, name)
-    monkeypatch.setattr("modeling.inputs._CHUNK_BYTES", 7 * frames[0].nbytes)  # 7 full-resolution frames per chunk
-    messages = build_messages("?", videos=[path, path], **options)
+    monkeypatch.setattr("modeling.app.inputs._CHUNK_BYTES", 7 * frames[0].nbytes)  # 7 full-resolution frames per chunk
+    messages = build_messages("?", [path, path], options=MediaOptions(**options))
     media = read_media(messages)
     _, reference, _ = process_vision_info(messages, return_video_kwargs=True, return_video_metadata=True)
     for ours, meta, (theirs, their_meta) in zip(media.videos, media.metadata, reference, strict=True):
@@ -181,28 +182,34 @@ def test_read_media_equals_qwen_vl_utils(name, options, videos, capfd, monkeypat
 def test_single_frame_video_end_to_end(videos):
     """A 1-frame video is valid input: qwen-vl-utils cannot sample it (and crashed in its removed fallback)."""
     from modeling import PruneVidConfig, VideoQA
+    from modeling.demo import checkpoint_path
 
     path, _ = _video(videos, "one_frame")
-    qa = VideoQA.offline_demo(prunevid=PruneVidConfig.paper())
-    result = qa.run("What is this?", videos=str(path), max_pixels=112 * 112, max_new_tokens=2)  # a plain string
+    qa = VideoQA.from_pretrained(checkpoint_path(), prunevid=PruneVidConfig.paper())
+    small = MediaOptions(max_pixels=112 * 112)
+    result = qa.run("What is this?", videos=str(path), options=small, max_new_tokens=2)  # a plain string
     assert result.inputs["video_grid_thw"].tolist() == [[1, 8, 8]]
-    assert result.stats["visual_tokens"] == result.stats["after_stage1"] == 16  # one temporal patch: nothing merged
-    assert 0 < result.stats["after_stage2"] < 16 and result.new_tokens == 2
-    same = qa.run("What is this?", videos=[path], max_pixels=112 * 112, max_new_tokens=2)
+    assert result.stats.visual_tokens == result.stats.after_stage1 == 16  # one temporal patch: nothing merged
+    assert 0 < result.stats.after_stage2 < 16 and result.new_tokens == 2
+    same = qa.run("What is this?", videos=[path], options=small, max_new_tokens=2)
     assert same.token_ids == result.token_ids and same.stats == result.stats
 
 
 def test_beam_search_and_timing(videos):
     from modeling import VideoQA
+    from modeling.demo import checkpoint_path
 
     path, _ = _video(videos, "h264")
-    qa = VideoQA.offline_demo()
-    inputs = qa.prepare("What moves?", videos=path, max_pixels=112 * 112)
+    qa = VideoQA.from_pretrained(checkpoint_path())
+    inputs = qa.prepare("What moves?", videos=path, options=MediaOptions(max_pixels=112 * 112))
     beams = qa.run(inputs=inputs, max_new_tokens=3, num_beams=2)
-    assert beams.prefill_s is None and beams.decode_tokens_per_s is None and beams.total_s > 0
+    assert beams.time_to_first_token_s is None and beams.decode_tokens_per_s is None and beams.total_s > 0
     assert 1 <= beams.new_tokens <= 3
+    assert beams.stats.visual_tokens == int((inputs["input_ids"] == qa.model.config.video_token_id).sum())
     greedy = qa.run(inputs=inputs, max_new_tokens=3)
-    assert greedy.total_s >= greedy.prefill_s > 0 and 1 <= greedy.new_tokens <= 3  # the trained demo may stop early
+    assert greedy.total_s >= greedy.time_to_first_token_s > 0 and 1 <= greedy.new_tokens <= 3  # may stop early
+    with pytest.raises(TypeError, match="options=MediaOptions"):
+        qa.run(inputs=inputs, max_new_tokens=3, fps=2.0)  # a media option is never passed on to generate
     assert greedy.decode_tokens_per_s is None or greedy.decode_tokens_per_s > 0
 
 
@@ -296,13 +303,34 @@ def test_bad_images_raise_media_error(case, message, tmp_path):
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"fps": float("nan")}, "fps=nan"), ({"fps": 0}, "fps=0"), ({"max_frames": 1}, "max_frames=1"),
+    [({"fps": float("nan")}, "fps=nan"), ({"fps": 0}, "fps=0.0"), ({"max_frames": 1}, "max_frames=1"),
      ({"max_pixels": 100}, "max_pixels=100"), ({"min_pixels": 5000, "max_pixels": 1000}, "min_pixels=5000"),
-     ({"nframes": 10**12}, "nframes=")],
+     ({"nframes": 10**12}, "nframes="), ({"fps": 2.0, "nframes": 4}, "either fps or nframes")],
 )  # fmt: skip
-def test_sampling_options_are_checked(options, message):
+def test_media_options_are_checked(options, message):
     with pytest.raises(ValueError, match=message):
-        build_messages("?", videos=["clip.mp4"], **options)
+        MediaOptions(**options)
+
+
+@pytest.mark.parametrize("options", [{"fps": "2"}, {"fps": True}, {"max_frames": 2.5}, {"max_pixels": "784"}])
+def test_media_options_types(options):
+    with pytest.raises(TypeError, match=f"MediaOptions.{next(iter(options))} must be"):
+        MediaOptions(**options)
+
+
+def test_media_options_items():
+    """Numpy scalars become plain numbers; a small `max_pixels` lowers the video minimum (qwen-vl-utils' 128 tokens
+    per frame would exceed it), images keep only the pixel bounds; `replace` validates again."""
+    options = MediaOptions(fps=np.float32(4.0), max_pixels=np.int64(112 * 112))
+    assert type(options.fps) is float and type(options.max_pixels) is int
+    assert options.video_item() == {"fps": 4.0, "max_pixels": 12544, "min_pixels": 3136}
+    assert options.image_item() == {"max_pixels": 12544}
+    assert MediaOptions(max_pixels=224 * 224, min_pixels=28 * 28).video_item()["min_pixels"] == 784
+    assert MediaOptions(max_pixels=10**6).video_item() == {"max_pixels": 10**6}  # above the minimum: unchanged
+    with pytest.raises(ValueError, match="either fps or nframes"):
+        options.replace(nframes=8)
+    with pytest.raises(TypeError, match="MediaOptions"):
+        build_messages("?", ["clip.mp4"], options={"fps": 2.0})
 
 
 def test_empty_question_and_string_media():

@@ -18,9 +18,10 @@ from PIL import Image  # noqa: E402
 from qwen_vl_utils import vision_process as qvu  # noqa: E402
 from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402
 
-from modeling.clips import clip_frames, make_clip, square_boxes  # noqa: E402
-from modeling.inputs import build_messages, decode, prepare_inputs  # noqa: E402
-from modeling.offline import (  # noqa: E402
+from modeling.demo.clips import clip_frames, make_clip, square_boxes  # noqa: E402
+from modeling import MediaOptions  # noqa: E402
+from modeling.app.inputs import build_messages, decode, prepare_inputs  # noqa: E402
+from modeling.demo.offline import (  # noqa: E402
     PRETOKENIZE_REGEX,
     SPECIAL_TOKENS,
     build_processor,
@@ -31,6 +32,7 @@ from modeling.offline import (  # noqa: E402
 
 VIDEO_PAD, IMAGE_PAD, VISION_START = 151656, 151655, 151652
 SMALL = 112 * 112  # keeps qwen-vl-utils from upscaling the 112x112 test clips
+OPTIONS = MediaOptions(fps=4.0, min_pixels=SMALL, max_pixels=SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def test_known_ids(tokenizer):
 
 
 def test_chat_template_video(offline_processor):
-    messages = build_messages("What moves?", videos=["clip.mp4"], fps=4.0)
+    messages = build_messages("What moves?", ["clip.mp4"], options=MediaOptions(fps=4.0))
     text = offline_processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert text == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -194,7 +196,8 @@ def _expected_grid(frames: int, size: tuple[int, int], fps: float, item: dict) -
 @pytest.mark.parametrize("pixels", [SMALL, None], ids=["small", "default"])
 def test_video_grid_and_tokens(offline_processor, offline_media, pixels):
     video = offline_media["long"]
-    messages = build_messages("What moves?", videos=[video], fps=4.0, min_pixels=pixels, max_pixels=pixels)
+    options = MediaOptions(fps=4.0, min_pixels=pixels, max_pixels=pixels)
+    messages = build_messages("What moves?", [video], options=options)
     inputs = prepare_inputs(offline_processor, messages)
     expected = _expected_grid(16, (112, 112), 4.0, messages[0]["content"][0])
     if pixels == SMALL:
@@ -212,8 +215,8 @@ def test_video_grid_and_tokens(offline_processor, offline_media, pixels):
 
 def test_batch_is_left_padded(offline_processor, offline_media):
     batch = [
-        build_messages("What moves?", videos=[offline_media["long"]], fps=4.0, min_pixels=SMALL, max_pixels=SMALL),
-        build_messages("And here?", videos=[offline_media["short"]], fps=4.0, min_pixels=SMALL, max_pixels=SMALL),
+        build_messages("What moves?", [offline_media["long"]], options=OPTIONS),
+        build_messages("And here?", [offline_media["short"]], options=OPTIONS),
     ]
     inputs = prepare_inputs(offline_processor, batch)
     assert inputs["video_grid_thw"].tolist() == [[8, 8, 8], [4, 8, 8]]
@@ -230,7 +233,7 @@ def test_batch_is_left_padded(offline_processor, offline_media):
 
 def test_two_videos_and_an_image(offline_processor, offline_media):
     videos, images = [offline_media["long"], offline_media["short"]], [offline_media["image"]]
-    messages = build_messages("Compare them.", videos, images, fps=4.0, min_pixels=SMALL, max_pixels=SMALL)
+    messages = build_messages("Compare them.", videos, images, OPTIONS)
     inputs = prepare_inputs(offline_processor, messages)
     assert inputs["video_grid_thw"].tolist() == [[8, 8, 8], [4, 8, 8]]
     # A 56x84 image with at least 112*112 pixels: scaled up to multiples of 28 by qwen-vl-utils.
@@ -246,8 +249,8 @@ def test_two_videos_and_an_image(offline_processor, offline_media):
 def test_tiny_model_generates(offline_processor, offline_media, tiny_model):
     long, short, image = offline_media["long"], offline_media["short"], offline_media["image"]
     batch = [
-        build_messages("Compare.", [long, short], [image], fps=4.0, min_pixels=SMALL, max_pixels=SMALL),
-        build_messages("What moves?", [short], fps=4.0, min_pixels=SMALL, max_pixels=SMALL),
+        build_messages("Compare.", [long, short], [image], OPTIONS),
+        build_messages("What moves?", [short], options=OPTIONS),
     ]
     inputs = prepare_inputs(offline_processor, batch)
     with torch.no_grad():

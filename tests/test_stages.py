@@ -16,7 +16,7 @@ from transformers import DynamicCache
 
 from conftest import STOCK_UNSUPPORTED, make_inputs
 from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
-from modeling.compat import with_cache
+from modeling.integration.compat import with_cache
 
 
 def load(path, prunevid, attn="sdpa"):
@@ -113,13 +113,14 @@ def test_moving_square_is_dynamic_background_static(processor, tmp_path):
     Features are the clip's own pixel patches as the processor gives them (one row per LLM token, codec noise
     included): a random-weight vision tower would mix the whole frame and says nothing about the clip.
     """
-    from modeling.clips import make_clip, square_boxes
-    from modeling.inputs import build_messages, prepare_inputs
+    from modeling.demo.clips import make_clip, square_boxes
+    from modeling import MediaOptions
+    from modeling.app.inputs import build_messages, prepare_inputs
     from modeling.prunevid.merge import merge_video
 
     size, frames = (224, 224), 16
     clip = make_clip(tmp_path / "square.mp4", frames=frames, size=size, fps=4.0, seed=5)
-    messages = build_messages("?", videos=[str(clip)], fps=4.0, min_pixels=224 * 224, max_pixels=224 * 224)
+    messages = build_messages("?", [str(clip)], options=MediaOptions(fps=4.0, min_pixels=224 * 224, max_pixels=224 * 224))
     inputs = prepare_inputs(processor, messages)
     t, gh, gw = inputs["video_grid_thw"][0].tolist()
     h, w = gh // 2, gw // 2
@@ -194,8 +195,9 @@ def test_stage2_keeps_topk_of_independent_eager_attention(checkpoints, processor
         top = members[torch.argsort(importance[members], descending=True, stable=True)[:n_keep]]
         expected[top] = True
     assert torch.equal(state.keep[0], expected)
-    stats = ours.prunevid_stats
-    assert stats["after_stage2"] == int((expected & state.visual[0]).sum()) < stats["after_stage1"]
+    (stats,) = ours.prunevid_stats
+    assert stats.after_stage2 == int((expected & state.visual[0]).sum()) < stats.after_stage1
+    assert stats.technique == "prunevid" and stats.pruning_layer == ours.model._prunevid.layer
 
 
 def test_images_untouched_by_default(request, checkpoints, processor, media):
@@ -206,7 +208,9 @@ def test_images_untouched_by_default(request, checkpoints, processor, media):
         inputs = make_inputs(processor, media, case)
         with torch.no_grad():
             assert torch.equal(ours(**inputs).logits, stock(**inputs).logits), case
-        assert ours.prunevid_stats is None
+        (stats,) = ours.prunevid_stats  # nothing pruned: the unpruned counts, named after the technique
+        assert stats.kv_cache_tokens == stats.prompt_tokens and stats.pruning_layer is None, case
+        assert stats.technique == "prunevid" and stats.image_tokens == stats.image_tokens_after_stage2, case
     inputs = make_inputs(processor, media, "multi")
     skip_unless_stock_processes(request, checkpoints["gqa2"], inputs, "multi")  # after the image and text checks
     with torch.no_grad():
@@ -247,7 +251,7 @@ def test_stage3_cache_holds_kept_tokens_and_decoding_matches_manual_loop(checkpo
     generated = greedy(ours, inputs, n)[:, inputs["input_ids"].shape[1] :]
     cache = DynamicCache(config=ours.config)
     tokens = manual_decode(ours, inputs, 1, cache)
-    kept = ours.prunevid_stats["kv_cache_tokens"]
+    kept = ours.prunevid_stats[0].kv_cache_tokens
     assert kept < inputs["input_ids"].shape[1]
     assert all(layer.keys.shape[-2] == kept for layer in cache.layers), "every layer caches the kept set"
     cache = DynamicCache(config=ours.config)
@@ -268,7 +272,8 @@ def test_stage2_without_stage3_decodes_with_per_layer_masks(checkpoints, process
     lengths = [layer.keys.shape[-2] for layer in cache.layers]
     assert lengths[: m + 1] == [lengths[0]] * (m + 1) and lengths[m + 1 :] == [lengths[-1]] * (len(lengths) - m - 1)
     assert lengths[-1] < lengths[0]
-    assert stats["kv_cache_tokens"] == lengths[0]
+    assert stats[0].kv_cache_tokens == lengths[0]
+    assert stats[0].cached_visual_tokens == stats[0].after_stage1 > stats[0].after_stage2  # layer 0 keeps them all
     generated = greedy(ours, inputs, 8)[:, inputs["input_ids"].shape[1] :]
     cache = DynamicCache(config=ours.config)
     assert torch.equal(manual_decode(ours, inputs, 8, cache), generated)
@@ -278,7 +283,7 @@ def test_stage2_without_stage3_decodes_with_per_layer_masks(checkpoints, process
 # ------------------------------------------------------------------------------------------------ batches
 def test_batched_equals_per_sample_and_deterministic(checkpoints, processor, media):
     """A padded batch gives each sample the tokens (and stats) it gets alone; two runs agree exactly."""
-    from modeling.inputs import prepare_inputs
+    from modeling.app.inputs import prepare_inputs
 
     batch = make_inputs(processor, media, "batch3")
     ours = load(checkpoints["gqa2"], PruneVidConfig.paper())
@@ -290,8 +295,7 @@ def test_batched_equals_per_sample_and_deterministic(checkpoints, processor, med
         single = _single(batch, b)
         alone = greedy(ours, single)
         assert torch.equal(alone[0, single["input_ids"].shape[1] :], out[b, width:]), f"sample {b}"
-        for key in ("visual_tokens", "after_stage1", "after_stage2", "kv_cache_tokens"):
-            assert ours.prunevid_stats[key] == stats[key][b], (key, b)
+        assert ours.prunevid_stats == [stats[b]], f"sample {b}"
 
 
 def _single(batch, b):
@@ -343,12 +347,13 @@ def test_presets_prune_as_named(checkpoints, processor, media):
         model.prunevid = PruneVidConfig.preset(name)
         with torch.no_grad():
             model(**inputs)
-        kept[name] = model.prunevid_stats["kv_cache_tokens"]
+        kept[name] = model.prunevid_stats[0].kv_cache_tokens
     assert kept["aggressive"] < kept["paper"] < kept["conservative"]
     assert kept["paper"] < kept["stage1_only"]
-    visual = model.prunevid_stats["visual_tokens"]
-    assert model.prunevid_stats["after_stage1"] == visual  # fastv: no merging
-    assert model.prunevid_stats["after_stage2"] == visual // 2  # 50% chosen globally, floor
+    (stats,) = model.prunevid_stats
+    assert stats.after_stage1 == stats.visual_tokens  # fastv: no merging
+    assert stats.after_stage2 == stats.cached_visual_tokens == stats.visual_tokens // 2  # 50% chosen globally, floor
+    assert stats.retention == (stats.visual_tokens // 2) / stats.visual_tokens
 
 
 def test_video_fates_agree_with_stats(request, checkpoints, processor, media):
@@ -359,10 +364,11 @@ def test_video_fates_agree_with_stats(request, checkpoints, processor, media):
     with torch.no_grad():
         model(**inputs)
     fates = model.prunevid_video_fates()
-    stats = model.prunevid_stats
-    assert len(fates) == 2
-    assert sum(int(f["carrier"].sum()) for f in fates) == stats["after_stage2"]
-    assert sum(f["static"].numel() for f in fates) == stats["visual_tokens"]
+    (stats,) = model.prunevid_stats
+    assert len(fates) == 2 and len(stats.segments) == 2  # one segment list per video
+    assert sum(int(f["carrier"].sum()) for f in fates) == stats.after_stage2
+    assert sum(f["static"].numel() for f in fates) == stats.visual_tokens
+    assert [list(f["segments"]) for f in fates] == [list(s) for s in stats.segments]
     for f in fates:
         assert not (f["carrier"] & ~f["kept"]).any()  # a carrier cell always belongs to a kept token
 
@@ -373,10 +379,10 @@ def test_sampling_and_beam_search_run_on_the_pruned_cache(checkpoints, processor
     model = load(checkpoints["gqa2"], PruneVidConfig.paper())
     with torch.no_grad():
         model(**inputs)
-    kept = model.prunevid_stats["kv_cache_tokens"]
+    kept = [s.kv_cache_tokens for s in model.prunevid_stats]
     with torch.no_grad():
         beams = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, num_beams=2, do_sample=False)
-    assert model.prunevid_stats["kv_cache_tokens"] == [n for n in kept for _ in range(2)]
+    assert [s.kv_cache_tokens for s in model.prunevid_stats] == [n for n in kept for _ in range(2)]
     torch.manual_seed(0)
     with torch.no_grad():
         sampled = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=True, top_k=20)

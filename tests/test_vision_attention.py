@@ -1,4 +1,4 @@
-"""The opt-in fused vision attention (`PruneVidConfig(vision_attention="varlen")`, modeling/vision_attention.py).
+"""The opt-in fused vision attention (`PruneVidConfig(vision_attention="varlen")`, modeling/integration/vision_attention.py).
 
 On the CPU torch's varlen kernel cannot run, so the packed computation is checked through the "reference" backend
 (one block-diagonal masked sdpa over the packed tokens: the same segments, the same index bookkeeping) and through a
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen2_5_vl_upstream  # top-level only from 5.20
 
-import modeling.vision_attention as va
+import modeling.integration.vision_attention as va
 from modeling.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
-from modeling.offline import tiny_config
+from modeling.demo.offline import tiny_config
 from modeling.prunevid.config import PruneVidConfig
 
 
@@ -200,8 +200,6 @@ def test_model_setter_wires_the_tower():
     from modeling import Qwen2_5_VLPruneVid
 
     model = Qwen2_5_VLPruneVid(tiny_config(num_hidden_layers=4), prunevid=PruneVidConfig.disabled())
-    if not hasattr(model.model.visual, "_prunevid_vision"):
-        pytest.skip("Qwen2_5_VLPruneVid.prunevid does not set model.model.visual._prunevid_vision yet")
     assert model.model.visual._prunevid_vision is None
     model.prunevid = PruneVidConfig.paper(vision_attention="varlen")
     assert isinstance(model.model.visual._prunevid_vision, va.VisionVarlenAttention)

@@ -14,18 +14,19 @@ What one run measures, in one process with ONE model instance switched by `model
 PruneVid preset interleaved round by round (medians over `--repeats` rounds after a warm-up round, every timer
 CUDA-synchronised):
 
-* inputs: synthetic clips that behave like video (`modeling.clips.clip_frames`: static textured background, two
+* inputs: synthetic clips that behave like video (`modeling.demo.clips.clip_frames`: static textured background, two
   moving squares, one scene cut half-way), 448x448, 2 fps, fed as frame arrays through the offline processor
-  (`modeling.offline.build_processor`), one question after the video.
+  (`modeling.demo.offline.build_processor`), one question after the video.
 * configs: stock (`PruneVidConfig.disabled()`), paper, stage1_only, paper without Stage 1, fastv, and
-  paper + `vision_attention="varlen"` (the fused vision attention, modeling/vision_attention.py).
+  paper + `vision_attention="varlen"` (the fused vision attention, modeling/integration/vision_attention.py).
 * vision tower time (stock and varlen tower, separately, plus the varlen tower's relative error vs stock);
   LLM prefill (the prefill forward of `generate` given the tower's output through `mm_encoder_outputs`: embedding,
   3-D positions, PruneVid Stage 1, the LLM layers with Stage 2/3, the last token's logits); time to first token
   (end to end from pixels: tower + prefill + first token; measured for stock, paper and paper+varlen, derived as
   tower + prefill for the others); decode ms/token (median step of a 16-token greedy continuation); peak GPU memory;
   KV-cache bytes after prefill; tokens per stage (`model.prunevid_stats`); the time in PruneVid's own code: Stage 1
-  (`PruneVidController.before_language_model`, prefill calls) and the Stage 2 scoring (`PruneVidController._select`),
+  (`PruneVidController.before_language_model`, prefill calls) and the Stage 2 scoring (`PruneVidController.select`),
+  timed by a technique subclass (`timed_technique`) set through `model.prunevid`,
   each wrapped here by a CUDA-synchronised timer (the modules are not edited).
 * concurrency: the largest batch of 128-frame videos whose prefill + 4 decoded tokens fit on the card, stock vs
   paper (increasing batch from a memory-slope prediction, then bisection, catching OOM). The vision tower is not
@@ -40,6 +41,7 @@ concurrency before the largest frame count, and work that would overrun the budg
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -113,21 +115,17 @@ class Accumulator:
     def total(self, name):
         return sum(self.calls.get(name, []))
 
-    def wrap_method(self, cls, method, name, only=None):
-        original = getattr(cls, method)
-        acc = self
-
-        def wrapper(*args, **kwargs):
-            if not acc.active or (only is not None and not only(*args, **kwargs)):
-                return original(*args, **kwargs)
-            start = acc.clock.now()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                acc.calls.setdefault(name, []).append(acc.clock.now() - start)
-
-        wrapper.__wrapped__ = original
-        setattr(cls, method, wrapper)
+    @contextlib.contextmanager
+    def timing(self, name):
+        """Times the block under `name` while `active` (synchronised)."""
+        if not self.active:
+            yield
+            return
+        start = self.clock.now()
+        try:
+            yield
+        finally:
+            self.calls.setdefault(name, []).append(self.clock.now() - start)
 
     def hook_module(self, module, name):
         acc, starts = self, []
@@ -155,7 +153,7 @@ def build_model(args, device, dtype):
     from transformers.initialization import no_init_weights
 
     from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
-    from modeling.offline import real_config, tiny_config
+    from modeling.demo.offline import real_config, tiny_config
 
     if args.quick:
         config = tiny_config(
@@ -182,12 +180,31 @@ def build_model(args, device, dtype):
     return model.eval(), config
 
 
-def set_prunevid(model, cfg):
-    """`model.prunevid = cfg`, plus the vision tower's `_prunevid_vision` (idempotent with the model's setter)."""
-    from modeling.vision_attention import vision_attention_for
+def timed_technique(acc):
+    """PruneVid as a technique (`modeling.PruneVidController` subclass) that times its own work through the public
+    extension point: the Stage 1 hook of a prefill (`before_language_model` from an empty cache: merging, re-packing,
+    positions) and the Stage 2 scoring (`select`)."""
+    from modeling import PruneVidController
 
-    model.prunevid = cfg
-    model.model.visual._prunevid_vision = vision_attention_for(cfg)
+    class Timed(PruneVidController):
+        name = "prunevid (timed)"
+
+        def before_language_model(self, input_ids, inputs_embeds, position_ids, attention_mask, cache, *rest):
+            if cache is not None and cache.get_seq_length() > 0:  # decoding: not PruneVid's prefill work
+                return super().before_language_model(input_ids, inputs_embeds, position_ids, attention_mask, cache, *rest)
+            with acc.timing("stage1"):
+                return super().before_language_model(input_ids, inputs_embeds, position_ids, attention_mask, cache, *rest)
+
+        def select(self, layer, hidden_states, state):
+            with acc.timing("select"):
+                return super().select(layer, hidden_states, state)
+
+    return Timed
+
+
+def set_prunevid(model, cfg, acc=None):
+    """`model.prunevid = cfg`; an active config runs as the timed technique when an accumulator is given."""
+    model.prunevid = timed_technique(acc)(cfg) if acc is not None and cfg.is_active else cfg
 
 
 def configs():
@@ -205,7 +222,7 @@ def configs():
 
 # --------------------------------------------------------------------------------------------------------- inputs
 def make_inputs(processor, frames, size, device, dtype, seed=0):
-    from modeling.clips import clip_frames
+    from modeling.demo.clips import clip_frames
 
     video = clip_frames(frames=frames, size=(size, size), squares=2, scene_cut_at=frames // 2, seed=seed)
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
@@ -276,21 +293,13 @@ class Bench:
     # ------------------------------------------------------------------ setup
     def setup(self):
         torch = self.torch
-        from modeling.integration import PruneVidController
-        from modeling.offline import build_processor
+        from modeling.demo.offline import build_processor
 
         t = time.perf_counter()
         self.model, self.config = build_model(self.args, self.device, self.dtype)
         build_s = time.perf_counter() - t
         self.processor = build_processor()
         self.configs = configs()
-        self.acc.wrap_method(
-            PruneVidController, "before_language_model", "stage1",
-            only=lambda self_, input_ids, inputs_embeds, position_ids, attention_mask, past, *a, **k: (
-                past is None or past.get_seq_length() == 0
-            ),
-        )  # fmt: skip
-        self.acc.wrap_method(PruneVidController, "_select", "select")
         self.acc.hook_module(self.model.model.visual, "vision")
         self.acc.hook_module(self.model, "forward")
         self.acc.hook_module(self.model.model.language_model, "language_model")
@@ -309,12 +318,15 @@ class Bench:
         if self.device.type == "cuda":
             env["gpu_total_GiB"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2)
             env["weights_GiB"] = round(torch.cuda.memory_allocated() / 2**30, 2)
-        from modeling.vision_attention import varlen_unavailable_reason
+        from modeling.integration.vision_attention import varlen_unavailable_reason
 
         env["varlen_unavailable"] = varlen_unavailable_reason(self.device, self.dtype)
         self.results["env"] = env
         self.results["command"] = " ".join(["python3", "tools/bench.py", *sys.argv[1:]])
         log(f"setup: {env}")
+
+    def set_prunevid(self, cfg):
+        set_prunevid(self.model, cfg, self.acc)
 
     def elapsed(self):
         return time.perf_counter() - self.t_start
@@ -357,19 +369,19 @@ class Bench:
     def tower(self, inputs, varlen):
         from modeling import PruneVidConfig
 
-        set_prunevid(self.model, PruneVidConfig.disabled().replace(vision_attention="varlen") if varlen else PruneVidConfig.disabled())
+        self.set_prunevid(PruneVidConfig.disabled().replace(vision_attention="varlen") if varlen else PruneVidConfig.disabled())
         t0 = self.clock.now()
         with self.torch.no_grad():
             out = self.model.model.get_video_features(
                 inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True
             )
         seconds = self.clock.now() - t0
-        set_prunevid(self.model, PruneVidConfig.disabled())
+        self.set_prunevid(PruneVidConfig.disabled())
         return out.pooler_output[0], seconds
 
     # ------------------------------------------------------------------ one frame count
     def run_frames(self, frames):
-        from modeling.compat import cache_of
+        from modeling.integration.compat import cache_of
 
         torch = self.torch
         args = self.args
@@ -408,7 +420,7 @@ class Bench:
         for r in range(args.repeats + 1):
             for name in CONFIG_ORDER:
                 cfg = self.configs[name]
-                set_prunevid(self.model, cfg)
+                self.set_prunevid(cfg)
                 emb = pooled["varlen" if cfg.vision_attention == "varlen" else "stock"]
                 # the warm-up round also decodes, so that every decode shape (KV length) has been seen once:
                 # attention kernels plan per shape (~60 ms a new shape on torch 2.11 / H100), timed rounds don't
@@ -435,7 +447,7 @@ class Bench:
         for _ in range(2):
             for name in CONFIG_ORDER:
                 cfg = self.configs[name]
-                set_prunevid(self.model, cfg)
+                self.set_prunevid(cfg)
                 emb = pooled["varlen" if cfg.vision_attention == "varlen" else "stock"]
                 _, steps, out, _, _ = self.generate(text, DECODE_TOKENS + 1, mm_encoder_outputs=encoder_outputs(emb))
                 del out
@@ -451,12 +463,12 @@ class Bench:
         e2e_repeats = args.repeats if frames < 256 else max(2, args.repeats - 1)
         for r in range(e2e_repeats + 1):
             for name in E2E_CONFIGS:
-                set_prunevid(self.model, self.configs[name])
+                self.set_prunevid(self.configs[name])
                 ttft, _, out, peak, timers = self.generate(inputs, 1)
                 del out
                 if r:
                     e2e[name].append({"ttft_s": ttft, "vision_s": (timers.get("vision") or [None])[0], "peak_bytes": peak})
-        set_prunevid(self.model, self.configs["stock"])
+        self.set_prunevid(self.configs["stock"])
 
         for name in CONFIG_ORDER:
             c = rec["configs"].setdefault(name, {})
@@ -472,7 +484,7 @@ class Bench:
             )
             c["peak_GiB_prefill"] = _gib(max((x["peak_bytes"] or 0) for x in rs)) if self.device.type == "cuda" else None
             c["kv_cache_bytes"] = rs[-1]["kv_bytes"]
-            c["stats"] = _stats_summary(rs[-1]["stats"], n_visual)
+            c["stats"] = _stats_summary(rs[-1]["stats"])
             c["runs"] = [{k: v for k, v in x.items() if k != "stats"} for x in rs]
             vision = rec["vision_varlen_s"] if self.configs[name].vision_attention == "varlen" else rec["vision_stock_s"]
             c["vision_s"] = vision
@@ -504,43 +516,43 @@ class Bench:
         return rec
 
     def profile_stage1(self, text, pooled):
-        """One paper prefill with Stage 1 under cProfile and torch.profiler: where its time goes."""
+        """One paper prefill with Stage 1 under cProfile and torch.profiler: where its time goes (a technique that
+        profiles `before_language_model`, set through `model.prunevid`)."""
         import cProfile
         import io
         import pstats
 
-        from modeling.integration import PruneVidController
+        from modeling import PruneVidController
 
         torch = self.torch
-        set_prunevid(self.model, self.configs["paper"])
-        original = PruneVidController.before_language_model
         report = {}
+        bench = self
 
-        def profiled(*args, **kwargs):
-            activities = [torch.profiler.ProfilerActivity.CPU]
-            if self.device.type == "cuda":
-                activities.append(torch.profiler.ProfilerActivity.CUDA)
-            prof = cProfile.Profile()
-            with torch.profiler.profile(activities=activities) as tprof:
-                prof.enable()
-                result = original(*args, **kwargs)
-                self.clock.sync()
-                prof.disable()
-            buf = io.StringIO()
-            pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats("modeling", 30)
-            report["cprofile"] = buf.getvalue()
-            events = tprof.key_averages()
-            report["torch_ops"] = events.table(sort_by="cpu_time_total", row_limit=30)
-            report["host_syncs"] = sum(e.count for e in events if e.key in ("aten::_local_scalar_dense", "aten::item"))
-            report["ops"] = sum(e.count for e in events if e.key.startswith("aten::"))
-            return result
+        class Profiled(PruneVidController):
+            name = "prunevid (profiled)"
 
-        PruneVidController.before_language_model = profiled
-        try:
+            def before_language_model(self, *args, **kwargs):
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if bench.device.type == "cuda":
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                prof = cProfile.Profile()
+                with torch.profiler.profile(activities=activities) as tprof:
+                    prof.enable()
+                    result = super().before_language_model(*args, **kwargs)
+                    bench.clock.sync()
+                    prof.disable()
+                buf = io.StringIO()
+                pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats("modeling", 30)
+                report["cprofile"] = buf.getvalue()
+                events = tprof.key_averages()
+                report["torch_ops"] = events.table(sort_by="cpu_time_total", row_limit=30)
+                report["host_syncs"] = sum(e.count for e in events if e.key in ("aten::_local_scalar_dense", "aten::item"))
+                report["ops"] = sum(e.count for e in events if e.key.startswith("aten::"))
+                return result
+
+        with self.model.prunevid_override(Profiled(self.configs["paper"])):
             _, _, out, _, _ = self.generate(text, 1, mm_encoder_outputs=encoder_outputs(pooled))
             del out
-        finally:
-            PruneVidController.before_language_model = original
         summary = {k: report.get(k) for k in ("host_syncs", "ops")}
         self.results["stage1_profile"] = summary
         (self.out / "stage1_profile.txt").write_text(
@@ -557,7 +569,7 @@ class Bench:
     # ------------------------------------------------------------------ concurrency
     def fits(self, cfg_name, inputs, pooled, batch):
         torch = self.torch
-        set_prunevid(self.model, self.configs[cfg_name])
+        self.set_prunevid(self.configs[cfg_name])
         text = text_inputs(inputs, batch)
         ok, peak, seconds = False, None, None
         try:
@@ -636,7 +648,7 @@ class Bench:
         if self.args.quick:
             res["note"] = "quick mode: a pretend card of 3 videos; the numbers mean nothing"
         self.results["concurrency"] = res
-        set_prunevid(self.model, self.configs["stock"])
+        self.set_prunevid(self.configs["stock"])
         self.free()
         return res
 
@@ -703,10 +715,11 @@ def _json_default(obj):
     return str(obj)
 
 
-def _stats_summary(stats, n_visual):
-    if not stats:
-        return {"visual_tokens": n_visual, "after_stage1": n_visual, "after_stage2": n_visual, "kv_cache_tokens": None}
-    return {k: stats.get(k) for k in ("visual_tokens", "after_stage1", "after_stage2", "kv_cache_tokens", "static_ratio", "pruning_layer")}
+def _stats_summary(stats):
+    """The first batch row's `PruneVidStats` (every row of the bench's batches is the same video)."""
+    keys = ("visual_tokens", "after_stage1", "after_stage2", "kv_cache_tokens", "static_ratio", "pruning_layer", "retention")
+    row = stats[0].to_dict()
+    return {k: row[k] for k in keys}
 
 
 def targets(results):
@@ -745,7 +758,7 @@ def markdown(results):
         "LLM prefill = the prefill forward given the vision tower's output (embedding, 3-D positions, Stage 1, the "
         "LLM's layers with Stage 2/3, last-token logits). TTFT = from pixels to the first token (measured end to end for "
         "stock / paper / paper_varlen; tower + prefill call for the others). PV overhead = Stage 1 "
-        "(`before_language_model`) + Stage 2 scoring (`_select`).",
+        "(`before_language_model`) + Stage 2 scoring (`select`).",
         "",
         "## Targets (64 frames unless named)",
         "",

@@ -1,9 +1,9 @@
 """Train the small Qwen2.5-VL of `modeling.demo` on the moving-shapes benchmark (GPU; seeded; resumable).
 
-    python tools/train_demo_model.py --minutes 9 --out OUT [--resume OUT/state.pt | modeling/assets/demo_model.safetensors]
+    python tools/train_demo_model.py --minutes 9 --out OUT [--resume OUT/state.pt | modeling/demo/assets/demo_model.safetensors]
 
 Every sample goes through the released input path minus the file: the item's frames (uint8, `modeling.eval.
-benchmark.render`) and the chat template go through the real Qwen2.5-VL processor (`modeling.offline.build_processor`,
+benchmark.render`) and the chat template go through the real Qwen2.5-VL processor (`modeling.demo.offline.build_processor`,
 fps 2 so `second_per_grid_ts` is the evaluation's), with the answer letter and `<|im_end|>` appended; the loss is on
 those two tokens, plus an auxiliary perception loss during training only: a linear head on the vision features the
 LLM receives predicts each video token's shape colour and motion (`benchmark.token_labels`); the head is discarded,
@@ -108,7 +108,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.start = start
 
     def __iter__(self):
-        from modeling.offline import build_processor
+        from modeling.demo.offline import build_processor
 
         torch.set_num_threads(1)
         info = torch.utils.data.get_worker_info()
@@ -222,7 +222,7 @@ def main() -> None:
 
     from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
     from modeling.demo import EMBED_KEY, demo_config, export_asset
-    from modeling.offline import build_processor
+    from modeling.demo.offline import build_processor
 
     args.out.mkdir(parents=True, exist_ok=True)
     log_file = open(args.out / "train.log", "a")

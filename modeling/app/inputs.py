@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
+from .options import MediaOptions
+
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Media",
+    "MediaOptions",
     "MediaError",
     "MediaNotFoundError",
     "build_messages",
@@ -91,89 +95,40 @@ def build_messages(
     question: str,
     videos: str | os.PathLike | Sequence[str | os.PathLike] = (),
     images: str | os.PathLike | Sequence[str | os.PathLike] = (),
-    fps: float | None = None,
-    max_frames: int | None = None,
-    max_pixels: int | None = None,
-    min_pixels: int | None = None,
-    *,
-    nframes: int | None = None,
-    total_pixels: int | None = None,
+    options: MediaOptions | None = None,
 ) -> Conversation:
     """A one-turn conversation in the format qwen-vl-utils and the chat template expect.
 
-    The user turn holds the videos, then the images, then the question. Options left at `None` are omitted, so
-    qwen-vl-utils' defaults apply (2 fps, 4 to 768 frames, 128 to 768 tokens per frame pair, and a total budget).
+    The user turn holds the videos, then the images, then the question. Each video and image item carries the
+    sampling and size `options` that are set ([`MediaOptions`]); qwen-vl-utils' defaults apply to the rest.
 
     Args:
         question: The text of the turn (not empty).
         videos: Local video paths or URLs; a single path may be given as it is.
         images: Local image paths, URLs or `data:image/...;base64,` URIs; a single one may be given as it is.
-        fps: Frames per second to sample from each video, finite and > 0 (mutually exclusive with `nframes`).
-        max_frames: Upper bound on the frames sampled from each video (with `fps` sampling), >= 2: frames are
-            sampled in pairs (one temporal patch).
-        max_pixels: Upper bound on the pixels of each video frame and each image, >= 784 (one 28x28 token);
-            qwen-vl-utils resizes to multiples of 28, keeping the aspect ratio.
-        min_pixels: Lower bound on the pixels of each video frame and each image, >= 1 and <= `max_pixels`.
-        nframes: Exact number of frames to sample from each video (rounded to an even number), >= 2.
-        total_pixels: Pixel budget of each video over all its frames, >= 784.
+        options: How videos and images are sampled and sized (default: qwen-vl-utils' defaults).
 
     Returns:
         `[{"role": "user", "content": [...]}]`, with items such as
         `{"type": "video", "video": "/path/clip.mp4", "fps": 4.0, "max_pixels": 12544}`.
 
     Raises:
-        ValueError: An empty question or an option out of range, naming the option.
+        ValueError: An empty question.
+        TypeError: `options` that is not a `MediaOptions`, or media that are not paths.
     """
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"the question must be a non-empty string, got {question!r}")
-    if fps is not None and nframes is not None:
-        raise ValueError("Pass either `fps` or `nframes`, not both.")
-    check_sampling(fps=fps, max_frames=max_frames, max_pixels=max_pixels, min_pixels=min_pixels, nframes=nframes,
-                   total_pixels=total_pixels)  # fmt: skip
-    pixels = {"min_pixels": min_pixels, "max_pixels": max_pixels}
-    video_options = {"fps": fps, "nframes": nframes, "max_frames": max_frames, "total_pixels": total_pixels, **pixels}
+    if options is None:
+        options = MediaOptions()
+    elif not isinstance(options, MediaOptions):
+        raise TypeError(f"options must be a MediaOptions, got {type(options).__name__}")
     content: list[dict[str, Any]] = []
     for video in _as_list(videos, "videos"):
-        item = {"type": "video", "video": str(video)}
-        content.append(item | {key: value for key, value in video_options.items() if value is not None})
+        content.append({"type": "video", "video": str(video), **options.video_item()})
     for image in _as_list(images, "images"):
-        item = {"type": "image", "image": str(image)}
-        content.append(item | {key: value for key, value in pixels.items() if value is not None})
+        content.append({"type": "image", "image": str(image), **options.image_item()})
     content.append({"type": "text", "text": question})
     return [{"role": "user", "content": content}]
-
-
-#: (name, smallest allowed value, what it is) of the integer sampling options.
-_INT_OPTIONS = {
-    "max_frames": (2, "frames are sampled in pairs, one temporal patch"),
-    "nframes": (2, "frames are sampled in pairs, one temporal patch"),
-    "max_pixels": (28 * 28, "one 28x28-pixel token"),
-    "min_pixels": (1, "a pixel"),
-    "total_pixels": (28 * 28, "one 28x28-pixel token"),
-}
-#: Largest integer option accepted (far beyond any real frame count or pixel budget).
-MAX_OPTION = 2**31 - 1
-
-
-def check_sampling(**options: Any) -> None:
-    """Raise a `ValueError` naming the first out-of-range sampling option (`None` means the default).
-
-    `fps` must be a finite number > 0; `max_frames` and `nframes` integers >= 2; `max_pixels` and `total_pixels`
-    >= 784; `min_pixels` >= 1 and <= `max_pixels`; every integer <= 2**31 - 1.
-    """
-    fps = options.get("fps")
-    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps)
-                            or fps <= 0):  # fmt: skip
-        raise ValueError(f"fps={fps!r} is out of range: allowed a finite number > 0")
-    for name, (low, why) in _INT_OPTIONS.items():
-        value = options.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_OPTION:
-            raise ValueError(f"{name}={value!r} is out of range: allowed integers {low}..{MAX_OPTION} ({why})")
-    low, high = options.get("min_pixels"), options.get("max_pixels")
-    if low is not None and high is not None and low > high:
-        raise ValueError(f"min_pixels={low} is larger than max_pixels={high}")
 
 
 def _as_list(media: Any, name: str) -> list[Any]:
@@ -471,7 +426,7 @@ def prepare_inputs(
     taken from the processor: 14 for Qwen2.5-VL), then runs the processor with padding (left, from the tokenizer).
 
     Args:
-        processor: A Qwen2.5-VL processor (e.g. [`modeling.offline.build_processor`] or `AutoProcessor`).
+        processor: A Qwen2.5-VL processor (e.g. [`modeling.demo.offline.build_processor`] or `AutoProcessor`).
         messages: A conversation (list of message dicts, see [`build_messages`]) or a list of conversations. A
             conversation may hold several videos and images; the conversations of a batch may differ in media.
         return_video_kwargs: Tell the processor that the frames are already sampled (`do_sample_frames=False`, as

@@ -24,9 +24,13 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+
+if TYPE_CHECKING:
+    from ..integration.stats import PruneVidStats
 
 
 __all__ = [
@@ -129,7 +133,7 @@ def video_grid(grid_thw: Sequence[int], merge_size: int = 2) -> tuple[int, int, 
 def render_fates(
     frames: np.ndarray,
     fates: dict[str, Any] | None,
-    stats: dict[str, Any] | None,
+    stats: PruneVidStats | None,
     out_path: str | os.PathLike,
     *,
     title: str = "PruneVid",
@@ -143,7 +147,7 @@ def render_fates(
             (one per temporal patch); H and W are multiples of 28 (one LLM token = 28x28 pixels).
         fates: One entry of `model.prunevid_video_fates()`: `grid` (t, h, w), `segments`, and `[t, h*w]` bool
             tensors `static`, `kept`, `carrier`. None (PruneVid off) draws every token as kept.
-        stats: `model.prunevid_stats` (or the stock numbers), for the header; None leaves the counts out.
+        stats: The video's row of `model.prunevid_stats`, for the header; None leaves the counts out.
         out_path: File to write; its extension picks the format: `.png`, `.svg` or `.pdf`.
         title: First line of the header.
         seconds_per_patch: Seconds per temporal patch (`second_per_grid_ts`), to label the panels with times.
@@ -178,7 +182,7 @@ def _format(out_path: str | os.PathLike) -> str:
 def _fates_figure(
     frames: np.ndarray,
     fates: dict[str, Any] | None,
-    stats: dict[str, Any] | None,
+    stats: PruneVidStats | None,
     *,
     title: str,
     seconds_per_patch: float | None,
@@ -255,8 +259,8 @@ def _fates_figure(
 
 
 def render_budget_chart(
-    stock_stats: dict[str, Any],
-    prunevid_stats: dict[str, Any],
+    stock_stats: PruneVidStats,
+    prunevid_stats: PruneVidStats,
     out_path: str | os.PathLike,
     *,
     labels: tuple[str, str] = ("stock", "PruneVid"),
@@ -264,7 +268,7 @@ def render_budget_chart(
     """Bar chart of the tokens per stage, the stock model beside PruneVid; saved as an 800x450 picture.
 
     Args:
-        stock_stats, prunevid_stats: Dicts with `visual_tokens`, `after_stage1`, `after_stage2`, `kv_cache_tokens`.
+        stock_stats, prunevid_stats: The runs' `PruneVidStats` (one batch row each).
         out_path: File to write (`.png`, `.svg` or `.pdf`).
         labels: Legend names of the two runs.
     """
@@ -280,7 +284,7 @@ def render_budget_chart(
     x = np.arange(len(keys))
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=_DPI)
     for offset, stats, label, colour in ((-0.2, stock_stats, labels[0], "#868e96"), (0.2, prunevid_stats, labels[1], "#1c7ed6")):
-        values = [_total(stats.get(k)) for k in keys]
+        values = [getattr(stats, k) for k in keys]
         bars = ax.bar(x + offset, values, width=0.4, label=label, color=colour)
         ax.bar_label(bars, fontsize=8, padding=2)
     ax.set_xticks(x, names, fontsize=9)
@@ -328,28 +332,22 @@ def _tinted(frame: np.ndarray, static: np.ndarray, kept: np.ndarray, layout: Fat
     return out.clip(0, 1)
 
 
-def _header(fig, layout: FatesLayout, title: str, stats: dict[str, Any] | None, grid, segments) -> None:
+def _header(fig, layout: FatesLayout, title: str, stats: PruneVidStats | None, grid, segments) -> None:
     t, gh, gw = grid
     fig.text(_fx(layout, _MARGIN), _fy(layout, 8), title, fontsize=11, weight="bold", va="top")
-    if stats:
-        layer = stats.get("pruning_layer")
+    if stats is not None:
+        layer = stats.pruning_layer
         counts = (
-            f"visual tokens {_total(stats['visual_tokens'])}  →  after Stage 1 (merging) {_total(stats['after_stage1'])}"
+            f"visual tokens {stats.visual_tokens}  →  after Stage 1 (merging) {stats.after_stage1}"
             f"  →  after Stage 2 (selection{'' if layer is None else f' at layer {layer}'}) "
-            f"{_total(stats['after_stage2'])}   |   KV cache {_total(stats['kv_cache_tokens'])} prompt tokens"
+            f"{stats.after_stage2}   |   KV cache {stats.kv_cache_tokens} prompt tokens"
         )
         fig.text(_fx(layout, _MARGIN), _fy(layout, 30), counts, fontsize=8.5, va="top")
-    ratio = stats.get("static_ratio") if stats else None
     spans = "  ".join(f"S{k + 1}=[{s},{e})" for k, (s, e) in enumerate(segments))
     detail = f"grid {t}×{gh}×{gw} tokens (28×28 px, 2 frames per patch)   |   segments (patches): {spans}"
-    if isinstance(ratio, (int, float)):
-        detail += f"   |   static {ratio:.0%}"
+    if stats is not None:
+        detail += f"   |   static {stats.static_ratio:.0%}"
     fig.text(_fx(layout, _MARGIN), _fy(layout, 48), detail, fontsize=8.5, va="top", color="#495057")
-
-
-def _total(value: Any) -> int:
-    """A count, summed over samples when batched."""
-    return int(sum(value)) if isinstance(value, (list, tuple)) else int(value or 0)
 
 
 def _fx(layout: FatesLayout, px: float) -> float:

@@ -2,10 +2,10 @@
 
 No released Qwen2.5-VL weights can be downloaded where this project is built, so the offline demo, the accuracy
 table and the lmms-eval tests use a model with the real Qwen2.5-VL architecture scaled down (`demo_config`), the
-real tokenizer and processor (`modeling.offline`), trained from scratch by `tools/train_demo_model.py` (its log is
-`modeling/assets/demo_model.log`).
+real tokenizer and processor (`modeling.demo.offline`), trained from scratch by `tools/train_demo_model.py` (its log is
+`modeling/demo/assets/demo_model.log`).
 
-The weights ship compactly as `modeling/assets/demo_model.safetensors`: every tensor but the embedding in float16,
+The weights ship compactly as `modeling/demo/assets/demo_model.safetensors`: every tensor but the embedding in float16,
 and only the embedding rows of the tokens the task uses (`embed_ids` / `embed_rows`); the other rows are zero, as
 they were throughout training (tied embeddings: a zero row is a zero logit, so the model learned to score its
 answers above every unused token). On first use, `checkpoint_path()` expands that into a standard checkpoint folder
@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ASSET", "checkpoint_path", "demo_config", "export_asset", "load_asset"]
+__all__ = ["ASSET", "DEMO_ARCHITECTURE", "EMBED_KEY", "cache_dir", "checkpoint_path", "demo_config", "export_asset",
+           "load_asset", "quiet_progress"]  # fmt: skip
 
-ASSET = Path(__file__).resolve().parent.parent / "assets" / "demo_model.safetensors"
+ASSET = Path(__file__).resolve().parent / "assets" / "demo_model.safetensors"
 EMBED_KEY = "model.language_model.embed_tokens.weight"
 
 #: The scaled-down architecture: vision depth 4 (full attention in blocks 1 and 3, windowed elsewhere, as the
@@ -50,7 +51,7 @@ DEMO_ARCHITECTURE: dict[str, Any] = {
 
 def demo_config():
     """The `Qwen2_5_VLConfig` of the demo model (real token ids, patching and rotary layout; small widths)."""
-    from ..offline import tiny_config
+    from .offline import tiny_config
 
     return tiny_config(**DEMO_ARCHITECTURE)
 
@@ -93,6 +94,16 @@ def load_asset(path: str | os.PathLike = ASSET) -> tuple[dict[str, torch.Tensor]
     return state, metadata
 
 
+def cache_dir() -> Path:
+    """Where the demo checkpoint and generated clips are written: `$QWEN_PRUNEVID_CACHE`, else
+    `$XDG_CACHE_HOME/qwen-prunevid`, else `~/.cache/qwen-prunevid`."""
+    explicit = os.environ.get("QWEN_PRUNEVID_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "qwen-prunevid"
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -100,12 +111,9 @@ def _digest(path: Path) -> str:
 def checkpoint_path(cache: str | os.PathLike | None = None, asset: str | os.PathLike = ASSET) -> Path:
     """A standard Qwen2.5-VL checkpoint folder of the demo model, written from the asset on first use.
 
-    The folder is `<cache>/demo-model-<digest of the asset>` (default cache: `modeling.eval.benchmark.cache_dir()`,
-    i.e. `$QWEN_PRUNEVID_CACHE` or `~/.cache/qwen-prunevid`); it is built in a temporary folder and renamed into
-    place, so an interrupted first use never leaves half a checkpoint.
+    The folder is `<cache>/demo-model-<digest of the asset>` (default cache: `cache_dir()`); it is built in a
+    temporary folder and renamed into place, so an interrupted first use never leaves half a checkpoint.
     """
-    from ..eval.benchmark import cache_dir
-
     asset = Path(asset)
     root = Path(cache) if cache is not None else cache_dir()
     target = root / f"demo-model-{_digest(asset)}"
@@ -130,7 +138,7 @@ def _write_checkpoint(folder: Path, asset: Path) -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
-    from ..offline import build_processor
+    from .offline import build_processor
 
     state, metadata = load_asset(asset)
     config = demo_config()

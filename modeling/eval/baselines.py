@@ -1,8 +1,9 @@
 """What PruneVid is compared against in the accuracy table (`python -m modeling.eval`).
 
-Each baseline is one small controller that replaces one step of `PruneVidController` (kvpress style: one object per
-technique), so every baseline runs through the same glue: kept tokens keep the 3-D positions they have in the
-unpruned model, the sequence is re-packed, and the cache holds only what entered the LLM.
+Each baseline is a technique: a `PruneVidController` subclass that overrides one of its documented steps (kvpress
+style: one object per technique), set with `model.prunevid = technique` or `with model.prunevid_override(technique)`.
+Every baseline thus runs through the same glue: kept tokens keep the 3-D positions they have in the unpruned model,
+the sequence is re-packed, the cache holds only what entered the LLM, and `model.prunevid_stats` names it.
 
 * `TokenDrop("random")`: keep a seeded random subset of each video's tokens before the LLM.
 * `TokenDrop("evs")`: Efficient Video Sampling as production engines run it: drop the tokens that changed least
@@ -17,41 +18,33 @@ Budgets are set per video through `budget` (a token count, or a share of the vid
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from ..integration import PruneVidController
+from ..integration.controller import PruneVidController
 from ..prunevid.config import PruneVidConfig
 from ..prunevid.merge import MergeResult
 
 
-__all__ = ["SystemPromptQuery", "TokenDrop", "attach"]
-
-
-def attach(model: Any, controller: PruneVidController) -> None:
-    """Put `controller` where `model.prunevid = config` puts its own (both hooks of the vendored file)."""
-    model.model._prunevid = controller
-    model.model.language_model._prunevid = controller
+__all__ = ["SystemPromptQuery", "TokenDrop"]
 
 
 class TokenDrop(PruneVidController):
-    """Pre-LLM token dropping at a budget (no merging, no selection inside the LLM).
+    """Pre-LLM token dropping at a budget (no merging, no selection inside the LLM): overrides `merge`.
 
     Args:
-        model_config: The model's `Qwen2_5_VLConfig`.
-        method: `"random"` or `"evs"`.
+        method: `"random"` or `"evs"`; also the technique's `name` in the stats.
         budget: Tokens to keep per video: an int, or a float share in (0, 1]; may be changed between calls.
         seed: Seed of the random choice (the same seed and budget keep the same tokens).
     """
 
     METHODS = ("random", "evs")
 
-    def __init__(self, model_config: Any, method: str, budget: int | float = 1.0, seed: int = 0) -> None:
+    def __init__(self, method: str, budget: int | float = 1.0, seed: int = 0) -> None:
         if method not in self.METHODS:
             raise ValueError(f"unknown token-dropping method {method!r}; choose one of {self.METHODS}")
-        super().__init__(PruneVidConfig.stage1_only(), model_config)
+        super().__init__(PruneVidConfig.stage1_only())  # Stage 1's place before the LLM, nothing inside it
         self.method, self.budget, self.seed = method, budget, seed
+        self.name = method
 
     def _count(self, n: int) -> int:
         budget = self.budget
@@ -88,12 +81,16 @@ class TokenDrop(PruneVidController):
 
 
 class SystemPromptQuery(PruneVidController):
-    """PruneVid with Stage 2 scored by the tokens *before* the first video (system prompt and chat header)."""
+    """PruneVid with Stage 2 scored by the tokens *before* the first video (system prompt and chat header): overrides
+    `query_mask`.
 
-    def __init__(self, model_config: Any, config: PruneVidConfig | None = None) -> None:
-        super().__init__(config or PruneVidConfig.paper(), model_config)
+    Args:
+        config: The PruneVid settings (default: the paper's).
+    """
 
-    def _query_mask(self, origin, mask, is_video, is_image) -> torch.Tensor:
+    name = "system_prompt_query"
+
+    def query_mask(self, origin, mask, is_video, is_image) -> torch.Tensor:
         valid = mask.bool()
         tok_video = is_video.gather(1, origin.clamp(min=0)) & valid
         positions = torch.arange(origin.shape[1], device=origin.device)

@@ -16,7 +16,7 @@ the option's letter from the given choices directly.") and come in five kinds:
 
 Items are deterministic functions of `(split, index)`: the seeds of the `train`, `val` and `test` splits are disjoint,
 so the held-out `test` split is never seen in training. Clips are 224x224 (8x8 LLM tokens per temporal patch of
-Qwen2.5-VL) with 16, 24 or 32 frames at 2 fps, i.e. 512-1,024 visual tokens; `VIDEO_KWARGS` makes qwen-vl-utils
+Qwen2.5-VL) with 16, 24 or 32 frames at 2 fps, i.e. 512-1,024 visual tokens; `MEDIA` makes qwen-vl-utils
 deliver them to the model at exactly that size and frame count.
 """
 
@@ -29,6 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..app.options import MediaOptions
+from ..demo import cache_dir
+from ..demo.clips import write_video
+
 
 __all__ = [
     "COLOURS",
@@ -39,10 +43,9 @@ __all__ = [
     "POSITIONS",
     "SHAPES",
     "SIZE",
-    "VIDEO_KWARGS",
+    "MEDIA",
     "Item",
     "Shape",
-    "cache_dir",
     "load_split",
     "make_item",
     "render",
@@ -65,7 +68,8 @@ POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 SPLIT_SEEDS = {"train": 101, "val": 202, "test": 303}
 SPLIT_SIZES = {"val": 300, "test": 600}  # `train` is unbounded
 #: qwen-vl-utils video settings that deliver the clip unresized, every frame (see the module docstring).
-VIDEO_KWARGS: dict[str, float | int] = {"min_pixels": SIZE * SIZE, "max_pixels": SIZE * SIZE, "fps": FPS}
+#: How the clips are read: every frame (2 fps), at exactly their size.
+MEDIA = MediaOptions(fps=FPS, min_pixels=SIZE * SIZE, max_pixels=SIZE * SIZE)
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCD"
 
@@ -131,7 +135,6 @@ class Item:
         """The clip as an mp4 file (H.264, `FPS`), written on first use under `cache` (default: `cache_dir()`).
 
         The file name carries a digest of the item, so a changed generator never reuses a stale file."""
-        from ..clips import write_video
 
         folder = Path(cache) if cache is not None else cache_dir() / "clips"
         path = folder / f"{self.id}-{self.digest()}.mp4"
@@ -144,16 +147,6 @@ class Item:
 
     def digest(self) -> str:
         return hashlib.sha256(repr((self.kind, self.frames, self.scenes, self.cut, self.backgrounds)).encode()).hexdigest()[:10]
-
-
-def cache_dir() -> Path:
-    """Where generated clips and the demo checkpoint are written: `$QWEN_PRUNEVID_CACHE`, else
-    `$XDG_CACHE_HOME/qwen-prunevid`, else `~/.cache/qwen-prunevid`."""
-    explicit = os.environ.get("QWEN_PRUNEVID_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "qwen-prunevid"
 
 
 # ------------------------------------------------------------------------------------------------ rendering

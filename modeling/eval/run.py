@@ -3,12 +3,12 @@
     python -m modeling.eval --configs stock,paper,random --limit 150 --json OUT.json
 
 Every question goes through the released model's input path (the clip as an mp4 file, read with decord at the
-benchmark's `VIDEO_KWARGS`, the chat template, the processor) into `Qwen2_5_VLPruneVid` loaded with
+benchmark's `MEDIA` options, the chat template, the processor) into `Qwen2_5_VLPruneVid` loaded with
 `from_pretrained` from a checkpoint folder (default: the trained demo model, `modeling.demo.checkpoint_path()`), and
 is answered by greedy `generate`; the answer is correct when its first letter is the option's letter.
 
-Retention is what stays for decoding: visual tokens held in the KV cache after the prefill / visual tokens of the
-unpruned input. The baselines run at the paper preset's achieved retention, per question: the same number of visual
+Retention is `PruneVidStats.retention`, what stays for decoding: visual tokens held in the KV cache after the prefill
+/ visual tokens of the unpruned input (for fewer frames: of the input with every frame). The baselines run at the paper preset's achieved retention, per question: the same number of visual
 tokens as `paper` kept for that question (random and EVS dropping), or the even frame count closest to the same share
 of frames (uniform temporal downsampling, `nframes`).
 """
@@ -91,7 +91,7 @@ class Evaluation:
         import torch
         from transformers import AutoProcessor
 
-        from ..model import Qwen2_5_VLPruneVid
+        from ..integration.model import Qwen2_5_VLPruneVid
         from ..prunevid.config import PruneVidConfig
 
         model = Qwen2_5_VLPruneVid.from_pretrained(path, prunevid=PruneVidConfig.disabled(), dtype=torch.float32)
@@ -100,14 +100,11 @@ class Evaluation:
     # ------------------------------------------------------------------------------------------------ inputs
     def inputs(self, item: Any, nframes: int | None = None) -> dict:
         """Model inputs of `item`: mp4 -> decord -> chat template -> processor (`nframes`: uniform downsampling)."""
-        from ..inputs import build_messages, prepare_inputs
-        from .benchmark import VIDEO_KWARGS
+        from ..app.inputs import build_messages, prepare_inputs
+        from .benchmark import MEDIA
 
-        video_kwargs = dict(VIDEO_KWARGS)
-        if nframes is not None:
-            video_kwargs.pop("fps")
-        messages = build_messages(item.question, videos=[str(item.video_path(self.clip_cache))], nframes=nframes,
-                                  **video_kwargs)  # fmt: skip
+        options = MEDIA if nframes is None else MEDIA.replace(fps=None, nframes=nframes)
+        messages = build_messages(item.question, videos=[str(item.video_path(self.clip_cache))], options=options)
         return dict(prepare_inputs(self.processor, messages))
 
     # ------------------------------------------------------------------------------------------------ running
@@ -115,8 +112,6 @@ class Evaluation:
         """Every config on every item. Items are the outer loop, so one item's inputs are in memory at a time
         (decoded once, shared by the configs); `paper` runs before the baselines that use its budget."""
         from tqdm.auto import tqdm
-
-        from ..prunevid.config import PruneVidConfig
 
         unknown = [c for c in configs if c not in CONFIGS]
         if unknown:
@@ -132,49 +127,44 @@ class Evaluation:
             for name in order:
                 done[name] = self._run_one(name, item, full, done.get("paper"))
                 outcomes[name].append(done[name])
-        self.model.prunevid = PruneVidConfig.disabled()
         return outcomes
 
-    def _run_one(self, name: str, item: Any, full: dict, paper: Outcome | None) -> Outcome:
+    def technique(self, name: str, paper: Outcome | None = None) -> Any:
+        """What `model.prunevid` is set to for config `name`: a `PruneVidConfig`, or a technique (a
+        `PruneVidController`) for the baselines; `paper` is this question's `paper` outcome (the budget)."""
         from ..prunevid.config import PruneVidConfig
-        from .baselines import SystemPromptQuery, TokenDrop, attach
+        from .baselines import SystemPromptQuery, TokenDrop
 
-        model = self.model
-        inputs = full
         if name in ("random", "evs"):
-            model.prunevid = PruneVidConfig.stage1_only()
-            attach(model, TokenDrop(model.config, name, budget=max(1, paper.kept_visual_tokens), seed=0))
-        elif name == "uniform_frames":
-            model.prunevid = PruneVidConfig.disabled()
+            return TokenDrop(name, budget=max(1, paper.kept_visual_tokens), seed=0)
+        if name == "paper_sysprompt":
+            return SystemPromptQuery(PruneVidConfig.paper())
+        if name in ("stock", "uniform_frames"):
+            return PruneVidConfig.disabled()
+        if name == "paper_ceil":
+            return PruneVidConfig.paper(keep_rounding="ceil")
+        return PruneVidConfig.preset(name)
+
+    def _run_one(self, name: str, item: Any, full: dict, paper: Outcome | None) -> Outcome:
+        inputs = full
+        if name == "uniform_frames":
             share = paper.kept_visual_tokens / paper.visual_tokens
             inputs = self.inputs(item, nframes=max(2, 2 * round(item.frames * share / 2)))
-        elif name == "paper_sysprompt":
-            model.prunevid = PruneVidConfig.paper()
-            attach(model, SystemPromptQuery(model.config))
-        elif name == "stock":
-            model.prunevid = PruneVidConfig.disabled()
-        elif name == "paper_ceil":
-            model.prunevid = PruneVidConfig.paper(keep_rounding="ceil")
-        else:
-            model.prunevid = PruneVidConfig.preset(name)
-        return self._answer(item, inputs, full)
+        with self.model.prunevid_override(self.technique(name, paper)):
+            return self._answer(item, inputs, full)
 
     def _answer(self, item: Any, inputs: dict, full: dict) -> Outcome:
         import torch
 
-        video_id = self.model.config.video_token_id
         with torch.no_grad():
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         prompt = inputs["input_ids"].shape[1]
         text = self.processor.batch_decode(output[:, prompt:], skip_special_tokens=True)[0].strip()
-        visual_full = int((full["input_ids"] == video_id).sum())
-        visual_in = int((inputs["input_ids"] == video_id).sum())
-        stats = self.model.prunevid_stats
-        if stats is None:
-            kept = visual_in
-        else:
-            kept = int(stats["kv_cache_tokens"]) - (prompt - int(stats["visual_tokens"]))
-        return Outcome(item.id, item.kind, item.answer, text[:1].upper(), visual_full, kept)
+        (stats,) = self.model.prunevid_stats
+        visual = stats.visual_tokens
+        if inputs is not full:  # fewer frames: the budget is a share of the video with every frame
+            visual = int((full["input_ids"] == self.model.config.video_token_id).sum())
+        return Outcome(item.id, item.kind, item.answer, text[:1].upper(), visual, stats.cached_visual_tokens)
 
 
 # ------------------------------------------------------------------------------------------------ reporting

@@ -43,7 +43,7 @@ detect packed sequences) is made non-decreasing.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from transformers.cache_utils import Cache
@@ -55,7 +55,7 @@ from ..prunevid.select import attention_importance, grouped_topk
 from .cache import cut_cache
 from .compat import gather, gather_rotary, layer_masks
 from .state import PrefillState, VideoRecord, grids_from_positions, left_pad, left_pad_like, runs
-from .stats import PruneVidStats, prefill_stats, unpruned_stats, video_fates
+from .stats import PruneVidStats, prefill_stats, video_fates
 
 
 logger = logging.get_logger(__name__)
@@ -73,7 +73,7 @@ class PruneVidController:
     """
 
     #: Names the technique in `PruneVidStats.technique`; a subclass gives its own.
-    name: ClassVar[str] = "prunevid"
+    name: str = "prunevid"
 
     def __init__(self, config: PruneVidConfig | None = None, model_config: Any = None) -> None:
         if config is None:
@@ -84,7 +84,6 @@ class PruneVidController:
         self.model_config: Any = None
         self.layer: int | None = None  # Stage 2's layer M, resolved against the model's depth by `bind`
         self.state: PrefillState | None = None  # the last pruned prefill
-        self._unpruned: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the last prefill left as it was
         self._prefilling = False
         self._continuing: PrefillState | None = None  # set while a forward continues from `state`'s cache
         if model_config is not None:
@@ -106,18 +105,21 @@ class PruneVidController:
         self.model_config = model_config
         return self
 
+    def reset(self) -> None:
+        """Forget the last prefill (its cache can no longer be continued)."""
+        self.state = None
+        self._prefilling, self._continuing = False, None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
 
     # ------------------------------------------------------------------------------------------ results
     def stats(self) -> list[PruneVidStats]:
-        """Token counts of the last prefill, one per batch row (empty before the first)."""
-        if self.state is not None:
-            return prefill_stats(self.state, self.layer if self.state.keep is not None else None, self.name)
-        if self._unpruned is not None:
-            ids, mask = self._unpruned
-            return unpruned_stats(ids, mask, self.video_token_id, self.image_token_id, technique=self.name)
-        return []
+        """Token counts of the last pruned prefill, one per batch row (empty when the last prefill was left as it
+        was, e.g. a text-only prompt: `Qwen2_5_VLPruneVid.prunevid_stats` then gives the unpruned counts)."""
+        if self.state is None:
+            return []
+        return prefill_stats(self.state, self.layer if self.state.keep is not None else None, self.name)
 
     def video_fates(self) -> list[dict[str, Any]]:
         """Per video of the last prefill, what happened to each token (`modeling.integration.stats.video_fates`)."""
@@ -164,12 +166,9 @@ class PruneVidController:
         self._prefilling, self._continuing = False, None
         if past > 0:
             return self._continue(input_ids, inputs_embeds, position_ids, attention_mask, cache)
-        self.state, self._unpruned = None, None
+        self.state = None
         cfg = self.config
-        two_d = isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2
-        unpruned = (input_ids, attention_mask if two_d else None) if input_ids is not None else None
         if not (cfg.enable_stage1 or cfg.enable_stage2):
-            self._unpruned = unpruned
             return inputs_embeds, position_ids, attention_mask
         if input_ids is None:
             logger.warning_once("PruneVid needs `input_ids` to find the video tokens; this call is not pruned.")
@@ -177,7 +176,6 @@ class PruneVidController:
         is_video = input_ids == self.video_token_id
         is_image = input_ids == self.image_token_id
         if not (is_video.any() or (cfg.include_images and cfg.enable_stage2 and is_image.any())):
-            self._unpruned = unpruned
             return inputs_embeds, position_ids, attention_mask  # text only (or images only): untouched
         if position_ids is None:
             raise ValueError(

@@ -3,8 +3,10 @@ patched `Qwen2_5_VLForConditionalGeneration`; with every stage off its forward i
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -14,15 +16,16 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.masking_utils import create_masks_for_generate
 
+from ..modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+from ..prunevid.config import PruneVidConfig
 from .compat import CACHE_KWARG
-from .integration import PruneVidController
-from .modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
-from .prunevid.config import PruneVidConfig
+from .controller import PruneVidController
+from .stats import PruneVidStats, unpruned_stats
 from .vision_attention import vision_attention_for
 
 
 # The `prunevid=` given to `from_pretrained`, read by `__init__` so that the saved settings are never parsed then.
-_EXPLICIT_SETTINGS: contextvars.ContextVar[PruneVidConfig | None] = contextvars.ContextVar(
+_EXPLICIT_SETTINGS: contextvars.ContextVar[PruneVidConfig | PruneVidController | None] = contextvars.ContextVar(
     "prunevid_explicit_settings", default=None
 )
 
@@ -36,7 +39,10 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
     Example:
         >>> model = Qwen2_5_VLPruneVid.from_pretrained(path, prunevid=PruneVidConfig.paper())
         >>> model.generate(**inputs)  # pruned prefill, compressed cache
-        >>> model.prunevid_stats      # tokens per stage of the last prefill
+        >>> model.prunevid_stats      # [PruneVidStats(...)]: tokens per stage of the last prefill, one per row
+
+    Techniques: `model.prunevid` also takes a `PruneVidController` (a subclass that overrides `merge`, `query_mask`
+    or `select`); `with model.prunevid_override(technique): ...` runs one for a block and restores what was set.
 
     Generation: greedy, sampling and beam search, on a dynamic or static cache, and continuing from the returned
     cache (a follow-up turn: `generate(input_ids=ids_so_far_plus_new_turn, cache=cache)`, `past_key_values=cache`
@@ -44,19 +50,23 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
     decoding, prompt lookup and chunked prefill are refused while a pruning stage is on.
     """
 
-    def __init__(self, config, prunevid: PruneVidConfig | dict | None = None) -> None:
+    def __init__(self, config, prunevid: PruneVidConfig | PruneVidController | dict | None = None) -> None:
         super().__init__(config)
         if prunevid is None:
             prunevid = _EXPLICIT_SETTINGS.get() or _saved_settings(config)
+        self._last_prefill: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.register_forward_pre_hook(_note_prefill, with_kwargs=True)
         self.prunevid = prunevid
 
     @classmethod
-    def from_pretrained(cls, *args: Any, prunevid: PruneVidConfig | dict | None = None, **kwargs: Any):
+    def from_pretrained(cls, *args: Any, prunevid: PruneVidConfig | PruneVidController | dict | None = None,
+                        **kwargs: Any):  # fmt: skip
         """`from_pretrained` of the stock class; `prunevid` (if given) replaces the saved/default settings, which
         are then not read at all (a checkpoint whose saved settings this version cannot parse still loads)."""
         if prunevid is None:
             return super().from_pretrained(*args, **kwargs)
-        token = _EXPLICIT_SETTINGS.set(_as_config(prunevid))
+        explicit = prunevid if isinstance(prunevid, PruneVidController) else _as_config(prunevid)
+        token = _EXPLICIT_SETTINGS.set(explicit)
         try:
             return super().from_pretrained(*args, **kwargs)
         finally:
@@ -64,24 +74,59 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
 
     @property
     def prunevid(self) -> PruneVidConfig:
+        """The PruneVid settings in use (those of the technique, when one was set)."""
         return self._prunevid_config
 
     @prunevid.setter
-    def prunevid(self, value: PruneVidConfig | dict) -> None:
-        value = _as_config(value)
-        controller = PruneVidController(value, self.config) if value.is_active else None  # validates the layer
-        self._prunevid_config = value
-        self.config.prunevid = value.to_dict()
+    def prunevid(self, value: PruneVidConfig | PruneVidController | dict) -> None:
+        """Switch PruneVid: settings (a `PruneVidConfig`, or a dict of its fields), or a technique (a
+        `PruneVidController`, e.g. a subclass that overrides `merge`, `query_mask` or `select`). Settings with every
+        stage off (`PruneVidConfig.disabled()`) give the stock model."""
+        if isinstance(value, PruneVidController):
+            controller = value.bind(self.config)  # validates the pruning layer against this model's depth
+            controller.reset()  # its last prefill (if any) is not this model's last one any more
+            config = controller.config
+        else:
+            config = _as_config(value)
+            controller = PruneVidController(config, self.config) if config.is_active else None
+        self._prunevid_config = config
+        self.config.prunevid = config.to_dict()
         self.model._prunevid = controller
         self.model.language_model._prunevid = controller
-        self.model.visual._prunevid_vision = vision_attention_for(value)
+        self.model.visual._prunevid_vision = vision_attention_for(config)
+        self._last_prefill = None  # stats describe a prefill of these settings only
 
     @property
-    def prunevid_stats(self) -> dict[str, Any] | None:
-        """Token counts of the last prefill: `visual_tokens`, `after_stage1`, `after_stage2`, `kv_cache_tokens`,
-        `static_ratio`, `segments`, `pruning_layer` (per-sample lists when batched); None when nothing was pruned."""
+    def prunevid_technique(self) -> PruneVidController | None:
+        """The controller that runs in the forward (None when every stage is off): PruneVid's, or the technique
+        set through `model.prunevid`; its `name` labels the stats."""
+        return self.model._prunevid
+
+    @contextlib.contextmanager
+    def prunevid_override(self, value: PruneVidConfig | PruneVidController | dict) -> Iterator[PruneVidController | None]:
+        """`with model.prunevid_override(technique_or_settings) as controller:` runs the block with them, then puts
+        back the settings and the controller that were in place (even on an error)."""
+        saved = (self._prunevid_config, self.model._prunevid)
+        self.prunevid = value
+        try:
+            yield self.model._prunevid
+        finally:
+            config, controller = saved
+            self.prunevid = controller if controller is not None else config
+
+    @property
+    def prunevid_stats(self) -> list[PruneVidStats]:
+        """Token counts of the last prefill, one `PruneVidStats` per batch row, also when nothing was pruned
+        (PruneVid off, a text-only prompt: every token stays, `technique` says which). Empty before the first
+        prefill under the current settings, or after a forward that had no `input_ids`."""
         controller = self.model._prunevid
-        return controller.stats() if controller is not None else None
+        if controller is not None and controller.state is not None:
+            return controller.stats()
+        if self._last_prefill is None:
+            return []
+        input_ids, attention_mask = self._last_prefill
+        return unpruned_stats(input_ids, attention_mask, self.config.video_token_id, self.config.image_token_id,
+                              technique=controller.name if controller is not None else "off")  # fmt: skip
 
     def prunevid_video_fates(self) -> list[dict[str, Any]]:
         """Per video of the last prefill: which tokens were merged as static, kept, or dropped (see
@@ -169,6 +214,21 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
                 "PruneVid prunes the whole prompt in one prefill, so `prefill_chunk_size` is not supported while a "
                 "pruning stage is on."
             )
+
+
+def _note_prefill(model: "Qwen2_5_VLPruneVid", args: tuple, kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook: keep the `input_ids` and 2-D `attention_mask` of a forward that starts from an empty cache
+    (a prefill), by reference, for `prunevid_stats`. Reads nothing from the device and does nothing while compiled,
+    so the stock forward's outputs and compiled graphs are untouched."""
+    if torch.compiler.is_compiling():
+        return
+    cache = kwargs.get(CACHE_KWARG, kwargs.get("past_key_values"))
+    if cache is not None and cache.get_seq_length() != 0:
+        return
+    input_ids = kwargs.get("input_ids", args[0] if args else None)
+    mask = kwargs.get("attention_mask")
+    two_d = isinstance(mask, torch.Tensor) and mask.ndim == 2
+    model._last_prefill = None if input_ids is None else (input_ids, mask if two_d else None)
 
 
 def _as_config(value: PruneVidConfig | dict) -> PruneVidConfig:

@@ -5,8 +5,8 @@
         --model_args pretrained=Qwen/Qwen2.5-VL-7B-Instruct,prunevid=paper --tasks mvbench,videomme
 
 The model is registered through lmms-eval's entry-point group `lmms_eval.models` (`manifests` below); its class is
-[`modeling.lmms.model.Qwen2_5_VLPruneVidLMM`]. `TASKS_DIR` holds the local task `prunevid_moving_shapes` (the
-held-out split of the project's moving-shapes benchmark): pass it with `--include_path` (`python -m modeling.lmms`
+[`modeling.eval.lmms.model.Qwen2_5_VLPruneVidLMM`]. `TASKS_DIR` holds the local task `prunevid_moving_shapes` (the
+held-out split of the project's moving-shapes benchmark): pass it with `--include_path` (`python -m modeling.eval.lmms`
 prints it). Importing this module does not import lmms-eval.
 """
 
@@ -34,4 +34,4 @@ def manifests() -> list[Any]:
     (a chat model like the `qwen2_5_vl` it extends, so both build their inputs the same way)."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return [ModelManifest(model_id=MODEL_ID, chat_class_path="modeling.lmms.model.Qwen2_5_VLPruneVidLMM")]
+    return [ModelManifest(model_id=MODEL_ID, chat_class_path="modeling.eval.lmms.model.Qwen2_5_VLPruneVidLMM")]

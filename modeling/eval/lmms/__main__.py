@@ -1,4 +1,4 @@
-"""`python -m modeling.lmms`: print the folder to pass to lmms-eval's `--include_path` for `prunevid_moving_shapes`."""
+"""`python -m modeling.eval.lmms`: print the folder to pass to lmms-eval's `--include_path` for `prunevid_moving_shapes`."""
 
 from . import TASKS_DIR
 

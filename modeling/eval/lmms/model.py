@@ -9,12 +9,13 @@ class changes three things, and only these:
    (`prunevid=<preset>` and one override per `PruneVidConfig` field, e.g. `keep_ratio=0.3`), with the stock class's
    dtype (bfloat16, or the extra arg `dtype=float32`), device map and attention implementation. Data parallel runs
    on CPU processes too, which the stock class refuses; the model is never wrapped in DDP (evaluation only).
-2. **Statistics** (`generate_until`): PruneVid's token counts of every sample's prefill (Huang et al., Sec. 3.2-3.4:
-   visual tokens, after Stage 1, after Stage 2, KV cache) and its retention (`after_stage2 / visual_tokens`) are
-   attached to the sample's `token_counts`, which lmms-eval writes into every logged sample (`--log_samples`) for
+2. **Statistics** (`generate_until`): PruneVid's token counts of every sample's prefill (`PruneVidStats.to_dict()`:
+   visual tokens, after Stage 1, after Stage 2, KV cache, ..., and `retention`, the share of the video tokens that
+   decoding attends to) are attached to the sample's `token_counts`, which lmms-eval writes into every logged sample (`--log_samples`) for
    any task. The run's mean retention (over all ranks) is logged through lmms-eval's `log_metrics`, which puts it in
    the results file under `throughput.avg_prunevid_retention` (and per task).
-3. **Input checks**: qwen-vl-utils must read videos with decord (its fallback, `torchvision.io.read_video`, is gone
+3. **Input checks**: `fps`, `max_num_frames`, `min_pixels` and `max_pixels` are validated once, as the `MediaOptions`
+   of the command line and `VideoQA` are (a bad value stops the run naming it); qwen-vl-utils must read videos with decord (its fallback, `torchvision.io.read_video`, is gone
    from torchvision 0.29), and a missing or undecodable local video raises an error naming the file instead of
    reaching that fallback.
 
@@ -44,9 +45,10 @@ from lmms_eval.models.model_utils.gen_metrics import log_metrics  # noqa: E402
 from loguru import logger as eval_logger  # noqa: E402
 from transformers import AutoProcessor, AutoTokenizer  # noqa: E402
 
-from ..inputs import check_media  # noqa: E402
-from ..model import Qwen2_5_VLPruneVid  # noqa: E402
-from ..prunevid.config import PruneVidConfig  # noqa: E402
+from ...app.inputs import check_media  # noqa: E402
+from ...app.options import MediaOptions  # noqa: E402
+from ...integration.model import Qwen2_5_VLPruneVid  # noqa: E402
+from ...prunevid.config import PruneVidConfig  # noqa: E402
 
 
 __all__ = ["PruneVidTokenCounts", "Qwen2_5_VLPruneVidLMM", "prunevid_config_from_args"]
@@ -132,6 +134,16 @@ class Qwen2_5_VLPruneVidLMM(Qwen2_5_VL):
             raise ValueError(
                 f"attn_implementation must be one of {valid_attn_implementations}, got {attn_implementation}"
             )
+        # lmms-eval's qwen2_5_vl samples `fps` when given, else `max_num_frames` frames (qwen-vl-utils' `nframes`).
+        try:
+            media = MediaOptions(fps=fps, nframes=None if fps is not None else max_num_frames, min_pixels=min_pixels,
+                                 max_pixels=max_pixels)  # fmt: skip
+        except (TypeError, ValueError) as error:
+            names = {"MediaOptions.nframes": "max_num_frames", "MediaOptions.": ""}
+            message = str(error)
+            for old, new in names.items():
+                message = message.replace(old, new)
+            raise type(error)(f"qwen2_5_vl_prunevid: {message}") from None
         _require_decord()
 
         # As lmms-eval's qwen2_5_vl, except that several processes may share a CPU-only host.
@@ -152,10 +164,11 @@ class Qwen2_5_VLPruneVidLMM(Qwen2_5_VL):
             model_kwargs["attn_implementation"] = attn_implementation
         self._model = Qwen2_5_VLPruneVid.from_pretrained(pretrained, prunevid=self.prunevid, **model_kwargs).eval()
 
-        self.max_pixels = max_pixels
-        self.min_pixels = min_pixels
+        self.media = media
+        self.max_pixels = media.max_pixels
+        self.min_pixels = media.min_pixels
         self.max_num_frames = max_num_frames
-        self.fps = fps
+        self.fps = media.fps
         self.reasoning_prompt = reasoning_prompt.replace("\\n", "\n") if reasoning_prompt else None
         self.processor = AutoProcessor.from_pretrained(pretrained, max_pixels=max_pixels, min_pixels=min_pixels)
         self._tokenizer = AutoTokenizer.from_pretrained(pretrained)
@@ -215,7 +228,7 @@ class Qwen2_5_VLPruneVidLMM(Qwen2_5_VL):
 
         def recording_generate(**kwargs: Any) -> Any:
             output = generate(**kwargs)
-            rows = sample_stats(model, kwargs["input_ids"], kwargs.get("attention_mask"))
+            rows = sample_stats(model)
             if len(rows) != len(pending):
                 raise RuntimeError(
                     f"qwen2_5_vl_prunevid: a batch of {len(rows)} rows was generated for {len(pending)} requests; "
@@ -254,35 +267,10 @@ class Qwen2_5_VLPruneVidLMM(Qwen2_5_VL):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def sample_stats(model: Qwen2_5_VLPruneVid, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
-                 ) -> list[dict[str, Any]]:  # fmt: skip
-    """One dict per batch row with PruneVid's numbers of the last prefill and `retention`.
-
-    Keys: `visual_tokens` (video tokens entering the LLM unpruned), `after_stage1`, `after_stage2`,
-    `kv_cache_tokens` (prompt tokens held in the cache after the prefill), `prompt_tokens` (unpruned prompt),
-    `static_ratio`, `segments`, `pruning_layer`, and `retention = after_stage2 / visual_tokens` (None without video
-    tokens). With PruneVid off every token stays: retention 1.
-    """
-    batch = input_ids.shape[0]
-    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-    prompt = mask.sum(dim=1).tolist()
-    pruned = model.prunevid_stats
-    rows = []
-    for row in range(batch):
-        if pruned is None:
-            visual = int((input_ids[row] == model.config.video_token_id).sum())
-            values = {"visual_tokens": visual, "after_stage1": visual, "after_stage2": visual,
-                      "kv_cache_tokens": int(prompt[row]), "static_ratio": 0.0, "segments": [],
-                      "pruning_layer": None}  # fmt: skip
-        elif batch == 1:
-            values = dict(pruned)
-        else:
-            values = {key: value[row] if isinstance(value, list) else value for key, value in pruned.items()}
-        visual = values["visual_tokens"]
-        values["prompt_tokens"] = int(prompt[row])
-        values["retention"] = values["after_stage2"] / visual if visual else None
-        rows.append(values)
-    return rows
+def sample_stats(model: Qwen2_5_VLPruneVid) -> list[dict[str, Any]]:
+    """One dict per batch row of the last prefill: `PruneVidStats.to_dict()` (visual tokens, after Stage 1 and 2, KV
+    cache, `retention`, ...; with PruneVid off every token stays: retention 1)."""
+    return [stats.to_dict() for stats in model.prunevid_stats]
 
 
 def summarize(records: list[tuple[str, Any, dict[str, Any]]]) -> dict[str, float]:
@@ -298,7 +286,7 @@ def summarize(records: list[tuple[str, Any, dict[str, Any]]]) -> dict[str, float
     summary = {
         "prunevid_retention": sum(s["retention"] for s in samples) / len(samples),
         "prunevid_visual_tokens": sum(s["visual_tokens"] for s in samples) / len(samples),
-        "prunevid_kept_tokens": sum(s["after_stage2"] for s in samples) / len(samples),
+        "prunevid_kept_tokens": sum(s["cached_visual_tokens"] for s in samples) / len(samples),
     }
     for task in sorted({task for task, _ in unique}):
         values = [stats["retention"] for (name, _), stats in unique.items() if name == task]

@@ -4,7 +4,7 @@
 The task's YAML (`tasks/prunevid_moving_shapes/`) loads `test.jsonl`, which lists the split's item ids and nothing
 else; `process_docs` expands each id into its item (question with options and instruction, options, answer,
 kind) from the benchmark's deterministic generator, and `doc_to_visual` renders the clip on first use (in the
-benchmark's cache folder, `$QWEN_PRUNEVID_CACHE`). No data comes from the Hub. `python -m modeling.lmms.moving_shapes`
+benchmark's cache folder, `$QWEN_PRUNEVID_CACHE`). No data comes from the Hub. `python -m modeling.eval.lmms.moving_shapes`
 rewrites `test.jsonl` from the benchmark.
 """
 
@@ -24,7 +24,7 @@ DATA_FILE = Path(__file__).resolve().parent / "tasks" / "prunevid_moving_shapes"
 
 
 def _split_items() -> list[Any]:
-    from ..eval.benchmark import load_split
+    from ..benchmark import load_split
 
     return load_split(SPLIT)
 
@@ -37,7 +37,7 @@ def write_ids(path: str | Path = DATA_FILE) -> Path:
 
 
 def _item(item_id: str) -> Any:
-    from ..eval.benchmark import make_item
+    from ..benchmark import make_item
 
     split, _, index = item_id.rpartition("-")
     if split != SPLIT or not index.isdigit():
