@@ -13,7 +13,7 @@ PIP_COMPILE  = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -
 	--no-emit-index-url --no-emit-find-links --no-emit-trusted-host $(if $(UPGRADE),--upgrade) \
 	-o requirements.lock pyproject.toml requirements.in
 
-.PHONY: install lock lockcheck test test-latest check patches apply sync-upstream sync-matrix demo clean
+.PHONY: install lock lockcheck test test-fast test-latest check patches apply sync-upstream sync-matrix demo clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ lockcheck:
 test: install check
 	$(PY) -m pytest -q tests
 
+# The quick loop: the suite without the tests marked slow (subprocess runs, the demo model's accuracy) or gpu
+# (pyproject.toml lists the markers). `make test` stays the whole suite, as CI runs it.
+test-fast: install check
+	$(PY) -m pytest -q -m "not slow and not gpu" tests
+
 # As a user's `pip install 'qwen-prunevid[test,eval]'` resolves today, without the lock, in a fresh $(LATEST_VENV):
 # finds the next drift of a dependency before users do. Run it weekly, before `make lock UPGRADE=1`, and before a
 # release; it prints what resolved differently from the lock, then runs the whole suite.
@@ -54,9 +59,11 @@ test-latest:
 	$(PATCHTOOL) check
 	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
 
-# Generated file == snapshot + series; every hunk insert-only, delimited and guarded; the lock fits pyproject.toml.
+# Generated file == snapshot + series; every hunk insert-only, delimited and guarded; imports point down the layers
+# of modeling/ without cycles (tools/layers.py); the lock fits pyproject.toml.
 check:
 	$(PATCHTOOL) check
+	$(SYSPY) tools/layers.py
 	$(SYSPY) tools/lockcheck.py
 
 # Rewrite patches/*.patch from the edited modeling/modeling_qwen2_5_vl.py (blocks between markers).

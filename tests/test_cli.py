@@ -336,6 +336,7 @@ def bad_runs(bad, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProce
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_exits_2_with_one_line(case, bad_runs):
     _, message, stage = BAD_INPUTS[case]
@@ -364,6 +365,7 @@ def test_help_imports_nothing_heavy():
     assert "usage: qwen-prunevid" in proc.stdout and proc.stdout.strip().endswith("[]")
 
 
+@pytest.mark.slow
 def test_lazy_package_exports():
     code = "import sys, modeling; assert 'torch' not in sys.modules\n" \
            "from modeling import PruneVidConfig, PRESETS; assert 'torch' not in sys.modules\n" \
@@ -399,6 +401,7 @@ def test_checkpoint_saved_settings_are_the_default(capsys, tmp_path):
     assert result["preset"] == "paper" and result["prunevid"] == PruneVidConfig.paper().to_dict()
 
 
+@pytest.mark.slow
 def test_subprocess_json():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(

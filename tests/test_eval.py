@@ -99,6 +99,7 @@ def test_video_file_reaches_the_model_at_the_training_size(processor_demo, tmp_p
 
 
 # ------------------------------------------------------------------------------------------------ demo model
+@pytest.mark.slow
 def test_asset_is_compact_and_expands_to_a_standard_checkpoint(tmp_path):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -137,6 +138,7 @@ def accuracy(tmp_path_factory):
     return {row["config"]: row for row in summarise(outcomes)}, outcomes
 
 
+@pytest.mark.slow
 def test_stock_answers_the_held_out_questions(accuracy):
     rows, _ = accuracy
     assert rows["stock"]["n"] == N_ACCURACY
@@ -144,6 +146,7 @@ def test_stock_answers_the_held_out_questions(accuracy):
     assert rows["stock"]["retention"] == 1.0
 
 
+@pytest.mark.slow
 def test_paper_accuracy_and_retention_are_the_measured_ones(accuracy):
     rows, _ = accuracy
     assert abs(rows["paper"]["accuracy"] - pinned_accuracy("paper")) <= 0.03
@@ -151,6 +154,7 @@ def test_paper_accuracy_and_retention_are_the_measured_ones(accuracy):
     assert rows["paper"]["retention"] < 0.5  # it really prunes
 
 
+@pytest.mark.slow
 def test_random_dropping_at_the_same_budget_is_worse(accuracy):
     rows, outcomes = accuracy
     budget = {o.id: o.kept_visual_tokens for o in outcomes["paper"]}
@@ -158,6 +162,7 @@ def test_random_dropping_at_the_same_budget_is_worse(accuracy):
     assert rows["random"]["accuracy"] < rows["paper"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_system_prompt_control_changes_the_selection_not_the_accuracy(accuracy):
     """The earlier port's bug (Stage 2 scored by the system prompt) changes which tokens Stage 2 keeps, but on this
     benchmark and model not the accuracy (README, "Accuracy"): the one shape a question names is also the one that

@@ -302,6 +302,7 @@ def runs(tmp_path_factory, demo_checkpoint) -> Runs:
     return Runs(tmp_path_factory.mktemp("lmms_eval"), demo_checkpoint)
 
 
+@pytest.mark.slow  # an end-to-end `lmms-eval` CLI run (the `runs` fixture)
 def test_stages_off_answers_as_stock_qwen2_5_vl(runs):
     """`prunevid=off` runs exactly what lmms-eval's stock `qwen2_5_vl` runs: same answers, sample by sample."""
     stock, off = runs.get("stock"), runs.get("off_bf16")
@@ -314,6 +315,7 @@ def test_stages_off_answers_as_stock_qwen2_5_vl(runs):
         assert "prunevid" not in stock.samples[doc_id]["token_counts"][0]
 
 
+@pytest.mark.slow  # an end-to-end `lmms-eval` CLI run (the `runs` fixture)
 def test_prunevid_numbers_are_logged(runs):
     """Every logged sample carries its PruneVid numbers; the results hold the run's mean retention."""
     paper = runs.get("paper")
@@ -331,6 +333,7 @@ def test_prunevid_numbers_are_logged(runs):
     assert 0.05 < throughput["avg_prunevid_retention"] < 0.6
 
 
+@pytest.mark.slow  # an end-to-end `lmms-eval` CLI run (the `runs` fixture)
 def test_data_parallel_and_batches_match_one_process(runs):
     """Two processes, two samples per batch: the items are sharded (both ranks answer), and every sample gets the
     answer and the PruneVid numbers it gets alone in one process; accuracy and mean retention are the same."""
@@ -346,6 +349,7 @@ def test_data_parallel_and_batches_match_one_process(runs):
     )
 
 
+@pytest.mark.slow  # an end-to-end `lmms-eval` CLI run (the `runs` fixture)
 def test_accuracy_equals_modeling_eval(runs):
     """lmms-eval's accuracy (stages off and the paper preset) is what `python -m modeling.eval` reports on the same
     items, answer by answer, and the paper preset keeps the same visual tokens."""

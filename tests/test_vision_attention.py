@@ -212,6 +212,7 @@ def test_backend_validation():
         va.VisionVarlenAttention("flash")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(
     not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
     reason="needs CUDA and torch.nn.attention.varlen",
