@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,6 +56,8 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
         if prunevid is None:
             prunevid = _EXPLICIT_SETTINGS.get() or _saved_settings(config)
         self._last_prefill: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._chunked_prefill = False  # set by `generate` (its `prefill_chunk_size`), read by `_note_prefill`
+        self._prefill_chunk_next = False  # the next forward is a chunk of `generate`'s chunked prefill
         self.register_forward_pre_hook(_note_prefill, with_kwargs=True)
         self.prunevid = prunevid
 
@@ -98,8 +101,9 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
 
     @property
     def prunevid_technique(self) -> PruneVidController | None:
-        """The controller that runs in the forward (None when every stage is off): PruneVid's, or the technique
-        set through `model.prunevid`; its `name` labels the stats."""
+        """The controller that runs in the forward: PruneVid's, or the technique set through `model.prunevid` (also
+        when that technique's stages are all off); None when settings with every stage off were set. Its `name`
+        labels the stats."""
         return self.model._prunevid
 
     @contextlib.contextmanager
@@ -156,6 +160,7 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
         The cache comes in `kwargs` under the installed release's name (`cache` from transformers 5.24 on).
         """
         cache: Cache | None = kwargs.get(CACHE_KWARG, kwargs.get("past_key_values"))
+        self._prefill_chunk_next = bool(is_first_iteration) and self._chunked_prefill
         controller = self.model._prunevid
         if controller is None:
             if getattr(cache, "_prunevid_layout", None) is not None and cache.get_seq_length():
@@ -201,6 +206,7 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
     def _validate_generation_mode(self, generation_mode, generation_config, generation_mode_kwargs) -> None:
         """Upstream's checks, plus the generation modes PruneVid does not support while a pruning stage is on."""
         super()._validate_generation_mode(generation_mode, generation_config, generation_mode_kwargs)
+        self._chunked_prefill = generation_config.prefill_chunk_size is not None
         if not self._prunes():
             return
         if generation_mode == GenerationMode.ASSISTED_GENERATION:
@@ -217,18 +223,30 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
 
 
 def _note_prefill(model: "Qwen2_5_VLPruneVid", args: tuple, kwargs: dict[str, Any]) -> None:
-    """Forward pre-hook: keep the `input_ids` and 2-D `attention_mask` of a forward that starts from an empty cache
-    (a prefill), by reference, for `prunevid_stats`. Reads nothing from the device and does nothing while compiled,
-    so the stock forward's outputs and compiled graphs are untouched."""
+    """Forward pre-hook: keep the `input_ids` and 2-D `attention_mask` of a prefill, by reference, for
+    `prunevid_stats`. A prefill is a forward from an empty cache, continued by the later chunks of `generate`'s
+    chunked prefill (`prefill_chunk_size`), whose ids are appended. Arguments are read by name or position. Reads
+    nothing from the device and does nothing while compiled, so the stock forward's outputs and compiled graphs are
+    untouched."""
+    chunk, model._prefill_chunk_next = model._prefill_chunk_next, False
     if torch.compiler.is_compiling():
         return
-    cache = kwargs.get(CACHE_KWARG, kwargs.get("past_key_values"))
-    if cache is not None and cache.get_seq_length() != 0:
+    named = dict(zip(_FORWARD_PARAMETERS, args)) | kwargs
+    cache = named.get(CACHE_KWARG, named.get("past_key_values"))
+    input_ids, mask = named.get("input_ids"), named.get("attention_mask")
+    mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+    past = cache.get_seq_length() if cache is not None else 0
+    if past == 0:
+        model._last_prefill = None if input_ids is None else (input_ids, mask)
         return
-    input_ids = kwargs.get("input_ids", args[0] if args else None)
-    mask = kwargs.get("attention_mask")
-    two_d = isinstance(mask, torch.Tensor) and mask.ndim == 2
-    model._last_prefill = None if input_ids is None else (input_ids, mask if two_d else None)
+    recorded = model._last_prefill
+    if chunk and recorded is not None and input_ids is not None and recorded[0].shape[1] == past:
+        ids = torch.cat([recorded[0], input_ids], dim=1)
+        model._last_prefill = (ids, mask if mask is not None and mask.shape[1] == ids.shape[1] else None)
+
+
+# The forward's parameters in order (after `self`), to read positional arguments by name.
+_FORWARD_PARAMETERS = tuple(inspect.signature(Qwen2_5_VLPruneVid.forward).parameters)[1:]
 
 
 def _as_config(value: PruneVidConfig | dict) -> PruneVidConfig:
