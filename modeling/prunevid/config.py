@@ -42,6 +42,33 @@ real use (``k`` is clamped to the points available, the layer to the model's dep
 class PruneVidConfig:
     """PruneVid settings. Defaults are the paper's (``PruneVidConfig.paper()``).
 
+    A frozen dataclass, validated on construction (a value of the wrong type raises ``TypeError``, one out of range
+    ``ValueError``, naming the field, the value and what is allowed; numpy / torch scalars are stored as plain
+    numbers). Change a config with ``config.replace(...)``; ``from_dict`` ignores unknown keys with a warning, or
+    raises with ``strict=True``; a pruning layer beyond the model's depth is caught when the config is set on a model.
+
+    | field | default | allowed |
+    |---|---|---|
+    | ``enable_stage1`` | ``True`` | bool |
+    | ``enable_stage2`` | ``True`` | bool |
+    | ``enable_stage3`` | ``None`` | bool or None (None follows ``enable_stage2``) |
+    | ``tau`` | ``0.8`` | [-1, 1] |
+    | ``temporal_segment_ratio`` | ``0.25`` | (0, 1] |
+    | ``cluster_ratio`` | ``0.5`` | (0, 1] |
+    | ``dpc_knn_k`` | ``7`` | integer >= 1 (the earlier package used 5; the authors' code 7) |
+    | ``min_tokens_to_cluster`` | ``14`` | integer >= 0 |
+    | ``keep_ratio`` | ``0.4`` | (0, 1] |
+    | ``keep_rounding`` | ``"floor"`` | "floor", "ceil" |
+    | ``pruning_layer`` | ``None`` | None or integer 0..depth-2 |
+    | ``selection_query`` | ``"after_video"`` | "after_video", "last" |
+    | ``attention_aggregation`` | ``"max"`` | "max", "mean" |
+    | ``selection_scope`` | ``"grouped"`` | "grouped", "global" |
+    | ``include_images`` | ``False`` | bool |
+    | ``vision_attention`` | ``"stock"`` | "stock", "varlen" |
+
+    Stage switches: ``enable_stage1`` (merging), ``enable_stage2`` (selection) and ``enable_stage3`` (the earlier
+    ``enable_cache_compression``), below.
+
     Stage 1 (Sec. 3.2, spatial-temporal token merging, before the LLM):
         tau: cosine-similarity threshold above which a location is static within a segment, in [-1, 1].
         temporal_segment_ratio: temporal clusters per temporal patch (DPC-KNN over frame features), in (0, 1].
@@ -64,7 +91,15 @@ class PruneVidConfig:
     Stage 3 (Sec. 3.4): enable_stage3 cuts the KV cache of layers 0..pruning_layer to the kept tokens, so every
         layer caches the same set and decoding attends only to it. ``None`` (default) follows ``enable_stage2``;
         ``True`` without Stage 2 is turned off with a warning (there is no selection to cut the cache to).
-    vision_attention: "stock" (upstream vision tower) or "varlen" (opt-in fused windowed attention, GPU only).
+    vision_attention: "stock" (upstream vision tower) or "varlen" (opt-in fused windowed attention, GPU only; it
+        also runs with every stage off, e.g. ``PruneVidConfig.disabled().replace(vision_attention="varlen")``).
+
+    Presets: ``paper()`` (the default), ``conservative()`` (keeps more), ``aggressive()`` (keeps fewer),
+    ``stage1_only()``, ``fastv()`` (the FastV baseline: no merging, layer 2, 50% by the last token's attention,
+    chosen globally) and ``disabled()`` (the stock model); by name through ``preset(name)`` (``PRESETS``; "off" is
+    ``disabled``). A model saves its config in ``config.json`` under ``"prunevid"`` and ``from_pretrained`` restores
+    it; checkpoints saved by ``Qwen2_5_VLPruneVid`` load in the stock class. ``model.prunevid =
+    PruneVidConfig.disabled()`` switches at runtime.
     """
 
     enable_stage1: bool = True
