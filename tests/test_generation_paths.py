@@ -196,7 +196,7 @@ def test_mismatched_continuations_raise(checkpoints, processor, media, video):
     with pytest.raises(ValueError, match="leaves none of the 5 given ids"):
         generate(model, 2, input_ids=ids[:, -5:], **with_cache(cache_of(first)))
     # A cache pruned by an earlier prefill (another generate ran since).
-    generate(model, 2, **make_inputs(processor, media, "multi"))
+    generate(model, 2, **make_inputs(processor, media, "video"))
     with pytest.raises(ValueError, match="another prefill"):
         generate(model, 2, input_ids=ids, attention_mask=mask, **with_cache(cache_of(first)))
     # ... or by other settings, or continued with PruneVid off.

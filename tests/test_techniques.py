@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import make_inputs
+from conftest import STOCK_UNSUPPORTED, make_inputs
 from modeling import PruneVidConfig, PruneVidController, PruneVidStats, Qwen2_5_VLPruneVid
 from modeling.integration.compat import cache_of, with_cache
 
@@ -307,14 +307,28 @@ def test_prefill_hook_leaves_the_stock_logits_unchanged(path, video):
 
 
 # ------------------------------------------------------------------------------------- how a prefill is read
-def test_stats_of_a_chunked_prefill_describe_the_whole_prompt(model, processor, media):
-    """`generate(prefill_chunk_size=...)` runs the prompt in chunks over a filling cache; the stats describe every
-    chunk together, and the decoding steps that follow add nothing."""
+def test_stats_of_a_chunked_prefill_describe_the_whole_prompt(request, model, path, processor, media):
+    """`generate(prefill_chunk_size=...)` runs the prompt in chunks over a filling cache; with PruneVid off it gives
+    stock's tokens, the stats describe every chunk together, and the decoding steps that follow add nothing. Where
+    the installed release's stock model cannot run a chunked prefill (5.4.0 and 5.16.1 raise in the cache), ours raises
+    the same."""
     model.prunevid = PruneVidConfig.disabled()
     text = make_inputs(processor, media, "text")
     assert text["input_ids"].shape[1] > 2 * 8  # at least three chunks
-    with torch.no_grad():
-        model.generate(**text, do_sample=False, max_new_tokens=3, min_new_tokens=3, prefill_chunk_size=8)
+
+    def chunked(m):
+        with torch.no_grad():
+            return m.generate(**text, do_sample=False, max_new_tokens=3, min_new_tokens=3, prefill_chunk_size=8)
+
+    stock = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(path, attn_implementation="sdpa")
+    try:
+        expected = chunked(stock.eval())
+    except Exception as error:  # noqa: BLE001 -- ours must fail the same way
+        with pytest.raises(type(error)):
+            chunked(model)
+        STOCK_UNSUPPORTED.append((request.node.nodeid, f"chunked prefill: stock raises {type(error).__name__}"))
+        return
+    assert torch.equal(chunked(model), expected)
     (stats,) = model.prunevid_stats
     assert stats.prompt_tokens == int(text["attention_mask"].sum())
     assert torch.equal(model._last_prefill[0], text["input_ids"])
