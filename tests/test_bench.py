@@ -1,0 +1,76 @@
+"""`tools/bench.py`'s report arithmetic (the GPU run itself is in the closing notes): every ratio is given against
+stock as shipped and against stock with the same vision tower, and the FLOP count behind the achieved TFLOP/s."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from modeling import PruneVidConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench", ROOT / "tools" / "bench.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench"] = bench
+spec.loader.exec_module(bench)
+
+# A 4-layer LLM: hidden 8, 2 heads of 4, 1 key/value head, MLP 16.
+TEXT = SimpleNamespace(hidden_size=8, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
+                       intermediate_size=16)  # fmt: skip
+WEIGHTS = 2 * 8 * 8 + 2 * 8 * 4 + 3 * 8 * 16  # q, o; k, v; gate, up, down
+
+
+def stats(prompt, visual, s1, s2, layer):
+    return {"prompt_tokens": prompt, "visual_tokens": visual, "after_stage1": s1, "after_stage2": s2,
+            "pruning_layer": layer}  # fmt: skip
+
+
+def per_layer(n):
+    return 2 * n * WEIGHTS + 2 * n * n * 8
+
+
+def test_prefill_flops_of_stock_and_of_a_pruned_prefill():
+    assert bench.prefill_flops(TEXT, stats(110, 100, 100, 100, None)) == 4 * per_layer(110)
+    # Stage 1 leaves 40 video tokens for layers 0..1, Stage 2 keeps 10 from layer 2 on.
+    assert bench.prefill_flops(TEXT, stats(110, 100, 40, 10, 1)) == 2 * per_layer(50) + 2 * per_layer(20)
+    # Selection at the last layer but one: only the last layer runs on the kept tokens.
+    assert bench.prefill_flops(TEXT, stats(110, 100, 40, 10, 2)) == 3 * per_layer(50) + per_layer(20)
+
+
+def result(ttft, prefill, s):
+    return {"ttft_s": ttft, "llm_prefill_s": prefill, "language_model_s": prefill / 2, "kv_cache_bytes": 100,
+            "decode_ms_per_token": 10.0, "stats": s, "overhead_share_of_prefill": 0.2}  # fmt: skip
+
+
+def test_ratios_against_stock_as_shipped_and_with_the_same_tower():
+    full, pruned = stats(110, 100, 100, 100, None), stats(110, 100, 40, 10, 1)
+    results = {
+        "stock": result(1.0, 0.4, full),
+        "stock_varlen": result(0.5, 0.4, full),
+        "paper": result(0.8, 0.1, pruned),
+        "paper_varlen": result(0.25, 0.1, pruned),
+    }
+    settings = {name: bench.configs()[name] for name in results}
+    bench.add_ratios(results, settings, TEXT)
+    assert settings["stock_varlen"] == PruneVidConfig.disabled().replace(vision_attention="varlen")
+    paper_varlen = results["paper_varlen"]
+    assert paper_varlen["vs_stock"]["ttft_speedup"] == pytest.approx(4.0)
+    assert paper_varlen["vs_same_tower"] == {"baseline": "stock_varlen", "llm_prefill_speedup": pytest.approx(4.0),
+                                             "ttft_speedup": pytest.approx(2.0)}  # fmt: skip
+    assert results["paper"]["vs_same_tower"]["baseline"] == "stock"
+    assert results["paper"]["vs_same_tower"]["ttft_speedup"] == pytest.approx(1.25)
+    flops = 2 * per_layer(50) + 2 * per_layer(20)
+    assert paper_varlen["llm_tflops_achieved"] == pytest.approx(flops / 1e12 / 0.05)
+
+    rows = {t["target"]: t for t in bench.targets({"per_frames": {"64": {"configs": results, "vision_varlen_s": 0.2}}})}
+    assert rows["ttft_same_tower_64f"]["measured"] == pytest.approx(2.0) and rows["ttft_same_tower_64f"]["met"] is False
+    assert rows["ttft_vs_shipped_64f"]["measured"] == pytest.approx(4.0) and rows["ttft_vs_shipped_64f"]["met"] is False
+    assert rows["overhead_share_64f"]["met"] is False and rows["tower_fastest_64f_s"]["met"] is False
+    assert rows["ttft_same_tower_256f"]["measured"] is None and rows["ttft_same_tower_256f"]["met"] is None
+    assert rows["llm_tflops_paper_64f"]["goal"] is None and rows["llm_tflops_paper_64f"]["met"] is None
+    markdown = bench.markdown({"per_frames": {}, "targets": list(rows.values())})
+    assert "| 2. stock / paper time to first token from pixels, both with the varlen tower, 64 frames | 2.000 | >= 2.5 | NO |" in markdown
