@@ -25,7 +25,8 @@ CUDA-synchronised):
   LLM prefill (the prefill forward of `generate` given the tower's output through `mm_encoder_outputs`: embedding,
   3-D positions, PruneVid Stage 1, the LLM layers with Stage 2/3, the last token's logits); time to first token
   (end to end from pixels: tower + prefill + first token; measured for stock, stock_varlen, paper and paper+varlen,
-  derived as tower + prefill for the others); the LLM layers' achieved TFLOP/s (`prefill_flops`); decode ms/token (median step of a 16-token greedy continuation); peak GPU memory;
+  derived as tower + prefill for the others); the LLM layers' achieved TFLOP/s (`prefill_flops`); decode ms/token
+  (median step of a 16-token greedy continuation); peak GPU memory;
   KV-cache bytes after prefill; tokens per stage (`model.prunevid_stats`); the time in PruneVid's own code: Stage 1
   (`PruneVidController.before_language_model`, prefill calls) and the Stage 2 scoring (`PruneVidController.select`),
   timed by a technique subclass (`timed_technique`) set through `model.prunevid`,
@@ -775,11 +776,8 @@ def targets(results):
         met = None if value is None or goal is None else (value >= goal if better == "higher" else value <= goal)
         out.append({"target": name, "measured": value, "goal": goal, "better": better, "met": met, "definition": text})
 
-    def config(f, name):
-        return frames.get(str(f), {}).get("configs", {}).get(name)
-
     def get(f, name, *keys):
-        value = config(f, name)
+        value = frames.get(str(f), {}).get("configs", {}).get(name)
         for key in keys:
             value = None if value is None else value.get(key)
         return value

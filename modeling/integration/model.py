@@ -231,7 +231,7 @@ def _note_prefill(model: "Qwen2_5_VLPruneVid", args: tuple, kwargs: dict[str, An
     chunk, model._prefill_chunk_next = model._prefill_chunk_next, False
     if torch.compiler.is_compiling():
         return
-    named = dict(zip(_FORWARD_PARAMETERS, args)) | kwargs
+    named = dict(zip(_FORWARD_PARAMETERS, args)) | kwargs if args else kwargs  # `generate` passes keywords only
     cache = named.get(CACHE_KWARG, named.get("past_key_values"))
     input_ids, mask = named.get("input_ids"), named.get("attention_mask")
     mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
