@@ -477,6 +477,10 @@ class Qwen2_5_VisionTransformerPretrainedModel(Qwen2_5_VLPreTrainedModel):
             kwargs = self._prunevid_vision.prepare(hidden_states, kwargs, cu_seqlens, cu_window_seqlens)
         # <<< prunevid:vision-varlen-attention
         for layer_num, blk in enumerate(self.blocks):
+            # >>> prunevid:vision-varlen-attention
+            if "prunevid_vision" in kwargs:
+                blk = kwargs["prunevid_vision"].block(blk)
+            # <<< prunevid:vision-varlen-attention
             if layer_num in self.fullatt_block_indexes:
                 cu_seqlens_now = cu_seqlens
                 max_seqlen_now = max_seqlen

@@ -203,13 +203,95 @@ def test_model_setter_wires_the_tower():
     assert model.model.visual._prunevid_vision is None
     model.prunevid = PruneVidConfig.paper(vision_attention="varlen")
     assert isinstance(model.model.visual._prunevid_vision, va.VisionVarlenAttention)
+    assert model.model.visual._prunevid_vision.compile_options is None
+    model.prunevid = PruneVidConfig.paper(vision_attention="varlen_compiled")
+    assert model.model.visual._prunevid_vision.compile_options == {"dynamic": True}
     model.prunevid = PruneVidConfig.paper()
     assert model.model.visual._prunevid_vision is None
+
+
+# A custom op with varlen_attn's arguments (as torch registers varlen_attn): dynamo traces it with symbolic sizes.
+@torch.library.custom_op("prunevid_test::varlen_attn", mutates_args=())
+def _op_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+               max_q: int, max_k: int, scale: float) -> torch.Tensor:  # fmt: skip
+    assert cu_q.dtype == torch.int32 and max_q == max_k == int((cu_q[1:] - cu_q[:-1]).max())
+    return _segment_loop_kernel([])(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale)
+
+
+@_op_varlen.register_fake
+def _(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    return torch.empty_like(q)
+
+
+def _traceable_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None):
+    return _op_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
+
+
+# Videos of 2, 4 and 6 temporal patches at one resolution, then other resolutions: one compiled graph per attention
+# kind (windowed, full) and block code, whatever the length, the resolution or the block.
+LENGTHS = [(2, 16, 14), (4, 16, 14), (6, 16, 14), (3, 8, 12), (5, 16, 16)]
+
+
+@pytest.mark.parametrize("backend", ["reference", "stand-in kernel"])
+def test_compiled_blocks_fullgraph_and_no_recompile_per_length(monkeypatch, backend):
+    """`vision_attention="varlen_compiled"`: each block through `torch.compile(dynamic=True)`, with no graph break
+    (fullgraph) and no recompilation over video lengths and resolutions; fp32 output as the stock tower's."""
+    import torch._dynamo.testing
+
+    if backend != "reference":
+        monkeypatch.setattr(va, "_load_varlen", lambda: ((_traceable_kernel, True), None))
+        monkeypatch.setattr(va, "_FUSED_DTYPES", (torch.float32,))
+        monkeypatch.setattr(va, "varlen_unavailable_reason", lambda device, dtype: None)
+    torch._dynamo.reset()
+    tower, config = make_tower(depth=5)
+    v = config.vision_config
+    counter = torch._dynamo.testing.CompileCounter()
+    attention = va.VisionVarlenAttention(
+        "reference" if backend == "reference" else "varlen", compile={"backend": counter, "fullgraph": True}
+    )
+    frames = []
+    for t, h, w in LENGTHS:
+        grid = torch.tensor([[t, h, w]])
+        x = torch.randn(t * h * w, v.in_channels * v.temporal_patch_size * v.patch_size**2)
+        with torch.no_grad():
+            tower._prunevid_vision = None
+            want = tower(x, grid_thw=grid)
+            tower._prunevid_vision = attention
+            got = tower(x, grid_thw=grid)
+            tower._prunevid_vision = None
+        assert rel(got.pooler_output, want.pooler_output) < 1e-5
+        assert rel(got.last_hidden_state, want.last_hidden_state) < 1e-5
+        frames.append(counter.frame_count)
+    assert 1 <= frames[0] <= 3, frames  # windowed and full blocks (and one re-trace of the first call's kwargs)
+    assert frames == [frames[0]] * len(LENGTHS), f"recompiled for a new length or resolution: {frames}"
+    # one compiled function for every block, kept per process and options: a new setting object reuses it
+    again = va.VisionVarlenAttention(attention.backend, compile={"backend": counter, "fullgraph": True})
+    assert again.block(tower.blocks[0]).func is attention.block(tower.blocks[3]).func
+    with torch.no_grad():
+        run(tower, pixels(config), again)
+    assert counter.frame_count == frames[-1]
+
+
+def test_compiled_setting_falls_back_uncompiled_where_the_kernel_cannot_run(caplog):
+    """On the CPU (no varlen kernel) "varlen_compiled" runs the stock tower, bitwise, with nothing compiled."""
+    tower, config = make_tower()
+    x = pixels(config)
+    attention = va.vision_attention_for(PruneVidConfig.disabled().replace(vision_attention="varlen_compiled"))
+    assert attention.compile_options == {"dynamic": True}
+    with caplog.at_level(logging.WARNING, logger=va.__name__):
+        got = run(tower, x, attention)
+    assert all(torch.equal(a, b) for a, b in zip(got, run(tower, x)))
+    assert repr(sorted(attention.compile_options.items())) not in va._RUNNERS  # nothing was compiled
+    assert any("not available" in r.getMessage() for r in caplog.records)
 
 
 def test_backend_validation():
     with pytest.raises(ValueError, match="backend"):
         va.VisionVarlenAttention("flash")
+    with pytest.raises(TypeError, match="compile"):
+        va.VisionVarlenAttention(compile="yes")
+    with pytest.raises(ValueError, match="vision_attention"):
+        PruneVidConfig(vision_attention="compiled")
 
 
 @pytest.mark.gpu
@@ -217,12 +299,13 @@ def test_backend_validation():
     not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
     reason="needs CUDA and torch.nn.attention.varlen",
 )
-def test_real_varlen_kernel_on_cuda():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_real_varlen_kernel_on_cuda(compiled):
     tower, config = make_tower()
     tower = tower.cuda()
     x = pixels(config).cuda()
     exact = run(tower, x)[0]
     tower16 = tower.to(torch.bfloat16)
     stock16 = run(tower16, x.bfloat16())[0]
-    fused16 = run(tower16, x.bfloat16(), va.VisionVarlenAttention("varlen"))[0]
+    fused16 = run(tower16, x.bfloat16(), va.VisionVarlenAttention("varlen", compile=compiled))[0]
     assert rel(fused16, exact) <= 1.5 * rel(stock16, exact) + 1e-3

@@ -8,7 +8,7 @@ variable-length call, `torch.nn.attention.varlen.varlen_attn(q, k, v, cu_seqlens
 over exactly the same segments (`cu_seqlens` / `cu_window_seqlens` of the tower): the function computed is the
 stock one, only the kernel differs (flash-attention's varlen kernel instead of one `sdpa` per segment).
 
-Wiring (patch `vision-varlen-attention`, two guarded blocks):
+Wiring (patch `vision-varlen-attention`, three guarded blocks):
 
 * `Qwen2_5_VisionTransformerPretrainedModel.forward`, before the block loop: when the tower has a
   `_prunevid_vision` object (set by `Qwen2_5_VLPruneVid.prunevid = cfg`, see [`vision_attention_for`]), its
@@ -16,6 +16,17 @@ Wiring (patch `vision-varlen-attention`, two guarded blocks):
   stock path) where the fused kernel cannot run here; it logs why, once.
 * `Qwen2_5_VLVisionAttention.forward`, after the rotary embedding: when `prunevid_vision` is in the kwargs, the
   attention of the block is computed by it and projected by the block's own `proj`.
+* the block loop: when `prunevid_vision` is in the kwargs, each block is called through its `block(blk)`: the block
+  itself, or its compiled form (below).
+
+Compiled blocks (`vision_attention="varlen_compiled"`): where the fused
+path runs, every block is called through `torch.compile(..., dynamic=True)`, so the norms, rotary embedding, MLP
+and residual adds of a block become a few fused kernels around the varlen call. The blocks share one compiled graph
+per attention kind (windowed, full), traced with symbolic token counts: videos of any length reuse it (no
+recompilation per length; a new resolution changes only the segment lengths, which are symbolic too). The first
+call pays the compile (tens of seconds for the 7B tower); `tools/bench.py` reports it. Compilation follows torch's
+own rules (`torch.compile`'s caches, `TORCHINDUCTOR_*` settings); anywhere the fused kernel cannot run, the stock
+tower runs uncompiled, as for "varlen".
 
 Backends:
     "auto" (default): varlen_attn where it can run (torch with `torch.nn.attention.varlen`, CUDA, fp16 / bf16);
@@ -28,6 +39,7 @@ Backends:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -81,13 +93,26 @@ def _warn_once(reason: str) -> None:
 class VisionVarlenAttention:
     """What `Qwen2_5_VLPruneVid` puts on its vision tower as `_prunevid_vision` for `vision_attention="varlen"`."""
 
-    def __init__(self, backend: str = "auto") -> None:
+    def __init__(self, backend: str = "auto", compile: bool | dict[str, Any] = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"VisionVarlenAttention backend={backend!r} is not one of {BACKENDS}")
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(f"VisionVarlenAttention compile= takes a bool or torch.compile's keywords, got {compile!r}")
         self.backend = backend
+        self.compile_options = ({"dynamic": True} | compile) if isinstance(compile, dict) else (
+            {"dynamic": True} if compile else None
+        )  # fmt: skip
 
     def __repr__(self) -> str:
-        return f"VisionVarlenAttention(backend={self.backend!r})"
+        compiled = "" if self.compile_options is None else f", compile={self.compile_options!r}"
+        return f"VisionVarlenAttention(backend={self.backend!r}{compiled})"
+
+    def block(self, block: torch.nn.Module) -> Any:
+        """Hook 3 (the block loop): the callable that runs `block` on the fused path, the block itself or, with
+        `compile`, the block through one compiled function shared by every block (see `compiled_block_runner`)."""
+        if self.compile_options is None:
+            return block
+        return functools.partial(compiled_block_runner(self.compile_options), block)
 
     def prepare(
         self, hidden_states: torch.Tensor, kwargs: dict[str, Any], *cu_seqlens: torch.Tensor
@@ -96,7 +121,7 @@ class VisionVarlenAttention:
         fused path runs for this call. `cu_seqlens` are the segment boundaries the blocks will pass (full and
         windowed); their lengths are read to the host once here, not once per block."""
         if self.backend == "reference":
-            return {**kwargs, "prunevid_vision": _PackedAttention(cu_seqlens, fused=None)}
+            return {**kwargs, "prunevid_vision": _PackedAttention(cu_seqlens, fused=None, owner=self)}
         reason = varlen_unavailable_reason(hidden_states.device, hidden_states.dtype)
         if reason is not None:
             if self.backend == "varlen":
@@ -104,14 +129,15 @@ class VisionVarlenAttention:
             _warn_once(reason)
             return kwargs
         fused, _ = _load_varlen()
-        return {**kwargs, "prunevid_vision": _PackedAttention(cu_seqlens, fused=fused)}
+        return {**kwargs, "prunevid_vision": _PackedAttention(cu_seqlens, fused=fused, owner=self)}
 
 
 class _PackedAttention:
     """One tower call's packed attention: the segment tables, prepared once, and the kernel call per block."""
 
-    def __init__(self, cu_seqlens: tuple[torch.Tensor, ...], fused) -> None:
+    def __init__(self, cu_seqlens: tuple[torch.Tensor, ...], fused, owner: VisionVarlenAttention) -> None:
         self.fused = fused
+        self.block = owner.block
         self.tables: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         for cu in cu_seqlens:
             lengths = cu[1:] - cu[:-1]
@@ -141,6 +167,25 @@ class _PackedAttention:
         return out.reshape(tokens, -1)
 
 
+_RUNNERS: dict[str, Any] = {}  # compile options (repr) -> the compiled block runner
+
+
+def _run_block(block: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    return block(*args, **kwargs)
+
+
+def compiled_block_runner(options: dict[str, Any]) -> Any:
+    """`torch.compile(lambda block, *args, **kwargs: block(*args, **kwargs), **options)`, one per process and set
+    of options: every block of every tower (and every `VisionVarlenAttention`, so switching `model.prunevid` back
+    and forth) goes through the same compiled function, whose module argument dynamo treats as an input, so the
+    blocks share their graphs instead of compiling one each."""
+    key = repr(sorted(options.items()))
+    runner = _RUNNERS.get(key)
+    if runner is None:
+        runner = _RUNNERS[key] = torch.compile(_run_block, **options)
+    return runner
+
+
 def _varlen(fused, query, key, value, cu32, max_len, scale):
     varlen_attn, takes_scale = fused
     query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
@@ -160,10 +205,11 @@ def packed_reference_attention(
     Args: [tokens, heads, dim] tensors and the `(segments + 1,)` cumulative boundaries. Returns [tokens, heads, dim].
     """
     tokens = query.shape[0]
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.long)
-    segment = torch.repeat_interleave(torch.arange(lengths.numel(), device=query.device), lengths.to(query.device))
-    if segment.numel() != tokens:
-        raise ValueError(f"cu_seqlens covers {segment.numel()} tokens, the input has {tokens}")
+    bounds = cu_seqlens.to(device=query.device, dtype=torch.long)
+    if not torch.compiler.is_compiling() and int(bounds[-1] - bounds[0]) != tokens:  # (traced: no host read)
+        raise ValueError(f"cu_seqlens covers {int(bounds[-1] - bounds[0])} tokens, the input has {tokens}")
+    # segment of each token: how many boundaries after the first lie at or before it (static shapes: traceable)
+    segment = torch.searchsorted(bounds[1:].contiguous(), torch.arange(tokens, device=query.device), right=True)
     mask = segment[:, None] == segment[None, :]
     out = F.scaled_dot_product_attention(
         query.transpose(0, 1)[None], key.transpose(0, 1)[None], value.transpose(0, 1)[None],
@@ -174,9 +220,12 @@ def packed_reference_attention(
 
 def vision_attention_for(config: Any) -> VisionVarlenAttention | None:
     """The `_prunevid_vision` object for a `PruneVidConfig`: a `VisionVarlenAttention` for `vision_attention=
-    "varlen"`, else None (the stock tower)."""
-    return VisionVarlenAttention() if getattr(config, "vision_attention", "stock") == "varlen" else None
+    "varlen"` (compiling the blocks for "varlen_compiled"), else None (the stock tower)."""
+    kind = getattr(config, "vision_attention", "stock")
+    if kind == "stock":
+        return None
+    return VisionVarlenAttention(compile=kind == "varlen_compiled")
 
 
-__all__ = ["BACKENDS", "VisionVarlenAttention", "packed_reference_attention", "varlen_unavailable_reason",
-           "vision_attention_for"]  # fmt: skip
+__all__ = ["BACKENDS", "VisionVarlenAttention", "compiled_block_runner", "packed_reference_attention",
+           "varlen_unavailable_reason", "vision_attention_for"]  # fmt: skip

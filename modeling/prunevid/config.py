@@ -29,7 +29,7 @@ CHOICES = {
     "selection_query": ("after_video", "last"),
     "attention_aggregation": ("max", "mean"),
     "selection_scope": ("grouped", "global"),
-    "vision_attention": ("stock", "varlen"),
+    "vision_attention": ("stock", "varlen", "varlen_compiled"),
     "keep_rounding": ("floor", "ceil"),
 }
 
@@ -64,7 +64,7 @@ class PruneVidConfig:
     | ``attention_aggregation`` | ``"max"`` | "max", "mean" |
     | ``selection_scope`` | ``"grouped"`` | "grouped", "global" |
     | ``include_images`` | ``False`` | bool |
-    | ``vision_attention`` | ``"stock"`` | "stock", "varlen" |
+    | ``vision_attention`` | ``"stock"`` | "stock", "varlen", "varlen_compiled" |
 
     Stage switches: ``enable_stage1`` (merging), ``enable_stage2`` (selection) and ``enable_stage3`` (the earlier
     ``enable_cache_compression``), below.
@@ -91,10 +91,13 @@ class PruneVidConfig:
     Stage 3 (Sec. 3.4): enable_stage3 cuts the KV cache of layers 0..pruning_layer to the kept tokens, so every
         layer caches the same set and decoding attends only to it. ``None`` (default) follows ``enable_stage2``;
         ``True`` without Stage 2 is turned off with a warning (there is no selection to cut the cache to).
-    vision_attention: "stock" (upstream vision tower) or "varlen" (opt-in fused windowed attention, GPU only; it
-        also runs with every stage off, e.g. ``PruneVidConfig.disabled().replace(vision_attention="varlen")``).
+    vision_attention: "stock" (upstream vision tower), "varlen" (opt-in fused windowed attention, GPU only; it
+        also runs with every stage off, e.g. ``PruneVidConfig.disabled().replace(vision_attention="varlen")``) or
+        "varlen_compiled" (the same, each vision block through ``torch.compile(dynamic=True)``: one compile on the
+        first call, tens of seconds for the 7B tower, then any video length without recompiling).
 
-    Presets: ``paper()`` (the default), ``conservative()`` (keeps more), ``aggressive()`` (keeps fewer),
+    Presets: ``paper()`` (the default), ``fast()`` (``paper()`` with the compiled fused vision tower),
+    ``conservative()`` (keeps more), ``aggressive()`` (keeps fewer),
     ``stage1_only()``, ``fastv()`` (the FastV baseline: no merging, layer 2, 50% by the last token's attention,
     chosen globally) and ``disabled()`` (the stock model); by name through ``preset(name)`` (``PRESETS``; "off" is
     ``disabled``). A model saves its config in ``config.json`` under ``"prunevid"`` and ``from_pretrained`` restores
@@ -220,6 +223,15 @@ class PruneVidConfig:
         return cls(**overrides)
 
     @classmethod
+    def fast(cls, **overrides: Any) -> "PruneVidConfig":
+        """The fastest correct setting: the paper's pruning with the fused, compiled vision tower
+        (``vision_attention="varlen_compiled"``). Same tokens kept as ``paper()``; the tower differs from the stock
+        one only by bf16 rounding (the same function, other kernels). Its one-time cost: compiling the vision blocks
+        on the first video (tens of seconds for the 7B tower; none later for other lengths). On a machine where the
+        fused kernel cannot run (CPU, fp32, old torch) the stock tower runs, uncompiled, with a warning."""
+        return cls(**{"vision_attention": "varlen_compiled", **overrides})
+
+    @classmethod
     def conservative(cls, **overrides: Any) -> "PruneVidConfig":
         """Prunes less than the paper: stricter static test, more clusters, more tokens kept."""
         return cls(**{"tau": 0.9, "cluster_ratio": 0.75, "keep_ratio": 0.6, **overrides})
@@ -255,9 +267,10 @@ class PruneVidConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "PruneVidConfig":
-        """A preset by name: paper, conservative, aggressive, stage1_only, fastv, off (= disabled)."""
+        """A preset by name: paper, fast, conservative, aggressive, stage1_only, fastv, off (= disabled)."""
         presets = {
             "paper": cls.paper,
+            "fast": cls.fast,
             "conservative": cls.conservative,
             "aggressive": cls.aggressive,
             "stage1_only": cls.stage1_only,
@@ -270,7 +283,7 @@ class PruneVidConfig:
         return presets[name](**overrides)
 
 
-PRESETS = ("paper", "conservative", "aggressive", "stage1_only", "fastv", "off")
+PRESETS = ("paper", "fast", "conservative", "aggressive", "stage1_only", "fastv", "off")
 
 
 def _immutable(self: PruneVidConfig, name: str, value: Any = None) -> None:
