@@ -195,23 +195,27 @@ class PruneVidController:
         next_position = position_ids[-3:].masked_fill(~valid[None], lowest).amax(dim=(0, 2)) + 1
         # `generate` encodes the videos up front and drops `video_grid_thw`; the grid is then read off the positions.
         grids = iter(video_grid_thw.tolist()) if video_grid_thw is not None else None
-        embeds, origins, groups, videos, static_ratio = [], [], [], [], []
-        visual_tokens = (is_video & valid).sum(dim=1).tolist()
+        embeds, origins, groups, videos, static = [], [], [], [], []
         for b in range(batch):
             sample_grids = grids
             if sample_grids is None:
                 sample_grids = grids_from_positions(position_ids[-3:, b], is_video[b], self.spatial_merge_size)
             e, o, g, recs = self._stage1_sample(b, inputs_embeds[b], is_video[b], is_image[b], sample_grids)
             embeds.append(e), origins.append(o), groups.append(g), videos.extend(recs)
-            n_static = sum(int(r.merge.static_mask.sum()) for r in recs if r.merge is not None)
-            n_video = int(is_video[b].sum())
-            static_ratio.append(round(n_static / n_video, 4) if n_video else 0.0)
+            masks = [r.merge.static_mask.sum() for r in recs if r.merge is not None]
+            static.append(torch.stack(masks).sum() if masks else is_video.new_zeros((), dtype=torch.long))
+        # the per-row counts, read back together (one host sync instead of three per row)
+        visual_tokens, n_videos, n_static = torch.stack(
+            [(is_video & valid).sum(dim=1), is_video.sum(dim=1), torch.stack(static).to(is_video.device)]
+        ).tolist()
+        static_ratio = [round(s / n, 4) if n else 0.0 for s, n in zip(n_static, n_videos)]
 
         if cfg.enable_stage1:
-            keep = [valid[b][o] for b, o in enumerate(origins)]  # padding is re-created, on the left, below
-            embeds = [e[k] for e, k in zip(embeds, keep)]
-            origins = [o[k] for o, k in zip(origins, keep)]
-            groups = [g[k] for g, k in zip(groups, keep)]
+            # padding is re-created, on the left, below: one index per row (one sync) serves all three gathers
+            keep = [valid[b].index_select(0, o).nonzero().squeeze(1) for b, o in enumerate(origins)]
+            embeds = [e.index_select(0, k) for e, k in zip(embeds, keep)]
+            origins = [o.index_select(0, k) for o, k in zip(origins, keep)]
+            groups = [g.index_select(0, k) for g, k in zip(groups, keep)]
             inputs_embeds, origin, mask = left_pad(embeds, origins)
             index = origin.clamp(min=0)
             position_ids = torch.stack([row.gather(1, index) for row in position_ids])
@@ -269,15 +273,17 @@ class PruneVidController:
                 if cfg.enable_stage1 and grid[0] > 1:  # one temporal patch: nothing to merge over time
                     res = self.merge(embeds[pos : pos + n], grid)
                     feats, origin, group = res.features, pos + res.source, res.group
+                    n_groups = res.num_groups if res.num_groups is not None else int(group.max()) + 1
                 else:
                     res = None
                     feats, origin = embeds[pos : pos + n], torch.arange(pos, pos + n, device=device)
                     group = torch.arange(n, device=device) // (grid[1] * grid[2])  # one group per temporal patch
+                    n_groups = grid[0]
                 if cfg.selection_scope == "global":
                     group = torch.zeros_like(group)
                     next_group = 0
                 parts_e.append(feats), parts_o.append(origin), parts_g.append(group + next_group)
-                next_group = next_group + int(group.max()) + 1 if cfg.selection_scope == "grouped" else 0
+                next_group = next_group + n_groups if cfg.selection_scope == "grouped" else 0
                 records.append(VideoRecord(sample=b, start=pos, grid=grid, merge=res))
                 cursor = pos = pos + n
         parts_e.append(embeds[cursor:]), parts_o.append(torch.arange(cursor, length, device=device))

@@ -70,8 +70,8 @@ def grids_from_positions(positions: torch.Tensor, is_video: torch.Tensor, merge:
     """(t, h, w) grids (video_grid_thw units) of one sample's videos, from their 3-D positions [3, L]: the h and w
     rows of a video are `start + arange(H)` and `start + arange(W)` (`get_vision_position_ids`)."""
     for start, end in runs(is_video):
-        h, w = positions[1, start:end], positions[2, start:end]
-        height, width = int(h.max() - h.min()) + 1, int(w.max() - w.min()) + 1
+        span = positions[1:3, start:end]
+        height, width = (span.amax(dim=1) - span.amin(dim=1) + 1).tolist()  # one read-back for both
         frames = (end - start) // (height * width)
         if frames * height * width != end - start:
             raise ValueError(f"cannot read the video grid off the positions of tokens {start}..{end}")

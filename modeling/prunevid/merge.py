@@ -52,6 +52,7 @@ class MergeResult:
         assignment: ``LongTensor[T*H*W]`` output row each input token was merged into.
         segments: ``[start, end)`` frame ranges of the temporal segments, in time order.
         static_mask: ``BoolTensor[T, H*W]`` whether each input token is static (constant within a segment).
+        num_groups: ``group.max() + 1`` as a host int (None: not known on the host; the caller reads it back).
     """
 
     features: Tensor
@@ -61,6 +62,7 @@ class MergeResult:
     assignment: Tensor
     segments: list[tuple[int, int]]
     static_mask: Tensor
+    num_groups: int | None = None
 
 
 def contiguous_segments(labels: list[int] | Tensor) -> list[tuple[int, int]]:
@@ -290,6 +292,7 @@ def merge_video(
         assignment=assignment,
         segments=segments,
         static_mask=static_tl,
+        num_groups=slot_group[-1] + 1 if slot_group else 0,
     )
 
 
