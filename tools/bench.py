@@ -17,11 +17,14 @@ CUDA-synchronised):
 * inputs: synthetic clips that behave like video (`modeling.demo.clips.clip_frames`: static textured background, two
   moving squares, one scene cut half-way), 448x448, 2 fps, fed as frame arrays through the offline processor
   (`modeling.demo.offline.build_processor`), one question after the video.
-* configs: stock (`PruneVidConfig.disabled()`), stock_varlen (every stage off, the opt-in varlen tower: stock's best
-  vision path), paper, stage1_only, paper without Stage 1, fastv, and paper + `vision_attention="varlen"` (the fused
-  vision attention, modeling/integration/vision_attention.py). Every ratio is given twice: against stock as shipped
+* configs: stock (`PruneVidConfig.disabled()`), stock_varlen and stock_compiled (every stage off, the opt-in varlen
+  tower, plain or compiled: stock's best vision paths), paper, stage1_only, paper without Stage 1, fastv, paper +
+  `vision_attention="varlen"` (the fused vision attention, modeling/integration/vision_attention.py) and fast
+  (`PruneVidConfig.fast()`: paper + the compiled varlen tower). Every ratio is given twice: against stock as shipped
   and against stock with the same tower (`vs_same_tower`, PruneVid's own gain).
-* vision tower time (stock and varlen tower, separately, plus the varlen tower's relative error vs stock);
+* vision tower time (stock, varlen and compiled varlen tower, separately, plus each one's relative error vs stock);
+  the compiled tower's one-time compile (its first call, on 64 frames) and its first calls on 32 and 128 frames
+  with the number of compiled graphs after each (no recompilation per video length);
   LLM prefill (the prefill forward of `generate` given the tower's output through `mm_encoder_outputs`: embedding,
   3-D positions, PruneVid Stage 1, the LLM layers with Stage 2/3, the last token's logits); time to first token
   (end to end from pixels: tower + prefill + first token; measured for stock, stock_varlen, paper and paper+varlen,
@@ -63,8 +66,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 QUESTION = "What is happening in this video? Describe the moving squares and the scene change."
-CONFIG_ORDER = ("stock", "stock_varlen", "paper", "stage1_only", "paper_no_stage1", "fastv", "paper_varlen")
-E2E_CONFIGS = ("stock", "stock_varlen", "paper", "paper_varlen")
+CONFIG_ORDER = ("stock", "stock_varlen", "stock_compiled", "paper", "stage1_only", "paper_no_stage1", "fastv",
+                "paper_varlen", "fast")
+E2E_CONFIGS = ("stock", "stock_varlen", "stock_compiled", "paper", "paper_varlen", "fast")
+TOWERS = ("stock", "varlen", "varlen_compiled")  # `PruneVidConfig.vision_attention` values
+SAME_TOWER = {"stock": "stock", "varlen": "stock_varlen", "varlen_compiled": "stock_compiled"}
+COMPILE_CHECK_LENGTHS = (0.5, 2.0)  # lengths (x the first frame count) the compiled tower meets after its first call
 DECODE_TOKENS = 16
 
 
@@ -220,14 +227,16 @@ def configs():
         "paper_no_stage1": PruneVidConfig.paper(enable_stage1=False),
         "fastv": PruneVidConfig.fastv(),
         "paper_varlen": PruneVidConfig.paper(vision_attention="varlen"),
-        # stock's best vision path: every stage off, the same opt-in tower as paper_varlen (the honest baseline)
+        "fast": PruneVidConfig.fast(),
+        # stock's best vision paths: every stage off, the same opt-in tower as paper_varlen / fast (honest baselines)
         "stock_varlen": PruneVidConfig.disabled().replace(vision_attention="varlen"),
+        "stock_compiled": PruneVidConfig.disabled().replace(vision_attention="varlen_compiled"),
     }
 
 
 def same_tower_baseline(cfg) -> str:
     """The stock config with the same vision tower as `cfg`: ratios against it are PruneVid's own gain."""
-    return "stock_varlen" if cfg.vision_attention == "varlen" else "stock"
+    return SAME_TOWER[cfg.vision_attention]
 
 
 def prefill_flops(text_config, stats) -> float:
@@ -393,10 +402,11 @@ class Bench:
         timers = {k: list(v) for k, v in self.acc.calls.items()}
         return stamps[0] - t0, steps, out, peak, timers
 
-    def tower(self, inputs, varlen):
+    def tower(self, inputs, kind):
+        """(pooled features, seconds) of the vision tower of `vision_attention=kind`, stages off."""
         from modeling import PruneVidConfig
 
-        self.set_prunevid(PruneVidConfig.disabled().replace(vision_attention="varlen") if varlen else PruneVidConfig.disabled())
+        self.set_prunevid(PruneVidConfig.disabled().replace(vision_attention=kind))
         t0 = self.clock.now()
         with self.torch.no_grad():
             out = self.model.model.get_video_features(
@@ -422,24 +432,28 @@ class Bench:
         }  # fmt: skip
         log(f"[{frames} frames] prompt {rec['prompt_tokens']} tokens, {n_visual} visual, {rec['patches']} patches")
 
-        # Vision tower: stock and varlen, interleaved; one warm-up each.
-        towers = {"stock": [], "varlen": []}
+        if "compiled_tower" not in self.results:
+            self.compile_check(inputs, frames)
+        # Vision tower: stock, varlen and compiled varlen, interleaved; one warm-up each.
+        towers = {kind: [] for kind in TOWERS}
         pooled = {}
         tower_repeats = max(args.repeats, 5) if frames <= 64 else args.repeats
         for r in range(tower_repeats + 1):
-            for kind in ("stock", "varlen"):
-                emb, sec = self.tower(inputs, kind == "varlen")
+            for kind in TOWERS:
+                emb, sec = self.tower(inputs, kind)
                 if r:
                     towers[kind].append(sec)
                 pooled[kind] = emb
-        rec["vision_stock_s"] = median(towers["stock"])
-        rec["vision_varlen_s"] = median(towers["varlen"])
+        rec["vision_s"] = {kind: median(towers[kind]) for kind in TOWERS}
+        b = pooled["stock"].double()
+        rec["vision_rel_err"] = {kind: float((pooled[kind].double() - b).norm() / b.norm()) for kind in TOWERS}
+        rec["vision_stock_s"] = rec["vision_s"]["stock"]
+        rec["vision_varlen_s"] = rec["vision_s"]["varlen"]
+        rec["vision_compiled_s"] = rec["vision_s"]["varlen_compiled"]
         rec["vision_speedup_varlen"] = rec["vision_stock_s"] / rec["vision_varlen_s"]
-        a, b = pooled["varlen"].double(), pooled["stock"].double()
-        rec["vision_varlen_rel_err"] = float((a - b).norm() / b.norm())
+        rec["vision_varlen_rel_err"] = rec["vision_rel_err"]["varlen"]
         rec["vision_runs"] = towers
-        log(f"  tower stock {rec['vision_stock_s']:.4f}s varlen {rec['vision_varlen_s']:.4f}s "
-            f"x{rec['vision_speedup_varlen']:.2f} rel_err {rec['vision_varlen_rel_err']:.4f}")  # fmt: skip
+        log(f"  tower {rec['vision_s']} rel_err {rec['vision_rel_err']}")
 
         # LLM prefill from the tower's output, every config interleaved per round.
         text = text_inputs(inputs)
@@ -448,7 +462,7 @@ class Bench:
             for name in CONFIG_ORDER:
                 cfg = self.configs[name]
                 self.set_prunevid(cfg)
-                emb = pooled["varlen" if cfg.vision_attention == "varlen" else "stock"]
+                emb = pooled[cfg.vision_attention]
                 # the warm-up round also decodes, so that every decode shape (KV length) has been seen once:
                 # attention kernels plan per shape (~60 ms a new shape on torch 2.11 / H100), timed rounds don't
                 new = 1 if r else DECODE_TOKENS + 1
@@ -475,7 +489,7 @@ class Bench:
             for name in CONFIG_ORDER:
                 cfg = self.configs[name]
                 self.set_prunevid(cfg)
-                emb = pooled["varlen" if cfg.vision_attention == "varlen" else "stock"]
+                emb = pooled[cfg.vision_attention]
                 _, steps, out, _, _ = self.generate(text, DECODE_TOKENS + 1, mm_encoder_outputs=encoder_outputs(emb))
                 del out
                 decode[name] += steps
@@ -513,7 +527,7 @@ class Bench:
             c["kv_cache_bytes"] = rs[-1]["kv_bytes"]
             c["stats"] = _stats_summary(rs[-1]["stats"])
             c["runs"] = [{k: v for k, v in x.items() if k != "stats"} for x in rs]
-            vision = rec["vision_varlen_s"] if self.configs[name].vision_attention == "varlen" else rec["vision_stock_s"]
+            vision = rec["vision_s"][self.configs[name].vision_attention]
             c["vision_s"] = vision
             c["ttft_derived_s"] = vision + c["prefill_call_s"]
             if name in e2e:
@@ -535,6 +549,33 @@ class Bench:
         del inputs, pooled
         self.free()
         return rec
+
+    def compile_check(self, inputs, frames):
+        """The compiled tower's one-time cost and its behaviour over video lengths: its first call (on `frames`,
+        compiling), then first calls on other lengths, counting the graphs dynamo has compiled after each."""
+        from torch._dynamo.utils import counters
+
+        def graphs():
+            return int(counters["stats"].get("unique_graphs", 0))
+
+        out = {"before": graphs(), "calls": []}
+        _, first = self.tower(inputs, "varlen_compiled")
+        out["calls"].append({"frames": frames, "first_call_s": first, "graphs_after": graphs()})
+        _, steady = self.tower(inputs, "varlen_compiled")
+        out["steady_s"] = steady
+        out["compile_s"] = first - steady
+        for f in (max(2, round(frames * x)) for x in COMPILE_CHECK_LENGTHS):
+            other = make_inputs(self.processor, f, self.args.size, self.device, self.dtype, seed=self.args.seed)
+            _, sec = self.tower(other, "varlen_compiled")
+            out["calls"].append({"frames": f, "first_call_s": sec, "graphs_after": graphs()})
+            del other
+        after_first = out["calls"][0]["graphs_after"]
+        out["recompiles_after_first"] = out["calls"][-1]["graphs_after"] - after_first
+        reason = self.results["env"].get("varlen_unavailable")
+        if reason:  # the stock tower ran, uncompiled: nothing to report
+            out.update(compile_s=None, recompiles_after_first=None, note=f"not compiled: {reason}")
+        self.results["compiled_tower"] = out
+        log(f"  compiled tower: {out}")
 
     def profile_stage1(self, text, pooled):
         """One paper prefill with Stage 1 under cProfile and torch.profiler: where its time goes (a technique that
@@ -617,7 +658,7 @@ class Bench:
             inputs, pooled = self.pooled_cache[frames]
         else:
             inputs = make_inputs(self.processor, frames, self.args.size, self.device, self.dtype, seed=self.args.seed)
-            pooled, _ = self.tower(inputs, False)
+            pooled, _ = self.tower(inputs, "stock")
         inputs = {k: v for k, v in inputs.items() if k != "pixel_values_videos"}
         self.pooled_cache = {}
         self.free()
@@ -783,15 +824,28 @@ def targets(results):
         return value
 
     for f, goal in ((64, 2.5), (256, 3.5)):
-        add(f"ttft_same_tower_{f}f", get(f, "paper_varlen", "vs_same_tower", "ttft_speedup"), goal, "higher",
-            f"2. stock / paper time to first token from pixels, both with the varlen tower, {f} frames")
-    add("ttft_vs_shipped_64f", get(64, "paper_varlen", "vs_stock", "ttft_speedup"), 8.0, "higher",
-        "2. stock as shipped / (paper + varlen tower) time to first token from pixels, 64 frames")
+        add(f"ttft_same_tower_{f}f", get(f, "fast", "vs_same_tower", "ttft_speedup"), goal, "higher",
+            f"2. stock / PruneVid time to first token from pixels, both with the compiled varlen tower "
+            f"(stock_compiled / fast), {f} frames")
+        add(f"ttft_same_varlen_tower_{f}f", get(f, "paper_varlen", "vs_same_tower", "ttft_speedup"), None, "higher",
+            f"2. the same with the uncompiled varlen tower (stock_varlen / paper_varlen), {f} frames")
+    add("ttft_vs_shipped_64f", get(64, "fast", "vs_stock", "ttft_speedup"), 8.0, "higher",
+        "2. stock as shipped / fast time to first token from pixels, 64 frames")
     for f in (64, 256):
         add(f"overhead_share_{f}f", get(f, "paper", "overhead_share_of_prefill"), 0.05, "lower",
             f"3. (Stage 1 + Stage 2 scoring) / paper LLM prefill, {f} frames")
-    add("tower_fastest_64f_s", frames.get("64", {}).get("vision_varlen_s"), 0.090, "lower",
-        "4. fastest opt-in vision tower (varlen), seconds, 64 frames")
+    add("tower_fastest_64f_s", frames.get("64", {}).get("vision_compiled_s"), 0.090, "lower",
+        "4. fastest opt-in vision tower (compiled varlen), seconds, 64 frames")
+    err = frames.get("64", {}).get("vision_rel_err", {})
+    add("tower_fastest_rel_err_64f", err.get("varlen_compiled"), None, "lower",
+        f"4. its relative error against the stock bf16 tower, 64 frames (uncompiled varlen: "
+        f"{_fmt(err.get('varlen'), '.4f')})")
+    compiled = results.get("compiled_tower") or {}
+    add("tower_compile_s", compiled.get("compile_s"), None, "lower",
+        "4. one-time compile of the tower (first call minus a later one), seconds")
+    lengths = ", ".join(str(c["frames"]) for c in compiled.get("calls", []))
+    add("tower_recompiles", compiled.get("recompiles_after_first"), 0, "lower",
+        f"4. graphs compiled after the first call, over videos of {lengths or 'n/a'} frames")
     for f in (64, 256):
         add(f"llm_tflops_paper_{f}f", get(f, "paper", "llm_tflops_achieved"), None, "higher",
             f"5. paper LLM layers, achieved TFLOP/s, {f} frames (stock: "
@@ -821,7 +875,7 @@ def markdown(results):
         "",
         "LLM prefill = the prefill forward given the vision tower's output (embedding, 3-D positions, Stage 1, the "
         "LLM's layers with Stage 2/3, last-token logits). TTFT = from pixels to the first token (measured end to end for "
-        "stock / stock_varlen / paper / paper_varlen; tower + prefill call for the others). PV overhead = Stage 1 "
+        f"{' / '.join(E2E_CONFIGS)}; tower + prefill call for the others). PV overhead = Stage 1 "
         "(`before_language_model`) + Stage 2 scoring (`select`).",
         "",
         "## Targets (64 frames unless named)",
@@ -839,12 +893,14 @@ def markdown(results):
             "",
             f"## {f} frames ({rec['visual_tokens']} visual tokens, {rec['patches']} patches, prompt {rec['prompt_tokens']})",
             "",
-            f"Vision tower: stock {rec['vision_stock_s']:.3f} s, varlen {rec['vision_varlen_s']:.3f} s "
-            f"(x{rec['vision_speedup_varlen']:.2f}, rel. error {rec['vision_varlen_rel_err']:.4f}).",
+            "Vision tower: " + ", ".join(
+                f"{kind} {sec:.3f} s (rel. error {rec.get('vision_rel_err', {}).get(kind, 0.0):.4f})"
+                for kind, sec in rec.get("vision_s", {}).items()
+            ) + ".",
             "",
-            "x: against stock as shipped; same tower: against stock with this config's vision tower (`stock` or "
-            "`stock_varlen`), PruneVid's own gain. TFLOP/s: the LLM layers' matmul FLOPs (`prefill_flops`) over their "
-            "time.",
+            "x: against stock as shipped; same tower: against stock with this config's vision tower (`stock`, "
+            "`stock_varlen` or `stock_compiled`), PruneVid's own gain. TFLOP/s: the LLM layers' matmul FLOPs "
+            "(`prefill_flops`) over their time.",
             "",
             "| config | vision s | LLM prefill s (x, same tower) | TTFT s (x, same tower) | LLM TFLOP/s | decode ms/tok "
             "| peak GiB | KV MiB (share) | tokens visual > S1 > S2 (KV) | PV overhead ms (% prefill) |",
@@ -881,6 +937,16 @@ def markdown(results):
                          f"{'-' if slope is None else f'{slope:.2f}'} | {tries} |")  # fmt: skip
         lines.append("")
         lines.append(f"Ratio paper / stock: {conc.get('ratio')}")
+    compiled = results.get("compiled_tower")
+    if compiled and compiled.get("compile_s") is not None:
+        lines += ["", "## Compiled tower (`vision_attention=\"varlen_compiled\"`): one-time cost and video lengths", ""]
+        lines.append(f"Compile (first call {compiled['calls'][0]['first_call_s']:.1f} s minus a later call "
+                     f"{compiled['steady_s']:.3f} s): {compiled['compile_s']:.1f} s. Graphs compiled after each first call:")
+        lines.append("")
+        lines.append("| frames | first call s | graphs compiled so far |")
+        lines.append("|---|---|---|")
+        for c in compiled["calls"]:
+            lines.append(f"| {c['frames']} | {c['first_call_s']:.3f} | {c['graphs_after'] - compiled['before']} |")
     for s in results.get("skipped", []):
         lines.append(f"\nSkipped: {s}")
     for n in results.get("notes", []):
@@ -898,7 +964,8 @@ def plot(results, path):
     per = sorted(results["per_frames"].values(), key=lambda r: r["frames"])
     if not per:
         return
-    shown = ("stock", "stock_varlen", "paper", "paper_varlen", "stage1_only", "paper_no_stage1", "fastv")
+    shown = ("stock", "stock_varlen", "stock_compiled", "paper", "paper_varlen", "fast", "stage1_only",
+             "paper_no_stage1", "fastv")
     parts = [("vision tower", "#6a8caf"), ("Stage 1", "#d9822b"), ("Stage 2 scoring", "#c23b22"),
              ("LLM prefill (rest)", "#59a14f")]  # fmt: skip
     fig, ax = plt.subplots(figsize=(11, 5.5))
