@@ -24,7 +24,7 @@ path runs, every block is called through `torch.compile(..., dynamic=True)`, so 
 and residual adds of a block become a few fused kernels around the varlen call. The blocks share one compiled graph
 per attention kind (windowed, full), traced with symbolic token counts: videos of any length reuse it (no
 recompilation per length; a new resolution changes only the segment lengths, which are symbolic too). The first
-call pays the compile (tens of seconds for the 7B tower); `tools/bench.py` reports it. Compilation follows torch's
+call pays the compile (18 s for the 7B tower on an H200, docs/bench/h200-2026-12-04/); `tools/bench.py` reports it. Compilation follows torch's
 own rules (`torch.compile`'s caches, `TORCHINDUCTOR_*` settings); anywhere the fused kernel cannot run, the stock
 tower runs uncompiled, as for "varlen".
 
