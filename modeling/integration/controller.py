@@ -414,11 +414,14 @@ class PruneVidController:
         in the unpruned numbering (the first token after the prompt at `max position + 1`, i.e. `rope_deltas`
         applied, then one more per attended token) whatever positions came in, since a model that counts from
         the cache length would count from the pruned one. Nothing is pruned here (docs/design.md, "Limits").
+        New media tokens are refused in eager calls; a compiled step (e.g. `generate`'s compiled decoding) does
+        not read the ids back to check them, so it has no graph break.
         """
         state = self.pruned_state(cache)
         if state is None:  # a cache no pruned prefill filled (e.g. a text-only prompt): the stock forward
             return inputs_embeds, position_ids, attention_mask
-        if input_ids is not None and ((input_ids == self.video_token_id) | (input_ids == self.image_token_id)).any():
+        new_media = input_ids is not None and not torch.compiler.is_compiling()  # (a host read: eager calls only)
+        if new_media and ((input_ids == self.video_token_id) | (input_ids == self.image_token_id)).any():
             raise ValueError(
                 "PruneVid: a forward that continues from a pruned cache cannot bring new images or videos (they "
                 "would be neither merged nor positioned with the pruned prompt). Start a new conversation with a "
