@@ -24,9 +24,9 @@ path runs, every block is called through `torch.compile(..., dynamic=True)`, so 
 and residual adds of a block become a few fused kernels around the varlen call. The blocks share one compiled graph
 per attention kind (windowed, full), traced with symbolic token counts: videos of any length reuse it (no
 recompilation per length; a new resolution changes only the segment lengths, which are symbolic too). The first
-call pays the compile (18 s for the 7B tower on an H200, docs/bench/h200-2026-12-04/); `tools/bench.py` reports it. Compilation follows torch's
-own rules (`torch.compile`'s caches, `TORCHINDUCTOR_*` settings); anywhere the fused kernel cannot run, the stock
-tower runs uncompiled, as for "varlen".
+call pays the compile (18 s for the 7B tower on an H200, docs/bench/h200-2026-12-04/; `tools/bench.py` reports it).
+Compilation follows torch's own rules (`torch.compile`'s caches, `TORCHINDUCTOR_*` settings); anywhere the fused
+kernel cannot run, the stock tower runs uncompiled, as for "varlen".
 
 Backends:
     "auto" (default): varlen_attn where it can run (torch with `torch.nn.attention.varlen`, CUDA, fp16 / bf16);
@@ -99,9 +99,9 @@ class VisionVarlenAttention:
         if not isinstance(compile, (bool, dict)):
             raise TypeError(f"VisionVarlenAttention compile= takes a bool or torch.compile's keywords, got {compile!r}")
         self.backend = backend
-        self.compile_options = ({"dynamic": True} | compile) if isinstance(compile, dict) else (
-            {"dynamic": True} if compile else None
-        )  # fmt: skip
+        self.compile_options = None  # torch.compile's keywords for the blocks (None: not compiled)
+        if compile is not False:
+            self.compile_options = {"dynamic": True, **(compile if isinstance(compile, dict) else {})}
 
     def __repr__(self) -> str:
         compiled = "" if self.compile_options is None else f", compile={self.compile_options!r}"
