@@ -232,6 +232,32 @@ def test_static_cache_equals_dynamic(model, video):
     assert torch.equal(rest.sequences, dynamic.sequences)
 
 
+def test_generates_static_cache_is_fitted_to_the_pruned_prompt(model, video):
+    """The static cache `generate` makes is sized for the unpruned prompt; a pruned prefill gives each layer the
+    tokens it holds plus the room `generate` left for the answer (every slot used here), and never less than it gave
+    before (no new shapes for a compiled step). The next call gets a fresh cache (a release that reuses `generate`'s
+    cache would otherwise reuse one too small), and a continuation beyond the room is a clear error."""
+    n = 6
+    model.prunevid = model.prunevid  # a new controller: it has given no sizes yet
+    for earlier in ("_previous_max_cache_length", "_cache"):  # nor has `generate` (the largest size it gave)
+        model.__dict__.pop(earlier, None)
+    static = cache_of(generate(model, n, cache_implementation="static", **video))
+    room = n - 1  # the last token is not written
+    sizes = [layer.max_cache_len for layer in static.layers]
+    assert [layer.keys.shape[2] for layer in static.layers] == sizes
+    assert sizes == [held for held in cache_lengths(static)], "every slot holds a token"
+    assert max(sizes) - room < video["input_ids"].shape[1]
+    second = generate(model, n, cache_implementation="static", **video)
+    again = cache_of(second)
+    assert again is not static and [layer.max_cache_len for layer in again.layers] == sizes
+    ids = torch.cat([second.sequences, second.sequences.new_full((1, 3), 872)], dim=1)
+    with pytest.raises(ValueError, match="free slots"):
+        generate(model, 2, input_ids=ids, attention_mask=torch.ones_like(ids), **with_cache(again))
+    with model.prunevid_override(PruneVidConfig.disabled()):
+        stock = cache_of(generate(model, n, cache_implementation="static", **video))
+    assert stock is not again and cache_lengths(stock) == [video["input_ids"].shape[1] + room] * len(sizes)
+
+
 # ------------------------------------------------------------------------------------------------ refused modes
 def test_assisted_decoding_prompt_lookup_and_chunked_prefill_are_refused(checkpoints, video):
     model = load(checkpoints["gqa2"], PruneVidConfig.paper())

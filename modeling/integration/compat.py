@@ -66,7 +66,7 @@ def layer_masks(config: Any, hidden_states: torch.Tensor, mask: torch.Tensor, ki
     if MASKS_TAKE_LAYER:
         kwargs.update({MASK_CACHE_KWARG: cache, "layer_idx": layer_idx})
     else:
-        kwargs[MASK_CACHE_KWARG] = _LayerView(cache, layer_idx) if cache is not None else None
+        kwargs[MASK_CACHE_KWARG] = _LayerView(cache, layer_idx) if cache is not None and layer_idx else cache
     return {kind: _MASK_FUNCTIONS[kind](**kwargs) for kind in kinds}
 
 

@@ -10,7 +10,9 @@ The vendored `modeling_qwen2_5_vl.py` calls into one controller (attached as `_p
       records, per token of the new layout, its Stage-2 group and whether it is a question token (`query_mask`).
     - continuing from a pruned prefill's cache (decoding steps, or a follow-up turn appended after the answer):
       translates the caller's 2-D attention mask (unpruned length, as `generate` keeps it) to the pruned cache
-      layout and gives the new tokens their positions in the unpruned numbering (see `_continue`).
+      layout and gives the new tokens their positions in the unpruned numbering (see `_continue`). Under
+      `generate` this translation is done before the forward (`generation_inputs`, from
+      `prepare_inputs_for_generation`), so that a compiled decoding step reads nothing back and keeps its shapes.
 * `before_layer` (patch `select-in-layers`), before each decoder layer:
     - prefill, layer M: scores the candidate visual tokens (`select`; Sec. 3.3: pre-RoPE q/k of layer M, softmax
       over all valid keys, max over heads then queries);
@@ -46,13 +48,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, StaticLayer
 from transformers.utils import logging
 
 from ..prunevid.config import PruneVidConfig
 from ..prunevid.merge import MergeResult, merge_video
 from ..prunevid.select import attention_importance, grouped_topk
-from .cache import cut_cache
+from .cache import StaticFit, cut_cache
 from .compat import gather, gather_rotary, layer_masks
 from .state import PrefillState, VideoRecord, grids_from_positions, left_pad, left_pad_like, runs
 from .stats import PruneVidStats, prefill_stats, video_fates
@@ -60,7 +62,12 @@ from .stats import PruneVidStats, prefill_stats, video_fates
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["PruneVidController"]
+__all__ = ["AFTER_SELECT", "PREPARED", "PruneVidController"]
+
+# Keys of a mask mapping that `PruneVidController.generation_inputs` prepared for a forward over a pruned cache:
+# the mark that it was prepared, and (without Stage 3) the masks of the layers after the pruning layer.
+PREPARED = "prunevid_prepared"
+AFTER_SELECT = "prunevid_after_select"
 
 
 class PruneVidController:
@@ -86,6 +93,7 @@ class PruneVidController:
         self.state: PrefillState | None = None  # the last pruned prefill
         self._prefilling = False
         self._continuing: PrefillState | None = None  # set while a forward continues from `state`'s cache
+        self._static_fit = StaticFit()  # sizes `generate`'s static caches to the pruned prompt
         if model_config is not None:
             self.bind(model_config)
 
@@ -162,14 +170,18 @@ class PruneVidController:
         video_grid_thw: torch.Tensor | None,
         image_grid_thw: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        past = int(cache.get_seq_length()) if cache is not None else 0
         self._prefilling, self._continuing = False, None
+        if isinstance(attention_mask, dict) and attention_mask.get(PREPARED):
+            return inputs_embeds, position_ids, attention_mask  # a continuation `generate` prepared: nothing to read
+        cfg = self.config
+        if not (cfg.enable_stage1 or cfg.enable_stage2):  # (no stage on: nothing is read back, the step stays whole)
+            if getattr(cache, "_prunevid_layout", None) is not None:
+                self.pruned_state(cache)  # refuses the cache of another setting's pruned prefill
+            return inputs_embeds, position_ids, attention_mask
+        past = int(cache.get_seq_length()) if cache is not None else 0
         if past > 0:
             return self._continue(input_ids, inputs_embeds, position_ids, attention_mask, cache)
         self.state = None
-        cfg = self.config
-        if not (cfg.enable_stage1 or cfg.enable_stage2):
-            return inputs_embeds, position_ids, attention_mask
         if input_ids is None:
             logger.warning_once("PruneVid needs `input_ids` to find the video tokens; this call is not pruned.")
             return inputs_embeds, position_ids, attention_mask
@@ -230,6 +242,9 @@ class PruneVidController:
             mask = valid.long() if attention_mask is None else attention_mask
             group = torch.stack(groups)
         index = origin.clamp(min=0)
+        room = StaticFit.room(cache, length)
+        if room is not None:  # before the masks are made: they are as long as the cache layers
+            self._static_fit.fit(cache, 0, "stage1", inputs_embeds.shape[1], room)
         self.state = PrefillState(
             orig_len=length,
             origin=origin,
@@ -244,6 +259,7 @@ class PruneVidController:
             image_tokens=(is_image & valid).sum(dim=1).tolist(),
             static_ratio=static_ratio,
             next_position=next_position,
+            static_room=room,
         )
         self._prefilling = True
         return inputs_embeds, position_ids, attention_mask
@@ -366,6 +382,8 @@ class PruneVidController:
     # ------------------------------------------------------------------------------------------ hook 2
     def before_layer(self, text_model, i, hidden_states, mask_mapping, position_embeddings, text_positions, cache):
         if not self._prefilling:
+            if isinstance(mask_mapping, dict) and AFTER_SELECT in mask_mapping and i == (self.layer or 0) + 1:
+                mask_mapping = mask_mapping[AFTER_SELECT]  # prepared by `generation_inputs`
             state = self._continuing
             if (
                 state is not None
@@ -393,6 +411,9 @@ class PruneVidController:
         width = int(counts.max())
         index = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices[:, keep.shape[1] - width :]
         mask = (torch.arange(width, device=keep.device)[None] >= (width - counts)[:, None]).to(state.mask.dtype)
+        size = None
+        if state.static_room is not None:  # the later layers (not written yet) and, with Stage 3, the cut ones
+            size = self._static_fit.fit(cache, i, "selected", width, state.static_room)
         hidden_states = gather(hidden_states, index)
         position_embeddings = tuple(gather_rotary(p, index) for p in position_embeddings)
         if text_positions is not None:
@@ -402,39 +423,86 @@ class PruneVidController:
         if self.config.enable_stage3:
             state.cache_cut = True
             if cache is not None:
-                cut_cache(cache, index, upto=self.layer)
+                cut_cache(cache, index, upto=self.layer, size=size)
                 state.cached_prompt = width
         return hidden_states, mask_mapping, position_embeddings, text_positions
 
-    def _continue(self, input_ids, inputs_embeds, position_ids, attention_mask, cache):
-        """A forward over the cache of a pruned prefill: a decoding step, or a follow-up turn after the answer.
+    # ------------------------------------------------------------------------------------------ continuing
+    def generation_inputs(self, cache: Cache | None, input_ids: torch.Tensor | None, q_len: int,
+                          attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, dtype: torch.dtype,
+                          check_media: bool) -> dict[str, Any] | None:  # fmt: skip
+        """The positions and masks of a forward over a pruned cache, prepared by `generate` before the forward.
 
-        The cache holds the pruned prompt (plus the tokens since), the caller's 2-D mask and positions the unpruned
-        one. The mask's prompt part is replaced by the pruned layout's; the new tokens get the positions they have
-        in the unpruned numbering (the first token after the prompt at `max position + 1`, i.e. `rope_deltas`
-        applied, then one more per attended token) whatever positions came in, since a model that counts from
-        the cache length would count from the pruned one. Nothing is pruned here (docs/design.md, "Limits").
-        New media tokens are refused in eager calls; a compiled step (e.g. `generate`'s compiled decoding) does
-        not read the ids back to check them, so it has no graph break.
+        Called from `prepare_inputs_for_generation`, which runs eagerly before every forward of `generate`: the
+        host reads (the cache's length) happen here, so that the forward, compiled or not, reads nothing back and
+        has the same shapes at every decoding step. Returns None when `cache` holds no pruned prompt; else the
+        forward's `position_ids` (unpruned numbering, as in `_continue`) and its `attention_mask`: the masks of the
+        pruned layout (transformers' mask functions, sized by the cache: a static cache's are `max_cache_len` long,
+        so every step has one shape), with, without Stage 3, the masks of the layers after M under
+        `AFTER_SELECT`, marked as prepared (`PREPARED`); `before_language_model` passes them through.
         """
         state = self.pruned_state(cache)
-        if state is None:  # a cache no pruned prefill filled (e.g. a text-only prompt): the stock forward
-            return inputs_embeds, position_ids, attention_mask
-        new_media = input_ids is not None and not torch.compiler.is_compiling()  # (a host read: eager calls only)
-        if new_media and ((input_ids == self.video_token_id) | (input_ids == self.image_token_id)).any():
+        if state is None:
+            return None
+        if check_media:
+            self._refuse_media(input_ids)
+        batch = input_ids.shape[0] if input_ids is not None else state.mask.shape[0]
+        if attention_mask is None and not state.padded(state.cached_mask):
+            # no padding anywhere (e.g. one video): positions count on from the prompt's, the masks are made from
+            # none, as for the stock model (which needs none to decode from a dynamic cache)
+            seen = self._seen(state, cache, batch, q_len)
+            positions = state.next_position[:, None] + torch.arange(seen, seen + q_len, device=state.mask.device)
+            positions = self._with_text_row(positions, position_ids)
+            mask = tail = None
+        else:
+            positions, mask, tail = self._layout(state, cache, batch, q_len, attention_mask, position_ids)
+        text_config = self.model_config.text_config
+        kinds = sorted(set(text_config.layer_types))
+        shape = torch.empty(batch, q_len, 0, dtype=dtype, device=state.mask.device)  # the mask functions read it
+        masks: dict[str, Any] = layer_masks(text_config, shape, mask, kinds, cache, 0)
+        if state.index is not None and not state.cache_cut:  # without Stage 3 the layers after M hold fewer tokens
+            after = state.mask_after_select
+            if tail is not None:
+                after = torch.cat([after.to(tail.dtype), tail], dim=1)
+            elif state.padded(after):
+                after = torch.cat([after, after.new_ones(batch, self._seen(state, cache, batch, q_len) + q_len)], 1)
+            else:
+                after = None
+            masks[AFTER_SELECT] = layer_masks(text_config, shape, after, kinds, cache, self.layer + 1)
+        masks[PREPARED] = True
+        return {"attention_mask": masks, "position_ids": positions}
+
+    def _refuse_media(self, input_ids: torch.Tensor | None) -> None:
+        if input_ids is not None and ((input_ids == self.video_token_id) | (input_ids == self.image_token_id)).any():
             raise ValueError(
                 "PruneVid: a forward that continues from a pruned cache cannot bring new images or videos (they "
                 "would be neither merged nor positioned with the pruned prompt). Start a new conversation with a "
                 "fresh cache, or pass only the new text tokens."
             )
-        batch, q_len = inputs_embeds.shape[:2]
-        seen = int(cache.get_seq_length()) - state.cached_prompt  # tokens cached after the prompt
+
+    def _seen(self, state, cache, batch, q_len) -> int:
+        """Tokens cached after the pruned prompt (checked against the batch and the room of a static cache)."""
+        seen = int(cache.get_seq_length()) - state.cached_prompt
         if batch != state.mask.shape[0] or seen < 0:
             raise ValueError(
                 f"PruneVid: this cache holds a pruned prompt of batch {state.mask.shape[0]} and "
                 f"{state.cached_prompt} tokens, but the forward has batch {batch} and the cache "
                 f"{int(cache.get_seq_length())} tokens (was it cropped or reordered?)"
             )
+        self._check_room(state, cache, seen, q_len)
+        return seen
+
+    @staticmethod
+    def _with_text_row(positions, position_ids):
+        """[3, B, q] positions, after the incoming text row when 4 rows came in (read only for packed sequences)."""
+        positions = positions[None].expand(3, -1, -1)
+        if position_ids is not None and position_ids.ndim == 3 and position_ids.shape[0] == 4:
+            positions = torch.cat([position_ids[:1].to(positions.device), positions])
+        return positions
+
+    def _layout(self, state, cache, batch, q_len, attention_mask, position_ids):
+        """(positions, 2-D mask, tail) of `q_len` new tokens after the pruned cache (see `_continue`)."""
+        seen = self._seen(state, cache, batch, q_len)
         new = seen + q_len
         if attention_mask is None:
             tail = torch.ones(batch, new, dtype=state.mask.dtype, device=state.mask.device)
@@ -449,12 +517,44 @@ class PruneVidController:
                     "PruneVid: after a pruned prefill the 2-D attention mask must cover the unpruned prompt "
                     f"({state.orig_len} tokens) plus the {new} tokens since, got shape {tuple(attention_mask.shape)}"
                 )
-            tail = attention_mask[:, state.orig_len :]
+            tail = attention_mask[:, state.orig_len :].to(state.mask.device)
+        positions = state.next_position[:, None] + tail.long().cumsum(dim=1)[:, new - q_len :] - 1
+        positions = self._with_text_row(positions, position_ids)
+        return positions, torch.cat([state.cached_mask.to(tail.dtype), tail], dim=1), tail
+
+    def _check_room(self, state, cache, seen, q_len):
+        """A clear error, instead of an index error on the device, when a static cache has no slots left."""
+        held = {0: state.cached_prompt}
+        if state.index is not None and not state.cache_cut:
+            held[self.layer + 1] = state.index.shape[1]
+        for i, prompt in held.items():
+            layer = cache.layers[i]
+            if isinstance(layer, StaticLayer) and prompt + seen + q_len > layer.max_cache_len:
+                raise ValueError(
+                    f"PruneVid: the static cache has {layer.max_cache_len - prompt - seen} free slots (layer {i}) "
+                    f"for {q_len} new tokens. A static cache that `generate` made is sized for that call's answer "
+                    "(and fitted to the pruned prompt); continue with a bigger "
+                    "`StaticCache(config, max_cache_len=...)` passed to the first call, or with the dynamic cache."
+                )
+
+    def _continue(self, input_ids, inputs_embeds, position_ids, attention_mask, cache):
+        """A forward over the cache of a pruned prefill that `generate` did not prepare (`generation_inputs`): a
+        direct call, e.g. a manual decoding loop or a follow-up turn.
+
+        The cache holds the pruned prompt (plus the tokens since), the caller's 2-D mask and positions the unpruned
+        one. The mask's prompt part is replaced by the pruned layout's; the new tokens get the positions they have
+        in the unpruned numbering (the first token after the prompt at `max position + 1`, i.e. `rope_deltas`
+        applied, then one more per attended token) whatever positions came in, since a model that counts from
+        the cache length would count from the pruned one. Nothing is pruned here (docs/design.md, "Limits").
+        New media tokens are refused. This path reads the cache's length back (a host sync, and a recompilation
+        per step under `torch.compile`); `generate` avoids it.
+        """
+        state = self.pruned_state(cache)
+        if state is None:  # a cache no pruned prefill filled (e.g. a text-only prompt): the stock forward
+            return inputs_embeds, position_ids, attention_mask
+        self._refuse_media(input_ids)
+        batch, q_len = inputs_embeds.shape[:2]
+        positions, mask, tail = self._layout(state, cache, batch, q_len, attention_mask, position_ids)
         state.tail = tail
         self._continuing = state
-        positions = state.next_position[:, None] + tail.long().cumsum(dim=1)[:, new - q_len :] - 1
-        positions = positions.to(inputs_embeds.device)[None].expand(3, -1, -1)
-        if position_ids is not None and position_ids.ndim == 3 and position_ids.shape[0] == 4:
-            positions = torch.cat([position_ids[:1], positions])  # text row: only read for packed sequences
-        prompt = state.cached_mask
-        return inputs_embeds, positions, torch.cat([prompt.to(tail.dtype), tail], dim=1)
+        return inputs_embeds, positions.to(inputs_embeds.device), mask

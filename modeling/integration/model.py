@@ -19,6 +19,7 @@ from transformers.masking_utils import create_masks_for_generate
 
 from ..modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from ..prunevid.config import PruneVidConfig
+from .cache import FIT_TAG, FITTED_TAG
 from .compat import CACHE_KWARG
 from .controller import PruneVidController
 from .stats import PruneVidStats, unpruned_stats
@@ -158,6 +159,9 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
         is shorter than the prompt it holds (Stage 1 merged, Stage 3 dropped tokens), which would feed part of the
         prompt through again. Its unpruned length (`PruneVidController.unpruned_length`) is used instead.
         The cache comes in `kwargs` under the installed release's name (`cache` from transformers 5.24 on).
+        A forward over a pruned cache gets the positions and masks of the pruned layout from here
+        (`PruneVidController.generation_inputs`): computed eagerly, so that the compiled decoding step of a static
+        cache reads nothing back and has one shape at every step.
         """
         cache: Cache | None = kwargs.get(CACHE_KWARG, kwargs.get("past_key_values"))
         self._prefill_chunk_next = bool(is_first_iteration) and self._chunked_prefill
@@ -184,7 +188,7 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
                         f"{input_ids.shape[1]} given ids to process. Pass the whole sequence so far (prompt, answer, "
                         "new turn) as `input_ids`, with its full attention mask."
                     )
-        return super().prepare_inputs_for_generation(
+        inputs = super().prepare_inputs_for_generation(
             input_ids,
             next_sequence_length=next_sequence_length,
             attention_mask=attention_mask,
@@ -192,6 +196,31 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
             is_first_iteration=is_first_iteration,
             **kwargs,
         )
+        if controller is not None:
+            ids, embeds = inputs.get("input_ids"), inputs.get("inputs_embeds")
+            prepared = controller.generation_inputs(
+                cache,
+                ids,
+                q_len=(ids if ids is not None else embeds).shape[1],
+                attention_mask=attention_mask,
+                position_ids=inputs.get("position_ids"),
+                dtype=self.dtype,
+                check_media=bool(is_first_iteration),
+            )
+            if prepared is not None:
+                inputs.update(prepared)
+        return inputs
+
+    def _prepare_static_cache(self, *args: Any, **kwargs: Any) -> Cache:
+        """Upstream's, with the cache marked as `generate`'s own: a pruned prefill fits its layers to the pruned
+        prompt (`modeling.integration.cache.StaticFit`). A fitted cache that a release before 5.16 would reuse is
+        made anew (its layers are too small for another prompt)."""
+        cache = super()._prepare_static_cache(*args, **kwargs)
+        if getattr(cache, FITTED_TAG, False):
+            self.__dict__.pop("_cache", None)
+            cache = super()._prepare_static_cache(*args, **kwargs)
+        setattr(cache, FIT_TAG, True)
+        return cache
 
     def create_masks_for_generate(self, config: Any, inputs_embeds: torch.Tensor, attention_mask: Any, **kwargs: Any):
         """`generate` builds the 4-D masks up front for a static cache; PruneVid changes the sequence inside the

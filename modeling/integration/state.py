@@ -46,7 +46,16 @@ class PrefillState:
     next_position: torch.Tensor | None = None  # [B] position of the first token after the prompt (unpruned numbering)
     cached_prompt: int = 0  # prompt tokens held by cache layer 0 after the prefill
     cache_cut: bool = False  # Stage 3 cut the cache of layers 0..M to `index`
+    static_room: int | None = None  # slots for new tokens in `generate`'s static cache, when fitted (`StaticFit`)
     tail: torch.Tensor | None = field(default=None, repr=False)  # continuing: mask columns after the prompt
+    _padded: dict[int, bool] = field(default_factory=dict, repr=False)  # `padded`, by mask
+
+    def padded(self, mask: torch.Tensor) -> bool:
+        """Whether `mask` (this prefill's `mask` or `mask_after_select`) has padding; read back once per mask."""
+        key = id(mask)
+        if key not in self._padded:
+            self._padded[key] = bool((mask == 0).any())
+        return self._padded[key]
 
     @property
     def cached_mask(self) -> torch.Tensor:
