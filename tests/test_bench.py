@@ -96,3 +96,57 @@ def test_ratios_against_stock_as_shipped_and_with_the_same_tower():
     assert row in markdown
     assert "| 4. graphs compiled after the first call, over videos of 64, 32 frames | 0.000 | <= 0 | yes |" in markdown
     assert "Compile (first call 17.6 s minus a later call 0.100 s): 17.5 s" in markdown
+
+
+decode_spec = importlib.util.spec_from_file_location("bench_decode", ROOT / "tools" / "bench_decode.py")
+bench_decode = importlib.util.module_from_spec(decode_spec)
+decode_spec.loader.exec_module(bench_decode)
+
+
+def test_decode_bench_summary_and_targets():
+    """`tools/bench_decode.py`: per-config medians, tokens/s and static-vs-dynamic agreement from the raw runs, and
+    issue 21's targets (each cache's ratio, the faster cache on each side, end to end, concurrency)."""
+    import torch
+
+    prompt = 3
+    seq = torch.tensor([[1, 2, 3, 7, 8, 9, 10]])
+    runs = {
+        "stock_dynamic": {"steps": [0.020, 0.022, 0.021], "prepare": [1e-4], "calls": [2.0], "first_call_s": 3.0,
+                          "sequences": seq},
+        "stock_static": {"steps": [0.008, 0.009], "prepare": [3e-4], "calls": [1.0], "first_call_s": 30.0,
+                         "sequences": torch.tensor([[1, 2, 3, 7, 8, 0, 10]])},
+        "paper_dynamic": {"steps": [0.020], "prepare": [2e-4], "calls": [1.5], "first_call_s": 2.0, "sequences": seq},
+        "paper_static": {"steps": [0.006], "prepare": [4e-4], "calls": [0.5], "first_call_s": 31.0, "sequences": seq},
+    }  # fmt: skip
+    b1 = bench_decode.DecodeBench.summarise(runs, 1, prompt)
+    assert b1["stock_dynamic"]["ms_per_step"] == pytest.approx(21.0) and b1["paper_static"]["tokens_per_s"] == 1 / 0.006
+    assert b1["stock_static"]["same_tokens_as_dynamic"] == [2] and b1["paper_static"]["same_tokens_as_dynamic"] == [4]
+    assert b1["stock_static"]["first_call_extra_s"] == pytest.approx(29.0)
+    batch = bench_decode.DecodeBench.summarise(runs, 32, prompt)
+    assert batch["stock_static"]["tokens_per_s"] == pytest.approx(32 / 0.0085)
+    results = {
+        "b1": {"frames": 64, "new_tokens": 4, "configs": b1},
+        "batch": {"frames": 64, "new_tokens": 4, "batch": 32, "configs": batch},
+        "e2e": {"frames": 64, "new_tokens": 64, "configs": {
+            "stock_shipped": {"s": 2.4, "runs": [2.4], "first_call_s": 2.4},
+            "stock_best": {"s": 0.9, "runs": [0.9], "first_call_s": 30.0},
+            "fast_static": {"s": 0.6, "runs": [0.6], "first_call_s": 20.0}}},
+        "concurrency": {"frames": 128, "ratio": 20.0, "configs": {}},
+    }  # fmt: skip
+    rows = {t["target"]: t for t in bench_decode.targets(results)}
+    assert rows["static_decode_vs_stock_b1"]["measured"] == pytest.approx(6 / 8.5)
+    assert rows["static_decode_vs_stock_b1"]["met"] is True and rows["static_decode_ms_b1"]["met"] is True
+    assert rows["static_same_tokens_b1"]["measured"] == pytest.approx(1.0) and "0.50" in rows["static_same_tokens_b1"][
+        "definition"]  # fmt: skip
+    assert rows["batch_static_throughput"]["measured"] == pytest.approx(8.5 / 6)
+    assert rows["batch_static_throughput"]["met"] is False
+    assert rows["batch_best_throughput"]["measured"] == pytest.approx(8.5 / 6)  # both sides' faster cache is static
+    assert rows["batch_dynamic_throughput"]["measured"] == pytest.approx(21 / 20)
+    assert rows["batch_dynamic_throughput"]["met"] is True
+    assert rows["e2e_vs_shipped"]["measured"] == pytest.approx(4.0) and rows["e2e_vs_shipped"]["met"] is True
+    assert rows["e2e_vs_stock_best"]["measured"] == pytest.approx(1.5) and rows["e2e_vs_stock_best"]["met"] is None
+    assert rows["concurrency_ratio"]["met"] is True
+    results["targets"] = list(rows.values())
+    markdown = bench_decode.markdown(results)
+    assert "| e2e_vs_shipped | 4.000 | 3.5 | yes |" in markdown
+    assert "| paper_static | 6.00 | 6.00 | 166.7 | 0.400 | 0.500 | 31.0 | 4/4 |" in markdown
