@@ -224,9 +224,10 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
 
     def create_masks_for_generate(self, config: Any, inputs_embeds: torch.Tensor, attention_mask: Any, **kwargs: Any):
         """`generate` builds the 4-D masks up front for a static cache; PruneVid changes the sequence inside the
-        forward (and, without Stage 3, uses one mask per layer group), so while it is on the 2-D mask is passed on
-        and the model builds the masks of the pruned layout itself."""
-        if self.model._prunevid is not None and (attention_mask is None or attention_mask.ndim == 2):
+        forward (and, without Stage 3, uses one mask per layer group), so while a stage is on the 2-D mask is passed
+        on and the masks of the pruned layout are made by the model (the prefill) or by `generation_inputs` (a
+        forward over the pruned cache). With every stage off these are upstream's masks."""
+        if self._prunes() and (attention_mask is None or attention_mask.ndim == 2):
             return attention_mask
         return create_masks_for_generate(
             config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
