@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.close(os.open(lock, os.O_CREAT | os.O_EXCL))  # another worker on the same folder has it
         except FileExistsError:
             continue
-        if saved.exists():  # finished by another worker since the check above
+        if saved.exists() and not args.redo:  # finished by another worker since the check above
             lock.unlink()
             results.append(Result(**json.loads(saved.read_text())))
             continue
