@@ -360,3 +360,16 @@ def test_assigning_a_config_validates_it(checkpoints):
     with pytest.raises(ValueError, match="keep_ratio"):
         model.prunevid = config
     assert model.prunevid == PruneVidConfig.paper()
+
+
+def test_a_reset_cache_forgets_its_pruned_layout(checkpoints, video):
+    """A cache emptied with `reset()` and filled again (as `generate` reuses its static cache before transformers
+    5.16) holds no pruned prompt any more: the stock model continues it."""
+    model = load(checkpoints["gqa2"], PruneVidConfig.paper())
+    cache = StaticCache(config=model.config, max_cache_len=400)
+    generate(model, 3, **with_cache(cache), **video)
+    assert getattr(cache, "_prunevid_layout", None) is not None
+    cache.reset()
+    model.prunevid = PruneVidConfig.disabled()
+    out = generate(model, 3, **with_cache(cache), **video)  # raised "PruneVid is off" with the stale tag
+    assert getattr(cache, "_prunevid_layout", None) is None and out.sequences.shape[1] == video["input_ids"].shape[1] + 3

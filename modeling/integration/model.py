@@ -254,10 +254,10 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
 
 def _note_prefill(model: "Qwen2_5_VLPruneVid", args: tuple, kwargs: dict[str, Any]) -> None:
     """Forward pre-hook: keep the `input_ids` and 2-D `attention_mask` of a prefill, by reference, for
-    `prunevid_stats`. A prefill is a forward from an empty cache, continued by the later chunks of `generate`'s
-    chunked prefill (`prefill_chunk_size`), whose ids are appended. Arguments are read by name or position. Reads
-    nothing from the device and does nothing while compiled, so the stock forward's outputs and compiled graphs are
-    untouched."""
+    `prunevid_stats`, and forget the pruned layout an emptied cache was tagged with. A prefill is a forward from an
+    empty cache, continued by the later chunks of `generate`'s chunked prefill (`prefill_chunk_size`), whose ids are
+    appended. Arguments are read by name or position. Reads only the cache's length (a device read for a static
+    cache) and does nothing while compiled, so the stock forward's outputs and compiled graphs are untouched."""
     chunk, model._prefill_chunk_next = model._prefill_chunk_next, False
     if torch.compiler.is_compiling():
         return
@@ -268,6 +268,8 @@ def _note_prefill(model: "Qwen2_5_VLPruneVid", args: tuple, kwargs: dict[str, An
     past = cache.get_seq_length() if cache is not None else 0
     if past == 0:
         model._last_prefill = None if input_ids is None else (input_ids, mask)
+        if cache is not None:  # an emptied cache (`reset()`, reused by `generate` before 5.16) holds no pruned prompt
+            cache.__dict__.pop("_prunevid_layout", None)
         return
     recorded = model._last_prefill
     if chunk and recorded is not None and input_ids is not None and recorded[0].shape[1] == past:
