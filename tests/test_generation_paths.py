@@ -372,4 +372,5 @@ def test_a_reset_cache_forgets_its_pruned_layout(checkpoints, video):
     cache.reset()
     model.prunevid = PruneVidConfig.disabled()
     out = generate(model, 3, **with_cache(cache), **video)  # raised "PruneVid is off" with the stale tag
-    assert getattr(cache, "_prunevid_layout", None) is None and out.sequences.shape[1] == video["input_ids"].shape[1] + 3
+    assert getattr(cache, "_prunevid_layout", None) is None
+    assert out.sequences.shape[1] == video["input_ids"].shape[1] + 3
