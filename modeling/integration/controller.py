@@ -92,7 +92,6 @@ class PruneVidController:
         self.layer: int | None = None  # Stage 2's layer M, resolved against the model's depth by `bind`
         self.state: PrefillState | None = None  # the last pruned prefill
         self._prefilling = False
-        self._continuing: PrefillState | None = None  # set while a forward continues from `state`'s cache
         self._static_fit = StaticFit()  # sizes `generate`'s static caches to the pruned prompt
         if model_config is not None:
             self.bind(model_config)
@@ -116,7 +115,7 @@ class PruneVidController:
     def reset(self) -> None:
         """Forget the last prefill (its cache can no longer be continued)."""
         self.state = None
-        self._prefilling, self._continuing = False, None
+        self._prefilling = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
@@ -170,7 +169,7 @@ class PruneVidController:
         video_grid_thw: torch.Tensor | None,
         image_grid_thw: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        self._prefilling, self._continuing = False, None
+        self._prefilling = False
         if isinstance(attention_mask, dict) and attention_mask.get(PREPARED):
             return inputs_embeds, position_ids, attention_mask  # a continuation `generate` prepared: nothing to read
         cfg = self.config
@@ -383,16 +382,7 @@ class PruneVidController:
     def before_layer(self, text_model, i, hidden_states, mask_mapping, position_embeddings, text_positions, cache):
         if not self._prefilling:
             if isinstance(mask_mapping, dict) and AFTER_SELECT in mask_mapping and i == (self.layer or 0) + 1:
-                mask_mapping = mask_mapping[AFTER_SELECT]  # prepared by `generation_inputs`
-            state = self._continuing
-            if (
-                state is not None
-                and i == (self.layer or 0) + 1
-                and state.index is not None
-                and not state.cache_cut
-            ):
-                mask = torch.cat([state.mask_after_select.to(state.tail.dtype), state.tail], dim=1)
-                mask_mapping = layer_masks(text_model.config, hidden_states, mask, mask_mapping, cache, i)
+                mask_mapping = mask_mapping[AFTER_SELECT]  # continuing without Stage 3 (`_continuation`)
             return hidden_states, mask_mapping, position_embeddings, text_positions
         state = self.state
         if i == 0:
@@ -436,10 +426,8 @@ class PruneVidController:
         Called from `prepare_inputs_for_generation`, which runs eagerly before every forward of `generate`: the
         host reads (the cache's length) happen here, so that the forward, compiled or not, reads nothing back and
         has the same shapes at every decoding step. Returns None when `cache` holds no pruned prompt; else the
-        forward's `position_ids` (unpruned numbering, as in `_continue`) and its `attention_mask`: the masks of the
-        pruned layout (transformers' mask functions, sized by the cache: a static cache's are `max_cache_len` long,
-        so every step has one shape), with, without Stage 3, the masks of the layers after M under
-        `AFTER_SELECT`, marked as prepared (`PREPARED`); `before_language_model` passes them through.
+        forward's `position_ids` and `attention_mask` (`_continuation`), which `before_language_model` passes
+        through.
         """
         state = self.pruned_state(cache)
         if state is None:
@@ -447,29 +435,8 @@ class PruneVidController:
         if check_media:
             self._refuse_media(input_ids)
         batch = input_ids.shape[0] if input_ids is not None else state.mask.shape[0]
-        if attention_mask is None and not state.padded(state.cached_mask):
-            # no padding anywhere (e.g. one video): positions count on from the prompt's, the masks are made from
-            # none, as for the stock model (which needs none to decode from a dynamic cache)
-            seen = self._seen(state, cache, batch, q_len)
-            positions = state.next_position[:, None] + torch.arange(seen, seen + q_len, device=state.mask.device)
-            positions = self._with_text_row(positions, position_ids)
-            mask = tail = None
-        else:
-            positions, mask, tail = self._layout(state, cache, batch, q_len, attention_mask, position_ids)
-        text_config = self.model_config.text_config
-        kinds = sorted(set(text_config.layer_types))
-        shape = torch.empty(batch, q_len, 0, dtype=dtype, device=state.mask.device)  # the mask functions read it
-        masks: dict[str, Any] = layer_masks(text_config, shape, mask, kinds, cache, 0)
-        if state.index is not None and not state.cache_cut:  # without Stage 3 the layers after M hold fewer tokens
-            after = state.mask_after_select
-            if tail is not None:
-                after = torch.cat([after.to(tail.dtype), tail], dim=1)
-            elif state.padded(after):
-                after = torch.cat([after, after.new_ones(batch, self._seen(state, cache, batch, q_len) + q_len)], 1)
-            else:
-                after = None
-            masks[AFTER_SELECT] = layer_masks(text_config, shape, after, kinds, cache, self.layer + 1)
-        masks[PREPARED] = True
+        like = torch.empty(batch, q_len, 0, dtype=dtype, device=state.mask.device)  # the mask functions read it
+        positions, masks = self._continuation(state, cache, like, attention_mask, position_ids)
         return {"attention_mask": masks, "position_ids": positions}
 
     def _refuse_media(self, input_ids: torch.Tensor | None) -> None:
@@ -492,35 +459,58 @@ class PruneVidController:
         self._check_room(state, cache, seen, q_len)
         return seen
 
-    @staticmethod
-    def _with_text_row(positions, position_ids):
-        """[3, B, q] positions, after the incoming text row when 4 rows came in (read only for packed sequences)."""
-        positions = positions[None].expand(3, -1, -1)
-        if position_ids is not None and position_ids.ndim == 3 and position_ids.shape[0] == 4:
-            positions = torch.cat([position_ids[:1].to(positions.device), positions])
-        return positions
+    def _continuation(self, state, cache, like, attention_mask, position_ids):
+        """(positions, masks) of the new tokens of a forward over the pruned cache; `like` [B, q, ...] gives their
+        count, dtype and device.
 
-    def _layout(self, state, cache, batch, q_len, attention_mask, position_ids):
-        """(positions, 2-D mask, tail) of `q_len` new tokens after the pruned cache (see `_continue`)."""
+        Positions: in the unpruned numbering (the first token after the prompt at `max position + 1`, i.e.
+        `rope_deltas` applied, then one more per attended token). Masks: the caller's 2-D mask (unpruned length)
+        with its prompt part replaced by the pruned layout's, made into the masks of the layers by transformers'
+        mask functions, sized by the cache (a static cache's are `max_cache_len` long: one shape at every step);
+        without Stage 3 the layers after M, which hold fewer tokens, get their own under `AFTER_SELECT`. With no
+        padding anywhere they are made from no mask, as for the stock model. Marked `PREPARED`.
+        """
+        batch, q_len = like.shape[:2]
         seen = self._seen(state, cache, batch, q_len)
         new = seen + q_len
-        if attention_mask is None:
-            tail = torch.ones(batch, new, dtype=state.mask.dtype, device=state.mask.device)
+        after_select = state.index is not None and not state.cache_cut  # layers after M hold fewer tokens
+        padded = state.padded(state.cached_mask) or (after_select and state.padded(state.mask_after_select))
+        if attention_mask is None and not padded:
+            tail = None
+            positions = state.next_position[:, None] + torch.arange(seen, new, device=state.mask.device)
         else:
-            if not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2:
-                raise ValueError(
-                    "PruneVid: continuing from a pruned cache needs the 2-D attention mask (unpruned length), got "
-                    f"{type(attention_mask).__name__} {getattr(attention_mask, 'shape', '')}"
-                )
-            if attention_mask.shape[1] != state.orig_len + new:
-                raise ValueError(
-                    "PruneVid: after a pruned prefill the 2-D attention mask must cover the unpruned prompt "
-                    f"({state.orig_len} tokens) plus the {new} tokens since, got shape {tuple(attention_mask.shape)}"
-                )
-            tail = attention_mask[:, state.orig_len :].to(state.mask.device)
-        positions = state.next_position[:, None] + tail.long().cumsum(dim=1)[:, new - q_len :] - 1
-        positions = self._with_text_row(positions, position_ids)
-        return positions, torch.cat([state.cached_mask.to(tail.dtype), tail], dim=1), tail
+            if attention_mask is None:
+                tail = torch.ones(batch, new, dtype=state.mask.dtype, device=state.mask.device)
+            else:
+                if not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2:
+                    raise ValueError(
+                        "PruneVid: continuing from a pruned cache needs the 2-D attention mask (unpruned length), "
+                        f"got {type(attention_mask).__name__} {getattr(attention_mask, 'shape', '')}"
+                    )
+                if attention_mask.shape[1] != state.orig_len + new:
+                    raise ValueError(
+                        "PruneVid: after a pruned prefill the 2-D attention mask must cover the unpruned prompt "
+                        f"({state.orig_len} tokens) plus the {new} tokens since, got shape "
+                        f"{tuple(attention_mask.shape)}"
+                    )
+                tail = attention_mask[:, state.orig_len :].to(state.mask.device)
+            positions = state.next_position[:, None] + tail.long().cumsum(dim=1)[:, seen:] - 1
+        positions = positions[None].expand(3, -1, -1)
+        if position_ids is not None and position_ids.ndim == 3 and position_ids.shape[0] == 4:
+            positions = torch.cat([position_ids[:1].to(positions.device), positions])  # text row: packed sequences
+
+        def with_tail(prompt: torch.Tensor) -> torch.Tensor | None:
+            return None if tail is None else torch.cat([prompt.to(tail.dtype), tail], dim=1)
+
+        text_config = self.model_config.text_config
+        kinds = sorted(set(text_config.layer_types))
+        masks: dict[str, Any] = layer_masks(text_config, like, with_tail(state.cached_mask), kinds, cache, 0)
+        if after_select:
+            masks[AFTER_SELECT] = layer_masks(
+                text_config, like, with_tail(state.mask_after_select), kinds, cache, self.layer + 1
+            )
+        masks[PREPARED] = True
+        return positions, masks
 
     def _check_room(self, state, cache, seen, q_len):
         """A clear error, instead of an index error on the device, when a static cache has no slots left."""
@@ -542,19 +532,14 @@ class PruneVidController:
         direct call, e.g. a manual decoding loop or a follow-up turn.
 
         The cache holds the pruned prompt (plus the tokens since), the caller's 2-D mask and positions the unpruned
-        one. The mask's prompt part is replaced by the pruned layout's; the new tokens get the positions they have
-        in the unpruned numbering (the first token after the prompt at `max position + 1`, i.e. `rope_deltas`
-        applied, then one more per attended token) whatever positions came in, since a model that counts from
-        the cache length would count from the pruned one. Nothing is pruned here (docs/design.md, "Limits").
-        New media tokens are refused. This path reads the cache's length back (a host sync, and a recompilation
-        per step under `torch.compile`); `generate` avoids it.
+        one: the new tokens get their positions and masks as `generate`'s would (`_continuation`), whatever
+        positions came in, since a model that counts from the cache length would count from the pruned one.
+        Nothing is pruned here (docs/design.md, "Limits"). New media tokens are refused. This path reads the
+        cache's length back (a host sync, and a recompilation per step under `torch.compile`); `generate` avoids it.
         """
         state = self.pruned_state(cache)
         if state is None:  # a cache no pruned prefill filled (e.g. a text-only prompt): the stock forward
             return inputs_embeds, position_ids, attention_mask
         self._refuse_media(input_ids)
-        batch, q_len = inputs_embeds.shape[:2]
-        positions, mask, tail = self._layout(state, cache, batch, q_len, attention_mask, position_ids)
-        state.tail = tail
-        self._continuing = state
-        return inputs_embeds, positions.to(inputs_embeds.device), mask
+        positions, masks = self._continuation(state, cache, inputs_embeds, attention_mask, position_ids)
+        return inputs_embeds, positions.to(inputs_embeds.device), masks

@@ -47,7 +47,6 @@ class PrefillState:
     cached_prompt: int = 0  # prompt tokens held by cache layer 0 after the prefill
     cache_cut: bool = False  # Stage 3 cut the cache of layers 0..M to `index`
     static_room: int | None = None  # slots for new tokens in `generate`'s static cache, when fitted (`StaticFit`)
-    tail: torch.Tensor | None = field(default=None, repr=False)  # continuing: mask columns after the prompt
     _padded: dict[int, bool] = field(default_factory=dict, repr=False)  # `padded`, by mask
 
     def padded(self, mask: torch.Tensor) -> bool:
