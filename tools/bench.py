@@ -802,15 +802,20 @@ def add_ratios(results: dict[str, dict], settings: dict, text_config) -> None:
         c["llm_tflops_achieved"] = _ratio(c["llm_prefill_flops"] / 1e12, c["language_model_s"])
 
 
+def target_row(name, value, goal, better, text):
+    """One row of a targets table; `met` is None where nothing was measured or `goal` is None (reported only)."""
+    met = None if value is None or goal is None else (value >= goal if better == "higher" else value <= goal)
+    return {"target": name, "measured": value, "goal": goal, "better": better, "met": met, "definition": text}
+
+
 def targets(results):
     """Issue 20's targets (time to first token against stock's best, PruneVid's overhead, the tower, the pruned
     prefill's throughput), then the earlier ones still held (KV cache, concurrency). `goal` None: reported only."""
     frames = results["per_frames"]
     out = []
 
-    def add(name, value, goal, better, text):
-        met = None if value is None or goal is None else (value >= goal if better == "higher" else value <= goal)
-        out.append({"target": name, "measured": value, "goal": goal, "better": better, "met": met, "definition": text})
+    def add(*row):
+        out.append(target_row(*row))
 
     def get(f, name, *keys):
         value = frames.get(str(f), {}).get("configs", {}).get(name)

@@ -440,61 +440,54 @@ def _get(results, *keys):
     return value
 
 
-def _div(a, b):
-    return None if a is None or not b else a / b
-
-
 def targets(results):
     """Issue 21's targets from the phases' numbers; `goal` None: reported only."""
     out = []
 
-    def add(name, value, goal, better, text):
-        met = None if value is None or goal is None else (value >= goal if better == "higher" else value <= goal)
-        out.append({"target": name, "measured": value, "goal": goal, "better": better, "met": met, "definition": text})
+    def add(*row):
+        out.append(base.target_row(*row))
 
     b1 = lambda *k: _get(results, "b1", "configs", *k)  # noqa: E731
-    add("static_decode_vs_stock_b1", _div(b1("paper_static", "ms_per_step"), b1("stock_static", "ms_per_step")), 1.05,
+    ratio = base._ratio
+    add("static_decode_vs_stock_b1", ratio(b1("paper_static", "ms_per_step"), b1("stock_static", "ms_per_step")), 1.05,
         "lower", "2. paper / stock ms per token, both static cache + compiled step, batch 1, 64 frames")
     add("static_decode_ms_b1", b1("paper_static", "ms_per_step"), 12.0, "lower",
-        f"2. paper ms per token, static compiled, batch 1 (stock: {_fmt(b1('stock_static', 'ms_per_step'), '.2f')})")
+        f"2. paper ms per token, static compiled, batch 1 (stock: "
+        f"{base._fmt(b1('stock_static', 'ms_per_step'), '.2f')})")
     def same(setting):
         equal = b1(f"{setting}_static", "same_tokens_as_dynamic")
         return None if equal is None else min(equal) / b1(f"{setting}_static", "new_tokens")
 
     add("static_same_tokens_b1", same("paper"), None, "higher",
         f"2. share of paper's tokens that static decodes as dynamic does, before the first difference (stock's own: "
-        f"{_fmt(same('stock'), '.2f')}; random weights: bf16 rounding flips near-ties)")
-    add("dynamic_decode_vs_stock_b1", _div(b1("paper_dynamic", "ms_per_step"), b1("stock_dynamic", "ms_per_step")),
+        f"{base._fmt(same('stock'), '.2f')}; random weights: bf16 rounding flips near-ties)")
+    add("dynamic_decode_vs_stock_b1", ratio(b1("paper_dynamic", "ms_per_step"), b1("stock_dynamic", "ms_per_step")),
         None, "lower", "paper / stock ms per token, dynamic cache (eager), batch 1")
     bt = lambda *k: _get(results, "batch", "configs", *k)  # noqa: E731
     batch = _get(results, "batch", "batch")
-    add("batch_static_throughput", _div(bt("paper_static", "tokens_per_s"), bt("stock_static", "tokens_per_s")), 1.5,
+    add("batch_static_throughput", ratio(bt("paper_static", "tokens_per_s"), bt("stock_static", "tokens_per_s")), 1.5,
         "higher", f"3. paper / stock decode tokens/s, static compiled, batch {batch}, 64 frames")
     def best(setting):
         return max(bt(f"{setting}_static", "tokens_per_s") or 0, bt(f"{setting}_dynamic", "tokens_per_s") or 0)
 
-    add("batch_best_throughput", _div(best("paper"), best("stock")), None, "higher",
+    add("batch_best_throughput", ratio(best("paper"), best("stock")), None, "higher",
         f"3. paper / stock decode tokens/s, each with its faster cache, batch {batch}")
-    add("batch_dynamic_throughput", _div(bt("paper_dynamic", "tokens_per_s"), bt("stock_dynamic", "tokens_per_s")),
+    add("batch_dynamic_throughput", ratio(bt("paper_dynamic", "tokens_per_s"), bt("stock_dynamic", "tokens_per_s")),
         1.0, "higher", f"3. paper / stock decode tokens/s, dynamic cache, batch {batch}")
     add("host_prepare_ms_b1", b1("paper_static", "host_prepare_ms_per_step"), None, "lower",
         f"3. host time per step in prepare_inputs_for_generation, paper static, batch 1 (stock: "
-        f"{_fmt(b1('stock_static', 'host_prepare_ms_per_step'), '.3f')}; batch {batch}: paper "
-        f"{_fmt(bt('paper_static', 'host_prepare_ms_per_step'), '.3f')}, stock "
-        f"{_fmt(bt('stock_static', 'host_prepare_ms_per_step'), '.3f')})")
+        f"{base._fmt(b1('stock_static', 'host_prepare_ms_per_step'), '.3f')}; batch {batch}: paper "
+        f"{base._fmt(bt('paper_static', 'host_prepare_ms_per_step'), '.3f')}, stock "
+        f"{base._fmt(bt('stock_static', 'host_prepare_ms_per_step'), '.3f')})")
     e2e = lambda name: _get(results, "e2e", "configs", name, "s")  # noqa: E731
-    add("e2e_vs_shipped", _div(e2e("stock_shipped"), e2e("fast_static")), 3.5, "higher",
+    add("e2e_vs_shipped", ratio(e2e("stock_shipped"), e2e("fast_static")), 3.5, "higher",
         "4. stock as shipped / fast() + static compiled decode, pixels in, text out, 64 new tokens, 64 frames")
-    add("e2e_vs_stock_best", _div(e2e("stock_best"), e2e("fast_static")), None, "higher",
+    add("e2e_vs_stock_best", ratio(e2e("stock_best"), e2e("fast_static")), None, "higher",
         "4. stock's best (compiled tower + static compiled decode) / the same PruneVid run")
     add("concurrency_ratio", _get(results, "concurrency", "ratio"), 6.0, "higher",
         f"5. paper / stock conversations of {_get(results, 'concurrency', 'frames')} frames prefilled one at a time "
         "and decoded together")
     return out  # fmt: skip
-
-
-def _fmt(value, spec):
-    return "n/a" if value is None else format(value, spec)
 
 
 def markdown(results):
@@ -506,7 +499,7 @@ def markdown(results):
              "| target | measured | goal | met | definition |", "|---|---|---|---|---|"]  # fmt: skip
     for t in results.get("targets", []):
         met = {True: "yes", False: "no", None: ""}[t["met"]]
-        lines.append(f"| {t['target']} | {_fmt(t['measured'], '.3f')} | {_fmt(t['goal'], 'g')} | {met} | "
+        lines.append(f"| {t['target']} | {base._fmt(t['measured'], '.3f')} | {base._fmt(t['goal'], 'g')} | {met} | "
                      f"{t['definition']} |")  # fmt: skip
     for phase, title in (("b1", "Batch 1"), ("batch", "Batch")):
         rec = results.get(phase)
@@ -555,7 +548,7 @@ def main(argv=None):
         args.repeats, args.max_attempts = 1, 3
     results = DecodeBench(args).run()
     for t in results["targets"]:
-        log(f"target {t['target']}: {_fmt(t['measured'], '.3f')} (goal {t['goal']}, met {t['met']})")
+        log(f"target {t['target']}: {base._fmt(t['measured'], '.3f')} (goal {t['goal']}, met {t['met']})")
     return 0
 
 
