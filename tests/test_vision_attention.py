@@ -51,12 +51,26 @@ def pixels(config, dtype=torch.float32, seed=1):
 
 @torch.no_grad()
 def run(tower, x, attention=None):
-    tower._prunevid_vision = attention
+    tower._prunevid_vision = tower.patch_embed._prunevid_vision = attention  # as `Qwen2_5_VLPruneVid.prunevid` does
     try:
         out = tower(x, grid_thw=GRID.to(x.device))
     finally:
-        tower._prunevid_vision = None
+        tower._prunevid_vision = tower.patch_embed._prunevid_vision = None
     return out.pooler_output, out.last_hidden_state
+
+
+def spy_patch_embed(monkeypatch):
+    """Record what every `VisionVarlenAttention.patch_embed` call returns (None: the stock conv ran)."""
+    results = []
+    original = va.VisionVarlenAttention.patch_embed
+
+    def patch_embed(self, module, hidden_states):
+        out = original(self, module, hidden_states)
+        results.append(out)
+        return out
+
+    monkeypatch.setattr(va.VisionVarlenAttention, "patch_embed", patch_embed)
+    return results
 
 
 def rel(a, b):
@@ -78,6 +92,49 @@ def test_reference_packed_attention_equals_stock_fp32():
     for s, f in zip(stock, fused):
         assert s.shape == f.shape
         assert rel(f, s) < 1e-5
+
+
+def test_patch_embed_matmul_equals_the_conv_fp32(monkeypatch):
+    """The patch embedding as one matmul (patch `vision-patch-embed-matmul`): the stock `Conv3d`'s function, in the
+    same flattening order (input as upstream's `view(-1, C, T, P, P)`, weight [E, C, T, P, P]), and the tower uses
+    it once per call."""
+    tower, config = make_tower()
+    x = pixels(config)
+    embed = tower.patch_embed
+    with torch.no_grad():
+        want = embed(x)  # no `_prunevid_vision`: the stock conv
+        got = va.VisionVarlenAttention("reference").patch_embed(embed, x)
+    assert got is not None and got.shape == want.shape == (x.shape[0], config.vision_config.hidden_size)
+    assert got.dtype == embed.proj.weight.dtype
+    assert rel(got, want) < 1e-5
+    results = spy_patch_embed(monkeypatch)
+    stock = run(tower, x)
+    assert results == []
+    fused = run(tower, x, va.VisionVarlenAttention("reference"))
+    assert len(results) == 1 and results[0] is not None  # the hook ran and its result was used
+    for s, f in zip(stock, fused):
+        assert rel(f, s) < 1e-5
+
+
+def test_patch_embed_matmul_only_for_the_stock_conv():
+    """Anything but upstream's bias-free Conv3d with stride == kernel (or a hooked one) keeps the stock conv."""
+    tower, config = make_tower()
+    x = pixels(config)
+    attention = va.VisionVarlenAttention("reference")
+    embed = tower.patch_embed
+    proj = embed.proj
+    assert attention.patch_embed(embed, x) is not None
+    with_bias = torch.nn.Conv3d(proj.in_channels, proj.out_channels, proj.kernel_size, stride=proj.stride, bias=True)
+    overlapping = torch.nn.Conv3d(proj.in_channels, proj.out_channels, proj.kernel_size, stride=1, bias=False)
+    for other in (with_bias, overlapping):
+        embed.proj = other
+        assert attention.patch_embed(embed, x) is None
+    embed.proj = proj
+    handle = proj.register_forward_pre_hook(lambda module, args: None)
+    try:
+        assert attention.patch_embed(embed, x) is None
+    finally:
+        handle.remove()
 
 
 def test_reference_packed_attention_bf16_within_documented_tolerance():
@@ -149,16 +206,18 @@ def test_fused_call_plumbing_with_a_stand_in_kernel(monkeypatch, with_scale):
         assert all(c[2] == pytest.approx(16**-0.5) for c in calls)
 
 
-def test_fallback_to_stock_with_one_warning(caplog):
+def test_fallback_to_stock_with_one_warning(caplog, monkeypatch):
     tower, config = make_tower()
     x = pixels(config)
     stock = run(tower, x)
+    results = spy_patch_embed(monkeypatch)
     attention = va.VisionVarlenAttention()  # "auto"
     with caplog.at_level(logging.WARNING, logger=va.__name__):
         first = run(tower, x, attention)
         second = run(tower, x, attention)
     for s, a, b in zip(stock, first, second):
         assert torch.equal(s, a) and torch.equal(s, b)  # the stock path, bitwise
+    assert results == [None, None]  # the patch embedding hook ran and left the stock conv to run
     messages = [r.getMessage() for r in caplog.records if r.name == va.__name__]
     assert len(messages) == 1, messages
     assert "vision_attention='varlen' is not available" in messages[0] and "stock attention" in messages[0]
@@ -200,14 +259,39 @@ def test_model_setter_wires_the_tower():
     from modeling import Qwen2_5_VLPruneVid
 
     model = Qwen2_5_VLPruneVid(tiny_config(num_hidden_layers=4), prunevid=PruneVidConfig.disabled())
-    assert model.model.visual._prunevid_vision is None
+    visual = model.model.visual
+    keys = list(model.state_dict())
+    assert visual._prunevid_vision is None and visual.patch_embed._prunevid_vision is None
     model.prunevid = PruneVidConfig.paper(vision_attention="varlen")
-    assert isinstance(model.model.visual._prunevid_vision, va.VisionVarlenAttention)
-    assert model.model.visual._prunevid_vision.compile_options is None
+    assert isinstance(visual._prunevid_vision, va.VisionVarlenAttention)
+    assert visual.patch_embed._prunevid_vision is visual._prunevid_vision  # the patch embedding hook too
+    assert visual._prunevid_vision.compile_options is None
+    assert list(model.state_dict()) == keys  # plain attributes, not submodules: nothing saved
     model.prunevid = PruneVidConfig.paper(vision_attention="varlen_compiled")
-    assert model.model.visual._prunevid_vision.compile_options == {"dynamic": True}
+    assert visual._prunevid_vision.compile_options == {"dynamic": True}
+    assert visual.patch_embed._prunevid_vision is visual._prunevid_vision
     model.prunevid = PruneVidConfig.paper()
-    assert model.model.visual._prunevid_vision is None
+    assert visual._prunevid_vision is None and visual.patch_embed._prunevid_vision is None
+
+
+def test_model_with_varlen_on_cpu_is_bitwise_stock(monkeypatch):
+    """`vision_attention="varlen"` where the fused path cannot run (the CPU): the tower of the model, patch
+    embedding included, is the stock one bit for bit (the patch embedding hook returns None)."""
+    from modeling import Qwen2_5_VLPruneVid
+
+    config = tiny_config(num_hidden_layers=4)
+    torch.manual_seed(0)
+    model = Qwen2_5_VLPruneVid(config, prunevid=PruneVidConfig.disabled()).eval()
+    x = pixels(config)
+    with torch.no_grad():
+        want = model.model.visual(x, grid_thw=GRID)
+    results = spy_patch_embed(monkeypatch)
+    model.prunevid = PruneVidConfig.disabled().replace(vision_attention="varlen")
+    with torch.no_grad():
+        got = model.model.visual(x, grid_thw=GRID)
+    assert results == [None]
+    assert torch.equal(got.pooler_output, want.pooler_output)
+    assert torch.equal(got.last_hidden_state, want.last_hidden_state)
 
 
 # A custom op with varlen_attn's arguments (as torch registers varlen_attn): dynamo traces it with symbolic sizes.

@@ -97,7 +97,9 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
         self.config.prunevid = config.to_dict()
         self.model._prunevid = controller
         self.model.language_model._prunevid = controller
-        self.model.visual._prunevid_vision = vision_attention_for(config)
+        vision = vision_attention_for(config)  # None (stock tower) clears both
+        self.model.visual._prunevid_vision = vision
+        self.model.visual.patch_embed._prunevid_vision = vision  # a plain attribute: not in the state_dict
         self._last_prefill = None  # stats describe a prefill of these settings only
 
     @property
