@@ -52,6 +52,7 @@ from transformers.cache_utils import Cache, StaticLayer
 from transformers.utils import logging
 
 from ..prunevid.config import PruneVidConfig
+from ..prunevid.graphs import CudaGraphs, eager
 from ..prunevid.merge import MergeResult, merge_video
 from ..prunevid.select import attention_importance, grouped_topk
 from .cache import StaticFit, cut_cache
@@ -93,6 +94,8 @@ class PruneVidController:
         self.state: PrefillState | None = None  # the last pruned prefill
         self._prefilling = False
         self._static_fit = StaticFit()  # sizes `generate`'s static caches to the pruned prompt
+        # runs Stage 1's and the scoring's fixed-shape steps: eagerly, or replayed as CUDA graphs (`cuda_graphs`)
+        self.runner = CudaGraphs() if config.cuda_graphs else eager
         if model_config is not None:
             self.bind(model_config)
 
@@ -324,6 +327,7 @@ class PruneVidController:
             cluster_ratio=cfg.cluster_ratio,
             k=cfg.dpc_knn_k,
             min_tokens_to_cluster=cfg.min_tokens_to_cluster,
+            runner=self.runner,
         )
 
     def query_mask(self, origin: torch.Tensor, mask: torch.Tensor, is_video: torch.Tensor,
@@ -356,27 +360,15 @@ class PruneVidController:
         scoring: pre-RoPE q/k of the layer, softmax over all valid keys, only the question rows, reduced over heads
         and queries, then `keep_ratio` per group.
         """
-        attn = layer.self_attn
-        normed = layer.input_layernorm(hidden_states)
-        batch, length, _ = normed.shape
         n_query = int(state.query.sum(dim=1).max())
-        q_index = torch.sort(state.query.to(torch.int8), dim=1, stable=True).indices[:, length - n_query :]
-        q_mask = state.query.gather(1, q_index)
-        query = attn.q_proj(gather(normed, q_index)).view(batch, n_query, -1, attn.head_dim).transpose(1, 2)
-        key = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
-        scores = attention_importance(
-            query,
-            key,
-            query_mask=q_mask,
-            key_mask=state.mask.bool(),
-            scaling=attn.scaling,
-            head_reduce=self.config.attention_aggregation,
-            query_reduce=self.config.attention_aggregation,
-        )
-        has_query = q_mask.any(dim=1, keepdim=True)
-        group = torch.where(has_query, state.group, -1)  # no question tokens: keep every token of that sample
-        kept = grouped_topk(scores, group, self.config.keep_ratio, rounding=self.config.keep_rounding)
-        return kept | (group < 0)
+        cfg = self.config
+        attn = layer.self_attn
+        weights = [p for m in (layer.input_layernorm, attn.q_proj, attn.k_proj) for p in m.parameters()]
+        (kept,) = self.runner(
+            _score_and_keep, (hidden_states, state.query, state.mask, state.group), fixed=weights, layer=layer,
+            n_query=n_query, reduce=cfg.attention_aggregation, keep_ratio=cfg.keep_ratio, rounding=cfg.keep_rounding,
+        )  # fmt: skip
+        return kept.clone()
 
     # ------------------------------------------------------------------------------------------ hook 2
     def before_layer(self, text_model, i, hidden_states, mask_mapping, position_embeddings, text_positions, cache):
@@ -543,3 +535,24 @@ class PruneVidController:
         self._refuse_media(input_ids)
         positions, masks = self._continuation(state, cache, inputs_embeds, attention_mask, position_ids)
         return inputs_embeds, positions.to(inputs_embeds.device), masks
+
+
+def _score_and_keep(hidden_states, query_rows, mask, group, *weights, layer, n_query, reduce, keep_ratio,
+                    rounding) -> tuple[torch.Tensor]:  # fmt: skip
+    """`PruneVidController.select`'s fixed-shape step (recordable; `weights` are the layer's, read through `layer`):
+    pre-RoPE q/k of the question rows and all keys, `attention_importance`, `grouped_topk`. Returns the keep mask."""
+    attn = layer.self_attn
+    normed = layer.input_layernorm(hidden_states)
+    batch, length, _ = normed.shape
+    q_index = torch.sort(query_rows.to(torch.int8), dim=1, stable=True).indices[:, length - n_query :]
+    q_mask = query_rows.gather(1, q_index)
+    query = attn.q_proj(gather(normed, q_index)).view(batch, n_query, -1, attn.head_dim).transpose(1, 2)
+    key = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+    scores = attention_importance(
+        query, key, query_mask=q_mask, key_mask=mask.bool(), scaling=attn.scaling, head_reduce=reduce,
+        query_reduce=reduce,
+    )  # fmt: skip
+    has_query = q_mask.any(dim=1, keepdim=True)
+    group = torch.where(has_query, group, -1)  # no question tokens: keep every token of that sample
+    kept = grouped_topk(scores, group, keep_ratio, rounding=rounding)
+    return (kept | (group < 0),)

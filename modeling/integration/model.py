@@ -19,6 +19,7 @@ from transformers.masking_utils import create_masks_for_generate
 
 from ..modeling_qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from ..prunevid.config import PruneVidConfig
+from ..prunevid.graphs import CudaGraphs
 from .cache import FIT_TAG, FITTED_TAG
 from .compat import CACHE_KWARG
 from .controller import PruneVidController
@@ -93,6 +94,10 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
         else:
             config = _as_config(value)
             controller = PruneVidController(config, self.config) if config.is_active else None
+        if controller is not None and config.cuda_graphs:  # one set of graphs per model, kept across settings
+            if getattr(self, "_prunevid_graphs", None) is None:
+                self._prunevid_graphs = CudaGraphs()
+            controller.runner = self._prunevid_graphs
         self._prunevid_config = config
         self.config.prunevid = config.to_dict()
         self.model._prunevid = controller

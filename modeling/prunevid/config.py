@@ -65,6 +65,7 @@ class PruneVidConfig:
     | ``selection_scope`` | ``"grouped"`` | "grouped", "global" |
     | ``include_images`` | ``False`` | bool |
     | ``vision_attention`` | ``"stock"`` | "stock", "varlen", "varlen_compiled" |
+    | ``cuda_graphs`` | ``False`` | bool |
 
     Stage switches: ``enable_stage1`` (merging), ``enable_stage2`` (selection) and ``enable_stage3`` (the earlier
     ``enable_cache_compression``), below.
@@ -91,12 +92,18 @@ class PruneVidConfig:
     Stage 3 (Sec. 3.4): enable_stage3 cuts the KV cache of layers 0..pruning_layer to the kept tokens, so every
         layer caches the same set and decoding attends only to it. ``None`` (default) follows ``enable_stage2``;
         ``True`` without Stage 2 is turned off with a warning (there is no selection to cut the cache to).
-    vision_attention: "stock" (upstream vision tower), "varlen" (opt-in fused windowed attention, GPU only; it
-        also runs with every stage off, e.g. ``PruneVidConfig.disabled().replace(vision_attention="varlen")``) or
+    vision_attention: "stock" (upstream vision tower), "varlen" (opt-in fused windowed attention and the patch
+        embedding as one matmul, GPU only; it also runs with every stage off, e.g.
+        ``PruneVidConfig.disabled().replace(vision_attention="varlen")``) or
         "varlen_compiled" (the same, each vision block through ``torch.compile(dynamic=True)``: one compile on the
         first call, 18 s for the 7B tower on an H200, then any video length without recompiling).
+    cuda_graphs: run Stage 1 and the Stage-2 scoring as recorded CUDA graphs (CUDA only; elsewhere, with autograd
+        on or inside ``torch.compile`` they run eagerly): the same kernels replayed with one launch, so the same
+        results as eager, without the host cost of a few hundred small launches. A new video shape (frames,
+        resolution, temporal segments) or prompt length records a graph once (about twice an eager call); at most
+        8 are kept per model, in one memory pool (``modeling.prunevid.graphs``).
 
-    Presets: ``paper()`` (the default), ``fast()`` (``paper()`` with the compiled fused vision tower),
+    Presets: ``paper()`` (the default), ``fast()`` (``paper()`` with the compiled fused vision tower and CUDA graphs),
     ``conservative()`` (keeps more), ``aggressive()`` (keeps fewer),
     ``stage1_only()``, ``fastv()`` (the FastV baseline: no merging, layer 2, 50% by the last token's attention,
     chosen globally) and ``disabled()`` (the stock model); by name through ``preset(name)`` (``PRESETS``; "off" is
@@ -121,10 +128,11 @@ class PruneVidConfig:
     selection_scope: str = "grouped"
     include_images: bool = False
     vision_attention: str = "stock"
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-        for name in ("enable_stage1", "enable_stage2", "include_images"):
+        for name in ("enable_stage1", "enable_stage2", "include_images", "cuda_graphs"):
             values[name] = _check_bool(name, values[name])
         if values["enable_stage3"] is not None:
             values["enable_stage3"] = _check_bool("enable_stage3", values["enable_stage3"])
@@ -225,13 +233,16 @@ class PruneVidConfig:
     @classmethod
     def fast(cls, **overrides: Any) -> "PruneVidConfig":
         """The fastest correct setting: the paper's pruning with the fused, compiled vision tower
-        (``vision_attention="varlen_compiled"``). The pruning is ``paper()``'s; the tower computes the stock function
-        with other kernels, so its bf16 features differ by rounding (relative error 0.017 against the stock bf16
-        tower's output on an H200, 0.015 for the uncompiled varlen tower), and Stage 1's clusters can differ a little
-        with them (256 frames: 3,821 tokens after Stage 1 instead of 3,678). Its one-time cost: compiling the vision
-        blocks on the first video (18 s for the 7B tower on an H200; none later for other lengths). Where the fused
-        kernel cannot run (CPU, fp32, old torch) the stock tower runs, uncompiled, with a warning."""
-        return cls(**{"vision_attention": "varlen_compiled", **overrides})
+        (``vision_attention="varlen_compiled"``) and Stage 1 and the Stage-2 scoring replayed as CUDA graphs
+        (``cuda_graphs=True``). The pruning is ``paper()``'s and the graphs replay its eager kernels; the tower computes
+        the stock function with other kernels, so its bf16 features differ by rounding (relative error 0.017 against
+        the stock bf16 tower's output on an H200, 0.015 for the uncompiled varlen tower), and Stage 1's clusters can
+        differ a little with them (256 frames: 3,821 tokens after Stage 1 instead of 3,678). Its one-time costs:
+        compiling the vision blocks on the first video (18 s for the 7B tower on an H200; none later for other
+        lengths), and recording a graph for each new video shape or prompt length (about two eager calls). Where
+        the fused kernel cannot run (CPU, fp32, old torch) the stock tower runs, uncompiled, with a warning; on the
+        CPU the graphs are not used."""
+        return cls(**{"vision_attention": "varlen_compiled", "cuda_graphs": True, **overrides})
 
     @classmethod
     def conservative(cls, **overrides: Any) -> "PruneVidConfig":

@@ -20,11 +20,14 @@ Decisions (beyond the paper's text):
   centre location at the segment's first frame, so the caller can give it that real token's 3-D position.
 * All static and per-frame dynamic clusterings of the video run as one batched :func:`dpc_knn` call with
   validity masks.
+* The work is two fixed-shape steps (:func:`_video_frame_labels`, :func:`_merge_segments`) with one read-back
+  after each, so that both can be replayed as CUDA graphs (:mod:`.graphs`) with the same kernels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import math
 
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .dpc_knn import _cluster_means, dpc_knn
+from .graphs import eager
 
 __all__ = ["MergeResult", "merge_video", "temporal_segments", "contiguous_segments", "static_mask"]
 
@@ -146,9 +150,20 @@ def temporal_segments(frame_features: Tensor, ratio: float, k: int) -> list[tupl
     n_frames = frame_features.shape[0]
     if n_frames <= 1:
         return [(0, n_frames)] if n_frames == 1 else []
-    n_clusters = max(1, int(n_frames * ratio))
-    labels = dpc_knn(frame_features[None], n_clusters, min(k, n_frames)).labels[0]
+    labels = _frame_labels(frame_features[None], n_clusters=max(1, int(n_frames * ratio)), k=min(k, n_frames))[0]
     return contiguous_segments(labels.tolist())  # the one device-to-host read of the segmentation
+
+
+def _frame_labels(frame_features: Tensor, *, n_clusters: int, k: int) -> tuple[Tensor]:
+    """DPC-KNN labels of the frames (``Tensor[1, T, C]`` -> ``(LongTensor[T],)``), a recordable step."""
+    return (dpc_knn(frame_features, n_clusters, k).labels[0],)
+
+
+def _video_frame_labels(features: Tensor, *, grid: tuple[int, int, int], n_clusters: int, k: int) -> tuple[Tensor]:
+    """:func:`_frame_labels` of a video's ``[T*H*W, C]`` tokens over the frame means (float32), a recordable step."""
+    n_frames, height, width = grid
+    frames = features.reshape(n_frames, height * width, features.shape[1]).float()
+    return _frame_labels(frames.mean(dim=1)[None], n_clusters=n_clusters, k=k)
 
 
 def _segment_static(
@@ -198,6 +213,7 @@ def merge_video(
     cluster_ratio: float,
     k: int,
     min_tokens_to_cluster: int = 14,
+    runner: Callable[..., tuple[Tensor, ...]] = eager,
 ) -> MergeResult:
     """Spatial-temporal token merging of one video (PruneVid Sec. 3.2).
 
@@ -208,6 +224,11 @@ def merge_video(
     batched DPC-KNN over ``S + T`` rows (one per segment, one per frame) with validity masks; an unclustered
     block is DPC-KNN with as many clusters as points, which keeps every token as it is.
 
+    The work is two fixed-shape steps with one read-back after each: the frame labels of step 1 (the segments are
+    made on the host), then steps 2-5 with every output padded to ``T*H*W`` rows, whose output count is read back
+    to trim them. ``runner`` runs the two steps: eagerly (default) or recorded as CUDA graphs
+    (:class:`~.graphs.CudaGraphs`, the same kernels).
+
     Args:
         features: ``Tensor[T*H*W, C]`` the video's tokens in raster order (t, then h, then w).
         grid: ``(T, H, W)``.
@@ -216,6 +237,7 @@ def merge_video(
         cluster_ratio: fraction of tokens kept by each spatial clustering.
         k: DPC-KNN neighbours (clamped to the points available).
         min_tokens_to_cluster: blocks with at most this many tokens are not clustered (authors: 14).
+        runner: how the fixed-shape steps run, :func:`~.graphs.eager` or a :class:`~.graphs.CudaGraphs`.
 
     Returns:
         :class:`MergeResult`.
@@ -227,15 +249,78 @@ def merge_video(
     if n_frames < 1 or n_loc < 1:
         raise ValueError(f"empty grid {grid}")
     device = features.device
-    channels = features.shape[1]
-    frames = features.reshape(n_frames, n_loc, channels).float()
 
-    # 1. temporal segments (one device-to-host read: the T frame labels); segment bookkeeping stays on the host
-    segments = temporal_segments(frames.mean(dim=1), temporal_segment_ratio, k)
-    n_seg = len(segments)
-    seg_len_h = [e - s for s, e in segments]
-    seg_info = _to_device([i for i, n in enumerate(seg_len_h) for _ in range(n)] + seg_len_h, device)
+    # 1. temporal segments (read back: the T frame labels); segment bookkeeping stays on the host
+    if n_frames == 1:
+        segments = [(0, 1)]
+    else:
+        n_clusters = max(1, int(n_frames * temporal_segment_ratio))
+        (labels,) = runner(
+            _video_frame_labels, (features,), grid=(n_frames, height, width), n_clusters=n_clusters,
+            k=min(k, n_frames),
+        )  # fmt: skip
+        segments = contiguous_segments(labels.tolist())
+    seg_len = [e - s for s, e in segments]
+    seg_info = _to_device([i for i, n in enumerate(seg_len) for _ in range(n)] + seg_len, device)
+
+    # 2.-5. one fixed-shape step; read back: the output count and group count
+    merged, slot, longs, assignment, static_tl, totals = runner(
+        _merge_segments, (features, seg_info), grid=(n_frames, n_loc), n_seg=len(segments), tau=float(tau),
+        cluster_ratio=float(cluster_ratio), k=int(k), min_tokens_to_cluster=int(min_tokens_to_cluster),
+    )  # fmt: skip
+    n_out, n_groups = totals.tolist()
+    # copies (a runner's outputs may be its buffers, rewritten by its next call), trimmed to the output count
+    longs = longs[:, :n_out].clone()
+    return MergeResult(
+        features=merged.index_select(0, slot[:n_out]).to(features.dtype),
+        source=longs[0],
+        group=longs[1],
+        is_static=longs[2].bool(),
+        assignment=assignment.clone(),
+        segments=segments,
+        static_mask=static_tl.clone(),
+        num_groups=n_groups,
+    )
+
+
+def cluster_bound(n_loc: int, cluster_ratio: float, min_tokens_to_cluster: int) -> int:
+    """The most clusters a block of at most ``n_loc`` tokens gets: ``n`` up to ``min_tokens_to_cluster`` tokens,
+    ``min(max(floor(n * cluster_ratio), 1), n)`` above (non-decreasing in ``n``), so the larger of the two ends."""
+    above = min(max(math.floor(n_loc * cluster_ratio), 1), n_loc) if n_loc > min_tokens_to_cluster else 0
+    return max(min(n_loc, min_tokens_to_cluster), above)
+
+
+def _merge_segments(
+    features: Tensor,
+    seg_info: Tensor,
+    *,
+    grid: tuple[int, int],
+    n_seg: int,
+    tau: float,
+    cluster_ratio: float,
+    k: int,
+    min_tokens_to_cluster: int,
+) -> tuple[Tensor, ...]:
+    """Steps 2-5 of :func:`merge_video` for given segments, every shape fixed by ``(T, L, C, S)``: recordable.
+
+    Args:
+        features: ``Tensor[T*L, C]``.
+        seg_info: ``LongTensor[T + S]``: the segment of every frame, then the segment lengths.
+
+    Returns:
+        ``merged`` (``float32 [R*Cb, C]``, the cluster means of the ``R = S + T`` rows, ``Cb`` slots each),
+        ``slot`` (``LongTensor[T*L]``: the ``merged`` row of every output token), ``longs`` (``LongTensor[3, T*L]``:
+        source, group, is_static of every output token), ``assignment`` (``LongTensor[T*L]``), the static mask
+        (``BoolTensor[T, L]``) and ``LongTensor[2]``: the output count ``M`` and the group count. Rows ``M`` and
+        beyond of the padded outputs are meaningless.
+    """
+    n_frames, n_loc = grid
+    channels = features.shape[1]
+    device = features.device
+    frames = features.reshape(n_frames, n_loc, channels).float()
     seg_of_frame, seg_len = seg_info[:n_frames], seg_info[n_frames:]
+    seg_start = torch.cumsum(seg_len, 0) - seg_len
+    frame_idx = torch.arange(n_frames, device=device)
 
     # 2. static / dynamic
     static_seg = _segment_static(frames, seg_of_frame, n_seg, tau, width=seg_len)  # [S, L]
@@ -246,54 +331,38 @@ def merge_video(
     seg_mean = seg_mean / seg_len[:, None, None].float()
     rows = torch.cat([seg_mean, frames], dim=0)
     valid = torch.cat([static_seg, ~static_tl], dim=0)
-    n_rows = n_seg + n_frames
-    # The second (and last) device-to-host read: the valid count of every row. Cluster counts as dpc_knn clamps
-    # them: max(1, floor(n * cluster_ratio)) above the threshold, else n (an empty row stays at 0).
-    counts = [
-        min(max(math.floor(n * cluster_ratio), 1), n) if n > min_tokens_to_cluster else n
-        for n in valid.sum(dim=1).tolist()
-    ]
-    c_max = max(counts)
+    n_valid = valid.sum(dim=1)
+    # cluster counts as dpc_knn clamps them: max(1, floor(n * ratio)) (float64, as Python) above the threshold, else n
+    reduced = torch.minimum(torch.floor(n_valid.double() * cluster_ratio).long().clamp_min(1), n_valid)
+    counts = torch.where(n_valid > min_tokens_to_cluster, reduced, n_valid)
+    c_bound = cluster_bound(n_loc, cluster_ratio, min_tokens_to_cluster)
+    dpc = dpc_knn(rows, counts, k, valid, max_clusters=c_bound)
+    merged = _cluster_means(rows, dpc.labels, c_bound).reshape(-1, channels)  # [R*Cb, C] float32
 
-    # 5. output order: each segment's static block (row s) before its frames' dynamic blocks (rows S+t), time order
-    #    overall. The (row, cluster) slot of every output token, its base token index and group are host-known.
-    base = [s * n_loc for s, _ in segments] + [t * n_loc for t in range(n_frames)]
-    slot, slot_base, slot_group, out_idx = [], [], [], [-1] * (n_rows * c_max)
-    for r in (r for s, (a, e) in enumerate(segments) for r in (s, *range(n_seg + a, n_seg + e))):
-        c = counts[r]
-        if c == 0:  # empty block: no group id
-            continue
-        out_idx[r * c_max : r * c_max + c] = range(len(slot), len(slot) + c)
-        slot_group.extend([slot_group[-1] + 1 if slot_group else 0] * c)
-        slot.extend(range(r * c_max, r * c_max + c))
-        slot_base.extend([base[r]] * c)
-    n_out = len(slot)
-    host = _to_device(counts + slot + slot_base + slot_group + out_idx, device)
-    n_clusters, slot = host[:n_rows], host[n_rows : n_rows + n_out]
-    slot_base = host[n_rows + n_out : n_rows + 2 * n_out]
-    group, out_idx = host[n_rows + 2 * n_out : n_rows + 3 * n_out], host[n_rows + 3 * n_out :]
+    # 5. output order: each segment's static block (key 2*start) before its frames' dynamic blocks (key 2*t+1)
+    order = torch.sort(torch.cat([2 * seg_start, 2 * frame_idx + 1])).indices  # rows in output order
+    c_ord = counts[order]
+    end_ord = torch.cumsum(c_ord, 0)
+    start_ord = end_ord - c_ord
+    offset = torch.empty_like(counts).scatter_(0, order, start_ord)  # first output row of every block
+    group_row = torch.empty_like(counts).scatter_(0, order, torch.cumsum(c_ord > 0, 0) - 1)  # empty: no id
+    base = torch.cat([seg_start, frame_idx]) * n_loc  # token index of each row's first location
 
-    dpc = dpc_knn(rows, n_clusters, k, valid, max_clusters=c_max)
-    merged = _cluster_means(rows, dpc.labels, c_max)  # [R, Cmax, C] float32
-    out_features = merged.reshape(n_rows * c_max, channels)[slot].to(features.dtype)
-    source = dpc.centers.reshape(-1)[slot] + slot_base
-    is_static = slot < n_seg * c_max  # the static rows come first in the batch
+    size = n_frames * n_loc  # no more outputs than input tokens
+    out = torch.arange(size, device=device)
+    at = torch.searchsorted(end_ord, out, right=True).clamp_max(order.shape[0] - 1)  # block of each output row
+    row = order[at]
+    cluster = (out - start_ord[at]).clamp(0, c_bound - 1)
+    slot = row * c_bound + cluster
+    source = dpc.centers.reshape(-1)[slot] + base[row]
+    longs = torch.stack([source, group_row[row], (row < n_seg).long()])
 
     # assignment: output row of each input token's (row, cluster)
-    token_row = torch.where(static_tl, seg_of_frame[:, None], n_seg + torch.arange(n_frames, device=device)[:, None])
-    token_label = dpc.labels.reshape(-1)[token_row * n_loc + torch.arange(n_loc, device=device)]  # [T, L]
-    assignment = out_idx[token_row * c_max + token_label].reshape(-1)
-
-    return MergeResult(
-        features=out_features,
-        source=source,
-        group=group,
-        is_static=is_static,
-        assignment=assignment,
-        segments=segments,
-        static_mask=static_tl,
-        num_groups=slot_group[-1] + 1 if slot_group else 0,
-    )
+    token_row = torch.where(static_tl, seg_of_frame[:, None], n_seg + frame_idx[:, None])  # [T, L]
+    token_label = dpc.labels.reshape(-1)[token_row * n_loc + torch.arange(n_loc, device=device)]
+    assignment = (offset[token_row] + token_label).reshape(-1)
+    totals = torch.stack([end_ord[-1], (counts > 0).sum()])
+    return merged, slot, longs, assignment, static_tl, totals
 
 
 def _to_device(values: list[int], device: torch.device) -> Tensor:

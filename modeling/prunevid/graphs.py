@@ -1,0 +1,151 @@
+"""CUDA graphs for PruneVid's fixed-shape steps (opt-in: ``PruneVidConfig(cuda_graphs=True)``, part of ``fast()``).
+
+Stage 1 (Sec. 3.2) and the Stage-2 scoring (Sec. 3.3) are a few hundred small kernels each call. On the lent H200
+hosts one eager PyTorch op costs about 25 us of host time, so at 64 frames they took 13 ms for about 3 ms of GPU
+work (docs/bench/h200-2026-12-04). A CUDA graph records the kernels of one call and replays them with one launch.
+
+A replay runs **the same kernels with the same arguments** as the eager call it recorded, so it computes what the
+eager code computes, bit for bit (up to the order of float atomics, e.g. ``index_add_``, which eager CUDA does not
+fix either). That is why this module records the eager functions as they are instead of compiling them: the
+algorithm's tests and the comparison with the authors' code pin the eager path, and the graphs inherit it.
+
+What a function must be to be recorded: tensors in, a tuple of tensors out, every shape fixed by the input shapes
+and the keyword options (no ``.item()``, ``.tolist()``, ``nonzero`` or boolean indexing inside). PruneVid reads its
+data-dependent sizes back *between* recorded functions (``merge_video``: the temporal segments, then the output
+count).
+
+:class:`CudaGraphs` keeps one graph per input signature (shapes, dtypes, strides, device; the options; the address
+of every ``fixed`` tensor such as a layer's weights), at most ``max_graphs`` of them (least recently used first out),
+all in one memory pool per device, so their scratch memory is shared and bounded by the largest. Anything it
+cannot record runs eagerly: CPU tensors, autograd on (``torch.is_grad_enabled()``), inside ``torch.compile`` or
+another capture.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["CudaGraphs", "eager"]
+
+
+def eager(fn: Callable[..., tuple[Tensor, ...]], inputs: Sequence[Tensor], *, fixed: Sequence[Tensor] = (),
+          **options: Any) -> tuple[Tensor, ...]:  # fmt: skip
+    """The runner that records nothing: ``fn(*inputs, *fixed, **options)``."""
+    return fn(*inputs, *fixed, **options)
+
+
+class _Graph(NamedTuple):
+    graph: Any  # torch.cuda.CUDAGraph
+    inputs: tuple[Tensor, ...]  # the static input buffers the graph reads
+    outputs: tuple[Tensor, ...]  # the static outputs it writes
+
+
+def _signature(t: Tensor) -> tuple:
+    return (tuple(t.shape), t.dtype, t.stride(), t.device)
+
+
+class CudaGraphs:
+    """Runs ``fn(*inputs, *fixed, **options)`` as a recorded CUDA graph, one per signature (see the module doc).
+
+    Call it like :func:`eager`. The first call of a signature runs ``fn`` eagerly once on a side stream (the warm-up
+    CUDA graphs need), records it and replays it; later calls copy ``inputs`` into the graph's input buffers and
+    replay. ``fixed`` tensors (weights) are read in place: the graph is keyed on their
+    addresses, so a model moved or reloaded elsewhere gets a new graph.
+
+    **The outputs of a replay are the graph's own buffers**: valid until the next call with the same signature.
+    Copy what you keep (``merge_video`` and the selection do, in the same step that trims the padding).
+
+    Args:
+        max_graphs: graphs kept (least recently used first out); each holds its outputs, and the pool holds the
+            scratch memory of the largest.
+    """
+
+    def __init__(self, max_graphs: int = 8) -> None:
+        if isinstance(max_graphs, bool) or not isinstance(max_graphs, int) or max_graphs < 1:
+            raise ValueError(f"max_graphs must be a positive integer, got {max_graphs!r}")
+        self.max_graphs = max_graphs
+        self.recorded = 0  # graphs recorded so far (tests, benchmarks)
+        self.replayed = 0  # replays so far
+        self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self._pools: dict[torch.device, Any] = {}
+        self._failed: set[tuple] = set()
+
+    def __repr__(self) -> str:
+        return f"CudaGraphs(max_graphs={self.max_graphs}, held={len(self._graphs)})"
+
+    def __deepcopy__(self, memo: dict) -> "CudaGraphs":  # a copied model records its own graphs
+        return CudaGraphs(self.max_graphs)
+
+    def __reduce__(self) -> tuple:  # pickled as its settings only (graphs are bound to this process's memory)
+        return (CudaGraphs, (self.max_graphs,))
+
+    def clear(self) -> None:
+        """Drop every graph (and with them their memory)."""
+        self._graphs.clear()
+        self._pools.clear()
+
+    def __call__(self, fn: Callable[..., tuple[Tensor, ...]], inputs: Sequence[Tensor], *,
+                 fixed: Sequence[Tensor] = (), **options: Any) -> tuple[Tensor, ...]:  # fmt: skip
+        inputs, fixed = tuple(inputs), tuple(fixed)
+        if not self._recordable(inputs + fixed):
+            return fn(*inputs, *fixed, **options)
+        key = (
+            fn,
+            tuple(sorted(options.items(), key=lambda item: item[0])),
+            tuple(_signature(t) for t in inputs),
+            tuple((_signature(t), t.data_ptr()) for t in fixed),
+        )
+        entry = self._graphs.get(key)
+        if entry is None:
+            if key in self._failed:
+                return fn(*inputs, *fixed, **options)
+            return self._record(key, fn, inputs, fixed, options)
+        self._graphs.move_to_end(key)
+        for buffer, value in zip(entry.inputs, inputs):
+            buffer.copy_(value)
+        entry.graph.replay()
+        self.replayed += 1
+        return entry.outputs
+
+    @staticmethod
+    def _recordable(tensors: tuple[Tensor, ...]) -> bool:
+        if not tensors or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return False
+        device = tensors[0].device
+        if device.type != "cuda" or any(t.device != device for t in tensors):
+            return False
+        return not torch.cuda.is_current_stream_capturing()
+
+    def _record(self, key, fn, inputs, fixed, options) -> tuple[Tensor, ...]:
+        device = inputs[0].device if inputs else fixed[0].device
+        with torch.cuda.device(device):
+            static = tuple(torch.empty_like(x).copy_(x) for x in inputs)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn(*static, *fixed, **options)  # the warm-up (lazy initialisations happen outside the capture)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, pool=self._pools.get(device)):
+                    outputs = fn(*static, *fixed, **options)
+            except RuntimeError as error:  # an op that cannot be recorded: run this signature eagerly from now on
+                self._failed.add(key)
+                warnings.warn(
+                    f"PruneVid cuda_graphs: {getattr(fn, '__name__', fn)} could not be recorded as a CUDA graph "
+                    f"({error}); it runs eagerly", RuntimeWarning, stacklevel=3,
+                )  # fmt: skip
+                return fn(*inputs, *fixed, **options)
+        self._pools.setdefault(device, graph.pool())
+        self._graphs[key] = _Graph(graph, static, tuple(outputs))
+        self.recorded += 1
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+        graph.replay()  # recording runs nothing: this call's result is the first replay
+        self.replayed += 1
+        return tuple(outputs)

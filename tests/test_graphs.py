@@ -1,0 +1,149 @@
+"""`PruneVidConfig(cuda_graphs=True)`: Stage 1 and the Stage-2 scoring as recorded CUDA graphs.
+
+On the CPU: the recorded steps have every shape fixed by their inputs and read nothing back (they run on the meta
+device, where a data-dependent op raises), the runner falls back to eager, and a model with `cuda_graphs` gives the
+eager model's tokens. On a GPU (`pytest -m gpu`): a replay equals the eager call (decisions exactly, features to
+float atomics' order), one graph per signature, bounded, and `generate` gives the same tokens and Stage 1 counts.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+from conftest import make_inputs
+from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
+from modeling.integration.controller import _score_and_keep
+from modeling.prunevid.graphs import CudaGraphs, eager
+from modeling.prunevid.merge import _merge_segments, _video_frame_labels, cluster_bound, merge_video
+
+SETTINGS = dict(tau=0.8, temporal_segment_ratio=0.25, cluster_ratio=0.5, k=7, min_tokens_to_cluster=14)
+
+
+def video(seed: int, frames: int = 8, h: int = 6, w: int = 6, c: int = 16, device: str = "cpu") -> torch.Tensor:
+    """Two scenes of noisy static backgrounds with a moving block of fresh tokens."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for scene in range(2):
+        bg = torch.randn(h, w, c, generator=g)
+        for t in range(frames // 2):
+            f = bg + 0.05 * torch.randn(h, w, c, generator=g)
+            f[t % h, :] = torch.randn(w, c, generator=g)
+            out.append(f)
+    return torch.stack(out).reshape(-1, c).to(device)
+
+
+# ---------------------------------------------------------------------------------------------------------- CPU
+def test_recorded_steps_have_fixed_shapes() -> None:
+    """On the meta device a host read (`.item()`, `.tolist()`) or a data-dependent shape (`nonzero`, boolean
+    indexing) raises: the steps run there, so they record as CUDA graphs; their output shapes follow the inputs."""
+    t, h, w, c, s = 6, 4, 5, 8, 2
+    features = torch.empty(t * h * w, c, device="meta")
+    (labels,) = _video_frame_labels(features, grid=(t, h, w), n_clusters=2, k=7)
+    assert labels.shape == (t,)
+    seg_info = torch.empty(t + s, dtype=torch.long, device="meta")
+    out = _merge_segments(features, seg_info, grid=(t, h * w), n_seg=s, tau=0.8, cluster_ratio=0.5, k=7,
+                          min_tokens_to_cluster=14)  # fmt: skip
+    bound = cluster_bound(h * w, 0.5, 14)
+    assert [tuple(o.shape) for o in out] == [((s + t) * bound, c), (t * h * w,), (3, t * h * w), (t * h * w,),
+                                            (t, h * w), (2,)]  # fmt: skip
+
+    from modeling.demo.offline import tiny_config
+    from modeling.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
+
+    layer = Qwen2_5_VLTextModel(tiny_config().text_config).layers[3].to("meta")
+    hidden = torch.empty(2, 30, layer.self_attn.q_proj.in_features, device="meta")
+    rows = torch.empty(2, 30, dtype=torch.bool, device="meta")
+    mask = torch.empty(2, 30, dtype=torch.long, device="meta")
+    group = torch.empty(2, 30, dtype=torch.long, device="meta")
+    (kept,) = _score_and_keep(hidden, rows, mask, group, layer=layer, n_query=5, reduce="max", keep_ratio=0.4,
+                              rounding="floor")  # fmt: skip
+    assert kept.shape == (2, 30) and kept.dtype == torch.bool
+
+
+def test_cluster_bound_is_the_largest_count() -> None:
+    for n_loc in (1, 5, 14, 15, 16, 29, 64, 257):
+        for ratio in (0.01, 0.07, 0.3, 0.5, 1.0):
+            for m in (0, 3, 14, 40):
+                counts = [min(max(int(n * ratio), 1), n) if n > m else n for n in range(n_loc + 1)]
+                assert cluster_bound(n_loc, ratio, m) == max(counts), (n_loc, ratio, m)
+
+
+def test_runner_is_eager_on_cpu() -> None:
+    runner = CudaGraphs()
+    x = video(0)
+    a = merge_video(x, (8, 6, 6), **SETTINGS)
+    b = merge_video(x, (8, 6, 6), **SETTINGS, runner=runner)
+    for name in ("features", "source", "group", "is_static", "assignment", "static_mask"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.segments == b.segments and a.num_groups == b.num_groups
+    assert runner.recorded == runner.replayed == 0
+    assert eager(lambda x, y, *, z: (x + y * z,), (torch.ones(2), torch.ones(2)), z=3)[0].tolist() == [4.0, 4.0]
+    with pytest.raises(ValueError, match="max_graphs"):
+        CudaGraphs(0)
+
+
+def test_config_and_model(checkpoints, processor, media) -> None:
+    """`cuda_graphs` is a validated setting, part of `fast()`; a model keeps one runner across settings, copies
+    and pickles without its graphs, and on the CPU answers as eager."""
+    assert PruneVidConfig.fast().cuda_graphs and not PruneVidConfig.paper().cuda_graphs
+    with pytest.raises(TypeError, match="cuda_graphs"):
+        PruneVidConfig(cuda_graphs="yes")
+    inputs = make_inputs(processor, media, "video")
+    model = Qwen2_5_VLPruneVid.from_pretrained(checkpoints["gqa2"], prunevid=PruneVidConfig.paper()).eval()
+    with torch.no_grad():
+        ref = model.generate(**inputs, do_sample=False, max_new_tokens=6)
+        model.prunevid = PruneVidConfig.paper(cuda_graphs=True)
+        runner = model.prunevid_technique.runner
+        assert isinstance(runner, CudaGraphs)
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=6)
+    assert torch.equal(ref, out)
+    model.prunevid = PruneVidConfig.paper(cuda_graphs=True, keep_ratio=0.3)
+    assert model.prunevid_technique.runner is runner  # graphs are the model's, not one setting's
+    assert copy.deepcopy(runner) is not runner and pickle.loads(pickle.dumps(runner)).max_graphs == runner.max_graphs
+
+
+# ---------------------------------------------------------------------------------------------------------- GPU
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merge_replay_equals_eager(dtype) -> None:
+    runner = CudaGraphs(max_graphs=2)
+    cases = [(0, (8, 6, 6)), (0, (8, 6, 6)), (1, (12, 4, 7)), (0, (8, 6, 6)), (2, (2, 3, 4)), (1, (12, 4, 7))]
+    for i, (seed, grid) in enumerate(cases):
+        x = video(seed, frames=grid[0], h=grid[1], w=grid[2], device="cuda").to(dtype)
+        a = merge_video(x, grid, **SETTINGS)
+        b = merge_video(x, grid, **SETTINGS, runner=runner)
+        assert a.segments == b.segments and a.num_groups == b.num_groups
+        for name in ("source", "group", "is_static", "assignment", "static_mask"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), (i, name)
+        torch.testing.assert_close(a.features, b.features, rtol=1e-6, atol=1e-6)  # index_add_ atomics' order
+        if i == 1:
+            assert runner.recorded == 2  # the same video again: both steps replayed, nothing recorded
+    assert runner.replayed == 2 * len(cases)  # every step of every call ran as a replay
+    assert len(runner._graphs) == 2  # least recently used first out
+
+
+@pytest.mark.gpu
+@gpu
+def test_generate_with_graphs_equals_eager(checkpoints, processor, media) -> None:
+    """The same tokens and Stage 1 / Stage 2 counts, first call (recording) and later calls (replays)."""
+    inputs = {k: v.to("cuda") if isinstance(v, torch.Tensor) else v
+              for k, v in make_inputs(processor, media, "batch3").items()}  # fmt: skip
+    model = Qwen2_5_VLPruneVid.from_pretrained(checkpoints["gqa2"], prunevid=PruneVidConfig.paper()).cuda().eval()
+    with torch.no_grad():
+        ref = model.generate(**inputs, do_sample=False, max_new_tokens=8)
+        ref_stats = model.prunevid_stats
+        model.prunevid = PruneVidConfig.paper(cuda_graphs=True)
+        for _ in range(3):
+            out = model.generate(**inputs, do_sample=False, max_new_tokens=8)
+            assert torch.equal(ref, out)
+            assert [s.to_dict() for s in model.prunevid_stats] == [s.to_dict() for s in ref_stats]
+    runner = model.prunevid_technique.runner
+    assert runner.recorded > 0 and runner.replayed >= 3 * runner.recorded
