@@ -20,7 +20,8 @@ CUDA-synchronised):
 * configs: stock (`PruneVidConfig.disabled()`), stock_varlen and stock_compiled (every stage off, the opt-in varlen
   tower, plain or compiled: stock's best vision paths), paper, stage1_only, paper without Stage 1, fastv, paper +
   `vision_attention="varlen"` (the fused vision attention, modeling/integration/vision_attention.py) and fast
-  (`PruneVidConfig.fast()`: paper + the compiled varlen tower). Every ratio is given twice: against stock as shipped
+  (`PruneVidConfig.fast()`: paper + the compiled varlen tower + Stage 1 and the Stage-2 scoring as CUDA graphs).
+  Every ratio is given twice: against stock as shipped
   and against stock with the same tower (`vs_same_tower`, PruneVid's own gain).
 * vision tower time (stock, varlen and compiled varlen tower, separately, plus each one's relative error vs stock);
   the compiled tower's one-time compile (its first call, on 64 frames) and its first calls on 32 and 128 frames
@@ -573,8 +574,9 @@ class Bench:
         log(f"  compiled tower: {out}")
 
     def profile_stage1(self, text, pooled):
-        """One paper prefill with Stage 1 under cProfile and torch.profiler: where its time goes (a technique that
-        profiles `before_language_model`, set through `model.prunevid`)."""
+        """One prefill each of paper (eager) and fast (its Stage 1 replayed as CUDA graphs, recorded in the timed
+        rounds) with Stage 1 under cProfile and torch.profiler: where its time goes (a technique that profiles
+        `before_language_model`, set through `model.prunevid`)."""
         import cProfile
         import io
         import pstats
@@ -582,40 +584,48 @@ class Bench:
         from modeling import PruneVidController
 
         torch = self.torch
-        report = {}
         bench = self
+        summary, text_out = {}, []
+        for name in ("paper", "fast"):
+            report = {}
 
-        class Profiled(PruneVidController):
-            name = "prunevid (profiled)"
+            class Profiled(PruneVidController):
+                name = "prunevid (profiled)"
 
-            def before_language_model(self, *args, **kwargs):
-                activities = [torch.profiler.ProfilerActivity.CPU]
-                if bench.device.type == "cuda":
-                    activities.append(torch.profiler.ProfilerActivity.CUDA)
-                prof = cProfile.Profile()
-                with torch.profiler.profile(activities=activities) as tprof:
-                    prof.enable()
-                    result = super().before_language_model(*args, **kwargs)
-                    bench.clock.sync()
-                    prof.disable()
-                buf = io.StringIO()
-                pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats("modeling", 30)
-                report["cprofile"] = buf.getvalue()
-                events = tprof.key_averages()
-                report["torch_ops"] = events.table(sort_by="cpu_time_total", row_limit=30)
-                report["host_syncs"] = sum(e.count for e in events if e.key in ("aten::_local_scalar_dense", "aten::item"))
-                report["ops"] = sum(e.count for e in events if e.key.startswith("aten::"))
-                return result
+                def before_language_model(self, *args, **kwargs):
+                    activities = [torch.profiler.ProfilerActivity.CPU]
+                    if bench.device.type == "cuda":
+                        activities.append(torch.profiler.ProfilerActivity.CUDA)
+                    prof = cProfile.Profile()
+                    with torch.profiler.profile(activities=activities) as tprof:
+                        prof.enable()
+                        result = super().before_language_model(*args, **kwargs)
+                        bench.clock.sync()
+                        prof.disable()
+                    buf = io.StringIO()
+                    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats("modeling", 30)
+                    report["cprofile"] = buf.getvalue()
+                    events = tprof.key_averages()
+                    report["torch_ops"] = events.table(sort_by="cpu_time_total", row_limit=30)
+                    report["host_syncs"] = sum(
+                        e.count for e in events if e.key in ("aten::_local_scalar_dense", "aten::item")
+                    )
+                    report["ops"] = sum(e.count for e in events if e.key.startswith("aten::"))
+                    report["kernel_launches"] = sum(
+                        e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch")
+                    )
+                    return result
 
-        with self.model.prunevid_override(Profiled(self.configs["paper"])):
-            _, _, out, _, _ = self.generate(text, 1, mm_encoder_outputs=encoder_outputs(pooled))
-            del out
-        summary = {k: report.get(k) for k in ("host_syncs", "ops")}
+            with self.model.prunevid_override(Profiled(self.configs[name])):
+                _, _, out, _, _ = self.generate(text, 1, mm_encoder_outputs=encoder_outputs(pooled))
+                del out
+            summary[name] = {k: report.get(k) for k in ("host_syncs", "ops", "kernel_launches")}
+            text_out.append(
+                f"## {name}: Stage 1 (before_language_model) of one prefill, {summary[name]}\n\n"
+                + report.get("cprofile", "") + "\n" + report.get("torch_ops", "") + "\n"
+            )
         self.results["stage1_profile"] = summary
-        (self.out / "stage1_profile.txt").write_text(
-            f"Stage 1 (before_language_model) of one paper prefill, {summary}\n\n"
-            + report.get("cprofile", "") + "\n" + report.get("torch_ops", "")
-        )
+        (self.out / "stage1_profile.txt").write_text("\n".join(text_out))
         log(f"  stage1 profile: {summary}")
 
     def free(self):
