@@ -218,25 +218,26 @@ class PruneVidController:
             embeds.append(e), origins.append(o), groups.append(g), videos.extend(recs)
             masks = [r.merge.static_mask.sum() for r in recs if r.merge is not None]
             static.append(torch.stack(masks).sum() if masks else is_video.new_zeros((), dtype=torch.long))
-        # the per-row counts, read back together (one host sync instead of three per row)
-        visual_tokens, n_videos, n_static = torch.stack(
-            [(is_video & valid).sum(dim=1), is_video.sum(dim=1), torch.stack(static).to(is_video.device)]
-        ).tolist()
+        # the per-row counts, read back together (one host sync instead of five per row)
+        visual_tokens, n_videos, n_static, prompt_tokens, image_tokens = torch.stack([
+            (is_video & valid).sum(dim=1), is_video.sum(dim=1), torch.stack(static).to(is_video.device),
+            valid.sum(dim=1), (is_image & valid).sum(dim=1),
+        ]).tolist()  # fmt: skip
         static_ratio = [round(s / n, 4) if n else 0.0 for s, n in zip(n_static, n_videos)]
 
         if cfg.enable_stage1:
-            # padding is re-created, on the left, below: one index per row (one sync) serves all three gathers
-            keep = [valid[b].index_select(0, o).nonzero().squeeze(1) for b, o in enumerate(origins)]
-            embeds = [e.index_select(0, k) for e, k in zip(embeds, keep)]
-            origins = [o.index_select(0, k) for o, k in zip(origins, keep)]
-            groups = [g.index_select(0, k) for g, k in zip(groups, keep)]
+            # padding is re-created, on the left, below: in a padded row one index (one sync) serves all three gathers
+            for b, o in enumerate(origins):
+                if prompt_tokens[b] < length:
+                    keep = valid[b].index_select(0, o).nonzero().squeeze(1)
+                    embeds[b], origins[b], groups[b] = (t.index_select(0, keep) for t in (embeds[b], o, groups[b]))
             inputs_embeds, origin, mask = left_pad(embeds, origins)
             index = origin.clamp(min=0)
-            position_ids = torch.stack([row.gather(1, index) for row in position_ids])
+            position_ids = position_ids.gather(2, index[None].expand(position_ids.shape[0], -1, -1))
             if position_ids.shape[0] == 4:  # text row only detects packed sequences: keep it non-decreasing
                 position_ids[0] = position_ids[0].cummax(dim=1).values
-            pad = mask == 0
-            position_ids = position_ids.masked_fill(pad[None], 0)
+            if len(embeds) > 1:  # (one row is never padded)
+                position_ids = position_ids.masked_fill((mask == 0)[None], 0)
             group = left_pad_like(groups, mask, fill=-1)
             attention_mask = mask
         else:
@@ -256,9 +257,9 @@ class PruneVidController:
             image=is_image.gather(1, index) & (mask > 0),
             query=self.query_mask(origin, mask, is_video, is_image),
             videos=videos,
-            prompt_tokens=valid.sum(dim=1).tolist(),
+            prompt_tokens=prompt_tokens,
             visual_tokens=visual_tokens,
-            image_tokens=(is_image & valid).sum(dim=1).tolist(),
+            image_tokens=image_tokens,
             static_ratio=static_ratio,
             next_position=next_position,
             static_room=room,

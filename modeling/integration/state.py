@@ -88,6 +88,8 @@ def grids_from_positions(positions: torch.Tensor, is_video: torch.Tensor, merge:
 
 def left_pad(embeds: list[torch.Tensor], origins: list[torch.Tensor]):
     """Stack variable-length samples, left padded (as generation expects); origin -1 and mask 0 on padding."""
+    if len(embeds) == 1:  # nothing to pad
+        return embeds[0][None], origins[0][None], torch.ones_like(origins[0])[None]
     width = max(e.shape[0] for e in embeds)
     batch, hidden = len(embeds), embeds[0].shape[-1]
     out = embeds[0].new_zeros(batch, width, hidden)
@@ -100,6 +102,9 @@ def left_pad(embeds: list[torch.Tensor], origins: list[torch.Tensor]):
 
 
 def left_pad_like(values: list[torch.Tensor], mask: torch.Tensor, fill: int) -> torch.Tensor:
+    """`values` (one per row) left padded with `fill` to the width of `mask`."""
+    if len(values) == 1 and values[0].shape[0] == mask.shape[1]:
+        return values[0][None]
     out = mask.new_full(mask.shape, fill)
     for b, v in enumerate(values):
         out[b, mask.shape[1] - v.shape[0] :] = v
