@@ -106,6 +106,7 @@ def test_config_and_model(checkpoints, processor, media) -> None:
     assert copy.deepcopy(runner) is not runner and pickle.loads(pickle.dumps(runner)).max_graphs == runner.max_graphs
 
 
+
 # ---------------------------------------------------------------------------------------------------------- GPU
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -113,6 +114,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()  # with autograd on, the runner runs eagerly (a recorded graph has no backward)
 def test_merge_replay_equals_eager(dtype) -> None:
     runner = CudaGraphs(max_graphs=2)
     cases = [(0, (8, 6, 6)), (0, (8, 6, 6)), (1, (12, 4, 7)), (0, (8, 6, 6)), (2, (2, 3, 4)), (1, (12, 4, 7))]
@@ -147,3 +149,12 @@ def test_generate_with_graphs_equals_eager(checkpoints, processor, media) -> Non
             assert [s.to_dict() for s in model.prunevid_stats] == [s.to_dict() for s in ref_stats]
     runner = model.prunevid_technique.runner
     assert runner.recorded > 0 and runner.replayed >= 3 * runner.recorded
+
+
+@pytest.mark.gpu
+@gpu
+def test_runner_is_eager_with_autograd() -> None:
+    runner = CudaGraphs()
+    x = video(0, device="cuda").requires_grad_()
+    res = merge_video(x, (8, 6, 6), **SETTINGS, runner=runner)
+    assert runner.recorded == 0 and res.features.requires_grad
