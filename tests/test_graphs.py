@@ -134,10 +134,19 @@ def test_merge_replay_equals_eager(dtype) -> None:
 
 @pytest.mark.gpu
 @gpu
-def test_generate_with_graphs_equals_eager(checkpoints, processor, media) -> None:
-    """The same tokens and Stage 1 / Stage 2 counts, first call (recording) and later calls (replays)."""
-    inputs = {k: v.to("cuda") if isinstance(v, torch.Tensor) else v
-              for k, v in make_inputs(processor, media, "batch3").items()}  # fmt: skip
+def test_generate_with_graphs_equals_eager(checkpoints, processor) -> None:
+    """The same tokens and Stage 1 / Stage 2 counts, first call (recording) and later calls (replays), for a
+    left-padded batch of two clips of different lengths (frame arrays: no video codec needed on the GPU host)."""
+    from modeling.demo.clips import clip_frames
+
+    texts, videos, metadata = [], [], []
+    for i, n in enumerate((16, 10)):
+        videos.append(clip_frames(frames=n, size=(112, 112), squares=2, scene_cut_at=n // 2, seed=i))
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What moves?"}]}]
+        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        metadata.append({"fps": 2.0, "total_num_frames": n, "frames_indices": list(range(n))})
+    inputs = processor(text=texts, videos=videos, return_tensors="pt", do_sample_frames=False,
+                       video_metadata=metadata, padding=True, padding_side="left").to("cuda")  # fmt: skip
     model = Qwen2_5_VLPruneVid.from_pretrained(checkpoints["gqa2"], prunevid=PruneVidConfig.paper()).cuda().eval()
     with torch.no_grad():
         ref = model.generate(**inputs, do_sample=False, max_new_tokens=8)
