@@ -99,9 +99,10 @@ class PruneVidConfig:
         first call, 18 s for the 7B tower on an H200, then any video length without recompiling).
     cuda_graphs: run Stage 1 and the Stage-2 scoring as recorded CUDA graphs (CUDA only; elsewhere, with autograd
         on or inside ``torch.compile`` they run eagerly): the same kernels replayed with one launch, so the same
-        results as eager, without the host cost of a few hundred small launches. A new video shape (frames,
-        resolution, temporal segments) or prompt length records a graph once (about twice an eager call); at most
-        8 are kept per model, in one memory pool (``modeling.prunevid.graphs``).
+        results as eager, without the host cost of a few hundred small launches. A video shape (frames,
+        resolution, temporal segments) or prompt length runs eagerly the first time and is recorded when it comes
+        again (about twice an eager call, once); at most 8 graphs are kept per model, in one memory pool
+        (``modeling.prunevid.graphs``).
 
     Presets: ``paper()`` (the default), ``fast()`` (``paper()`` with the compiled fused vision tower and CUDA graphs),
     ``conservative()`` (keeps more), ``aggressive()`` (keeps fewer),
@@ -239,7 +240,8 @@ class PruneVidConfig:
         the stock bf16 tower's output on an H200, 0.015 for the uncompiled varlen tower), and Stage 1's clusters can
         differ a little with them (256 frames: 3,821 tokens after Stage 1 instead of 3,678). Its one-time costs:
         compiling the vision blocks on the first video (18 s for the 7B tower on an H200; none later for other
-        lengths), and recording a graph for each new video shape or prompt length (about two eager calls). Where
+        lengths), and recording a graph for each video shape or prompt length that comes again (about two eager
+        calls). Where
         the fused kernel cannot run (CPU, fp32, old torch) the stock tower runs, uncompiled, with a warning; on the
         CPU the graphs are not used."""
         return cls(**{"vision_attention": "varlen_compiled", "cuda_graphs": True, **overrides})

@@ -52,10 +52,12 @@ def _signature(t: Tensor) -> tuple:
 class CudaGraphs:
     """Runs ``fn(*inputs, *fixed, **options)`` as a recorded CUDA graph, one per signature (see the module doc).
 
-    Call it like :func:`eager`. The first call of a signature runs ``fn`` eagerly once on a side stream (the warm-up
-    CUDA graphs need), records it and replays it; later calls copy ``inputs`` into the graph's input buffers and
-    replay. ``fixed`` tensors (weights) are read in place: the graph is keyed on their
-    addresses, so a model moved or reloaded elsewhere gets a new graph.
+    Call it like :func:`eager`. A signature seen fewer than ``record_after`` times runs eagerly (a stream of ever
+    new shapes, e.g. prompts of every length, then costs what eager costs instead of a recording each time); at its
+    ``record_after``-th call, ``fn`` runs eagerly once on a side stream (the warm-up CUDA graphs need), is recorded
+    and replayed (about twice an eager call); later calls copy ``inputs`` into the graph's input buffers and replay.
+    ``fixed`` tensors (weights) are read in place: the graph is keyed on their addresses, so a model moved or
+    reloaded elsewhere gets a new graph.
 
     **The outputs of a replay are the graph's own buffers**: valid until the next call with the same signature.
     Copy what you keep (``merge_video`` and the selection do, in the same step that trims the padding).
@@ -63,31 +65,37 @@ class CudaGraphs:
     Args:
         max_graphs: graphs kept (least recently used first out); each holds its outputs, and the pool holds the
             scratch memory of the largest.
+        record_after: the call of a signature that records it (1: the first; default 2: the first repeat). The
+            counts of signatures not recorded yet are kept for the last ``64 * max_graphs`` of them.
     """
 
-    def __init__(self, max_graphs: int = 8) -> None:
-        if isinstance(max_graphs, bool) or not isinstance(max_graphs, int) or max_graphs < 1:
-            raise ValueError(f"max_graphs must be a positive integer, got {max_graphs!r}")
+    def __init__(self, max_graphs: int = 8, record_after: int = 2) -> None:
+        for name, value in (("max_graphs", max_graphs), ("record_after", record_after)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.max_graphs = max_graphs
+        self.record_after = record_after
         self.recorded = 0  # graphs recorded so far (tests, benchmarks)
         self.replayed = 0  # replays so far
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pools: dict[torch.device, Any] = {}
         self._failed: set[tuple] = set()
+        self._seen: OrderedDict[tuple, int] = OrderedDict()  # calls of signatures not recorded yet
 
     def __repr__(self) -> str:
-        return f"CudaGraphs(max_graphs={self.max_graphs}, held={len(self._graphs)})"
+        return f"CudaGraphs(max_graphs={self.max_graphs}, record_after={self.record_after}, held={len(self._graphs)})"
 
     def __deepcopy__(self, memo: dict) -> "CudaGraphs":  # a copied model records its own graphs
-        return CudaGraphs(self.max_graphs)
+        return CudaGraphs(self.max_graphs, self.record_after)
 
     def __reduce__(self) -> tuple:  # pickled as its settings only (graphs are bound to this process's memory)
-        return (CudaGraphs, (self.max_graphs,))
+        return (CudaGraphs, (self.max_graphs, self.record_after))
 
     def clear(self) -> None:
-        """Drop every graph (and with them their memory)."""
+        """Drop every graph (and with them their memory) and the counts of signatures not recorded yet."""
         self._graphs.clear()
         self._pools.clear()
+        self._seen.clear()
 
     def __call__(self, fn: Callable[..., tuple[Tensor, ...]], inputs: Sequence[Tensor], *,
                  fixed: Sequence[Tensor] = (), **options: Any) -> tuple[Tensor, ...]:  # fmt: skip
@@ -102,7 +110,12 @@ class CudaGraphs:
         )
         entry = self._graphs.get(key)
         if entry is None:
-            if key in self._failed:
+            calls = self._seen.pop(key, 0) + 1
+            if key in self._failed or calls < self.record_after:
+                if key not in self._failed:
+                    self._seen[key] = calls
+                    while len(self._seen) > 64 * self.max_graphs:
+                        self._seen.popitem(last=False)
                 return fn(*inputs, *fixed, **options)
             return self._record(key, fn, inputs, fixed, options)
         self._graphs.move_to_end(key)
