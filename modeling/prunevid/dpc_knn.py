@@ -189,9 +189,7 @@ def merge_by_labels(x: Tensor, labels: Tensor, num_clusters_max: int) -> Tensor:
         num_clusters_max: ``Cmax``, the padded cluster dimension of the output.
 
     Returns:
-        ``Tensor[B, Cmax, C]`` in ``x.dtype`` (accumulated in float32 with ``index_add_``); empty clusters are 0.
-        On CUDA the float32 atomics make the sum order, hence the last bit, vary between runs unless
-        ``torch.use_deterministic_algorithms(True)`` is set.
+        ``Tensor[B, Cmax, C]`` in ``x.dtype`` (members summed in index order in float32); empty clusters are 0.
     """
     batch, n_points, channels = x.shape
     if labels.shape != (batch, n_points):
@@ -204,17 +202,18 @@ def merge_by_labels(x: Tensor, labels: Tensor, num_clusters_max: int) -> Tensor:
 def _cluster_means(x: Tensor, labels: Tensor, num_clusters_max: int) -> Tensor:
     """:func:`merge_by_labels` without the label check and without a host sync.
 
-    Non-members (label ``-1``) are summed into one spare row that is dropped, instead of being removed by boolean
-    indexing (which reads the member count back to the host); members are added in the same order either way.
+    The points are put in order of their cluster slot (a stable sort: inside a cluster, in index order) and each
+    cluster is summed in that order from 0 (``torch.segment_reduce``): the sums ``index_add_`` makes on the CPU, bit
+    for bit, and on CUDA without float atomics, so the means are deterministic there too. Non-members (label ``-1``)
+    fall in one spare slot that is dropped; no boolean indexing (which would read the member count back).
     """
     batch, n_points, channels = x.shape
     n_slots = batch * num_clusters_max
     member = labels >= 0
     flat = torch.where(member, torch.arange(batch, device=x.device)[:, None] * num_clusters_max + labels, n_slots)
     flat = flat.reshape(-1)
-    sums = torch.zeros(n_slots + 1, channels, dtype=torch.float32, device=x.device)
-    sums.index_add_(0, flat, x.float().reshape(-1, channels))
-    counts = torch.zeros(n_slots + 1, dtype=torch.float32, device=x.device)
-    counts.index_add_(0, flat, member.reshape(-1).float())
-    means = sums[:n_slots] / counts[:n_slots].clamp_min(1.0)[:, None]
+    order = torch.sort(flat, stable=True).indices
+    counts = torch.zeros(n_slots + 1, dtype=torch.long, device=x.device).index_add_(0, flat, torch.ones_like(flat))
+    sums = torch.segment_reduce(x.reshape(-1, channels).float()[order], "sum", lengths=counts, axis=0, unsafe=True)
+    means = sums[:n_slots] / counts[:n_slots].clamp_min(1).float()[:, None]
     return means.view(batch, num_clusters_max, channels).to(x.dtype)

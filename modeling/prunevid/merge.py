@@ -162,8 +162,8 @@ def _frame_labels(frame_features: Tensor, *, n_clusters: int, k: int) -> tuple[T
 def _video_frame_labels(features: Tensor, *, grid: tuple[int, int, int], n_clusters: int, k: int) -> tuple[Tensor]:
     """:func:`_frame_labels` of a video's ``[T*H*W, C]`` tokens over the frame means (float32), a recordable step."""
     n_frames, height, width = grid
-    frames = features.reshape(n_frames, height * width, features.shape[1]).float()
-    return _frame_labels(frames.mean(dim=1)[None], n_clusters=n_clusters, k=k)
+    frames = features.reshape(n_frames, height * width, features.shape[1])
+    return _frame_labels(frames.mean(dim=1, dtype=torch.float32)[None], n_clusters=n_clusters, k=k)
 
 
 def _segment_static(
