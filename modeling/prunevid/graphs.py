@@ -5,8 +5,9 @@ hosts one eager PyTorch op costs about 25 us of host time, so at 64 frames they 
 work (docs/bench/h200-2026-12-04). A CUDA graph records the kernels of one call and replays them with one launch.
 
 A replay runs **the same kernels with the same arguments** as the eager call it recorded, so it computes what the
-eager code computes, bit for bit wherever the eager kernels are deterministic (PruneVid's are: no float atomics). That is why this module records the eager functions as they are instead of compiling them: the
-algorithm's tests and the comparison with the authors' code pin the eager path, and the graphs inherit it.
+eager code computes, bit for bit wherever the eager kernels are deterministic (PruneVid's are: no float atomics).
+That is why this module records the eager functions as they are instead of compiling them: the algorithm's tests
+and the comparison with the authors' code pin the eager path, and the graphs inherit it.
 
 What a function must be to be recorded: tensors in, a tuple of tensors out, every shape fixed by the input shapes
 and the keyword options (no ``.item()``, ``.tolist()``, ``nonzero`` or boolean indexing inside). PruneVid reads its
