@@ -119,9 +119,11 @@ class CudaGraphs:
                 return fn(*inputs, *fixed, **options)
             return self._record(key, fn, inputs, fixed, options)
         self._graphs.move_to_end(key)
-        for buffer, value in zip(entry.inputs, inputs):
-            buffer.copy_(value)
-        entry.graph.replay()
+        device = entry.inputs[0].device if entry.inputs else fixed[0].device
+        with torch.cuda.device(device):  # (the model may live on another GPU than the current one)
+            for buffer, value in zip(entry.inputs, inputs):
+                buffer.copy_(value)
+            entry.graph.replay()
         self.replayed += 1
         return entry.outputs
 
@@ -159,6 +161,7 @@ class CudaGraphs:
         self.recorded += 1
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
-        graph.replay()  # recording runs nothing: this call's result is the first replay
+        with torch.cuda.device(device):
+            graph.replay()  # recording runs nothing: this call's result is the first replay
         self.replayed += 1
         return tuple(outputs)
