@@ -18,7 +18,7 @@ from conftest import make_inputs
 from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
 from modeling.integration.controller import _score_and_keep
 from modeling.prunevid.graphs import CudaGraphs, eager
-from modeling.prunevid.merge import _merge_segments, _video_frame_labels, cluster_bound, merge_video
+from modeling.prunevid.merge import _frame_labels, _merge_segments, cluster_bound, merge_video
 
 SETTINGS = dict(tau=0.8, temporal_segment_ratio=0.25, cluster_ratio=0.5, k=7, min_tokens_to_cluster=14)
 
@@ -42,7 +42,7 @@ def test_recorded_steps_have_fixed_shapes() -> None:
     indexing) raises: the steps run there, so they record as CUDA graphs; their output shapes follow the inputs."""
     t, h, w, c, s = 6, 4, 5, 8, 2
     features = torch.empty(t * h * w, c, device="meta")
-    (labels,) = _video_frame_labels(features, grid=(t, h, w), n_clusters=2, k=7)
+    (labels,) = _frame_labels(torch.empty(1, t, c, device="meta"), n_clusters=2, k=7)
     assert labels.shape == (t,)
     seg_info = torch.empty(t + s, dtype=torch.long, device="meta")
     out = _merge_segments(features, seg_info, grid=(t, h * w), n_seg=s, tau=0.8, cluster_ratio=0.5, k=7,

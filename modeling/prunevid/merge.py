@@ -20,7 +20,7 @@ Decisions (beyond the paper's text):
   centre location at the segment's first frame, so the caller can give it that real token's 3-D position.
 * All static and per-frame dynamic clusterings of the video run as one batched :func:`dpc_knn` call with
   validity masks.
-* The work is two fixed-shape steps (:func:`_video_frame_labels`, :func:`_merge_segments`) with one read-back
+* The work is two fixed-shape steps (:func:`_frame_labels`, :func:`_merge_segments`) with one read-back
   after each, so that both can be replayed as CUDA graphs (:mod:`.graphs`) with the same kernels.
 """
 
@@ -136,7 +136,9 @@ def contiguous_segments(labels: list[int] | Tensor) -> list[tuple[int, int]]:
     return segments
 
 
-def temporal_segments(frame_features: Tensor, ratio: float, k: int) -> list[tuple[int, int]]:
+def temporal_segments(
+    frame_features: Tensor, ratio: float, k: int, runner: Callable[..., tuple[Tensor, ...]] = eager
+) -> list[tuple[int, int]]:
     """Temporal segmentation of a video (PruneVid Sec. 3.2).
 
     DPC-KNN over the frame-level features with ``max(1, int(T * ratio))`` clusters and ``min(k, T)``
@@ -146,24 +148,19 @@ def temporal_segments(frame_features: Tensor, ratio: float, k: int) -> list[tupl
         frame_features: ``Tensor[T, C]``, e.g. the mean of each frame's tokens.
         ratio: temporal segment ratio (paper default 0.25).
         k: DPC-KNN neighbours (paper default 7).
+        runner: how the fixed-shape clustering step runs (:func:`~.graphs.eager` or a :class:`~.graphs.CudaGraphs`).
     """
     n_frames = frame_features.shape[0]
     if n_frames <= 1:
         return [(0, n_frames)] if n_frames == 1 else []
-    labels = _frame_labels(frame_features[None], n_clusters=max(1, int(n_frames * ratio)), k=min(k, n_frames))[0]
+    (labels,) = runner(_frame_labels, (frame_features[None],), n_clusters=max(1, int(n_frames * ratio)),
+                       k=min(k, n_frames))  # fmt: skip
     return contiguous_segments(labels.tolist())  # the one device-to-host read of the segmentation
 
 
 def _frame_labels(frame_features: Tensor, *, n_clusters: int, k: int) -> tuple[Tensor]:
     """DPC-KNN labels of the frames (``Tensor[1, T, C]`` -> ``(LongTensor[T],)``), a recordable step."""
     return (dpc_knn(frame_features, n_clusters, k).labels[0],)
-
-
-def _video_frame_labels(features: Tensor, *, grid: tuple[int, int, int], n_clusters: int, k: int) -> tuple[Tensor]:
-    """:func:`_frame_labels` of a video's ``[T*H*W, C]`` tokens over the frame means (float32), a recordable step."""
-    n_frames, height, width = grid
-    frames = features.reshape(n_frames, height * width, features.shape[1])
-    return _frame_labels(frames.mean(dim=1, dtype=torch.float32)[None], n_clusters=n_clusters, k=k)
 
 
 def _segment_static(
@@ -260,16 +257,9 @@ def merge_video(
         raise ValueError(f"empty grid {grid}")
     device = features.device
 
-    # 1. temporal segments (read back: the T frame labels); segment bookkeeping stays on the host
-    if n_frames == 1:
-        segments = [(0, 1)]
-    else:
-        n_clusters = max(1, int(n_frames * temporal_segment_ratio))
-        (labels,) = runner(
-            _video_frame_labels, (features,), grid=(n_frames, height, width), n_clusters=n_clusters,
-            k=min(k, n_frames),
-        )  # fmt: skip
-        segments = contiguous_segments(labels.tolist())
+    # 1. temporal segments over the frame means (read back: the T frame labels); their bookkeeping stays on the host
+    frame_means = features.reshape(n_frames, n_loc, features.shape[1]).mean(dim=1, dtype=torch.float32)
+    segments = temporal_segments(frame_means, temporal_segment_ratio, k, runner=runner)
     seg_len = [e - s for s, e in segments]
     seg_info = _to_device([i for i, n in enumerate(seg_len) for _ in range(n)] + seg_len, device)
 
