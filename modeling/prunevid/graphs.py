@@ -108,22 +108,26 @@ class CudaGraphs:
             tuple(_signature(t) for t in inputs),
             tuple((_signature(t), t.data_ptr()) for t in fixed),
         )
+        device = (inputs + fixed)[0].device  # (`_recordable`: all on one GPU)
         entry = self._graphs.get(key)
-        if entry is None:
+        if entry is not None:
+            self._graphs.move_to_end(key)
+        elif key in self._failed:
+            return fn(*inputs, *fixed, **options)
+        else:
             calls = self._seen.pop(key, 0) + 1
-            if key in self._failed or calls < self.record_after:
-                if key not in self._failed:
-                    self._seen[key] = calls
-                    while len(self._seen) > 64 * self.max_graphs:
-                        self._seen.popitem(last=False)
+            if calls < self.record_after:
+                self._seen[key] = calls
+                while len(self._seen) > 64 * self.max_graphs:
+                    self._seen.popitem(last=False)
                 return fn(*inputs, *fixed, **options)
-            return self._record(key, fn, inputs, fixed, options)
-        self._graphs.move_to_end(key)
-        device = entry.inputs[0].device if entry.inputs else fixed[0].device
+            entry = self._record(key, device, fn, inputs, fixed, options)
+            if entry is None:  # could not be recorded (warned once): eager from now on
+                return fn(*inputs, *fixed, **options)
         with torch.cuda.device(device):  # (the model may live on another GPU than the current one)
             for buffer, value in zip(entry.inputs, inputs):
                 buffer.copy_(value)
-            entry.graph.replay()
+            entry.graph.replay()  # (recording ran nothing: a new graph's first result is its first replay)
         self.replayed += 1
         return entry.outputs
 
@@ -136,8 +140,7 @@ class CudaGraphs:
             return False
         return not torch.cuda.is_current_stream_capturing()
 
-    def _record(self, key, fn, inputs, fixed, options) -> tuple[Tensor, ...]:
-        device = inputs[0].device if inputs else fixed[0].device
+    def _record(self, key, device, fn, inputs, fixed, options) -> _Graph | None:
         with torch.cuda.device(device):
             static = tuple(torch.empty_like(x).copy_(x) for x in inputs)
             side = torch.cuda.Stream()
@@ -149,19 +152,16 @@ class CudaGraphs:
             try:
                 with torch.cuda.graph(graph, pool=self._pools.get(device)):
                     outputs = fn(*static, *fixed, **options)
-            except RuntimeError as error:  # an op that cannot be recorded: run this signature eagerly from now on
+            except RuntimeError as error:  # an op that cannot be recorded: this signature runs eagerly from now on
                 self._failed.add(key)
                 warnings.warn(
                     f"PruneVid cuda_graphs: {getattr(fn, '__name__', fn)} could not be recorded as a CUDA graph "
                     f"({error}); it runs eagerly", RuntimeWarning, stacklevel=3,
                 )  # fmt: skip
-                return fn(*inputs, *fixed, **options)
+                return None
         self._pools.setdefault(device, graph.pool())
-        self._graphs[key] = _Graph(graph, static, tuple(outputs))
+        entry = self._graphs[key] = _Graph(graph, static, tuple(outputs))
         self.recorded += 1
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
-        with torch.cuda.device(device):
-            graph.replay()  # recording runs nothing: this call's result is the first replay
-        self.replayed += 1
-        return tuple(outputs)
+        return entry
