@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
 from modeling.prunevid.graphs import CudaGraphs  # noqa: E402
 from modeling.prunevid.merge import merge_video  # noqa: E402
+from probe_prefill import kernel_table  # noqa: E402
 
 SETTINGS = dict(tau=0.8, temporal_segment_ratio=0.25, cluster_ratio=0.5, k=7, min_tokens_to_cluster=14)
 
@@ -52,16 +54,10 @@ def main() -> None:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             merge_video(x, grid, **SETTINGS)
             torch.cuda.synchronize()
-        rows: dict[str, list] = {}
-        for event in prof.events():
-            if event.device_type.name == "CUDA":
-                row = rows.setdefault(event.name[:100], [0.0, 0])
-                row[0] += event.device_time
-                row[1] += 1
-        total = sum(v[0] for v in rows.values())
-        print(f"T={t} eager kernels: {total / 1e3:.2f} ms in {sum(v[1] for v in rows.values())} kernels")
-        for kernel, (spent, count) in sorted(rows.items(), key=lambda kv: -kv[1][0])[:22]:
-            print(f"   {spent / 1e3:7.3f} ms {count:4d}  {kernel}")
+        total, top = kernel_table(prof, 22)
+        print(f"T={t} eager kernels: {total:.2f} ms")
+        for kernel, spent, count in top:
+            print(f"   {spent:7.3f} ms {count:4d}  {kernel}")
 
 
 if __name__ == "__main__":
