@@ -2,6 +2,10 @@
 
     python tools/train_demo_model.py --minutes 9 --out OUT [--resume OUT/state.pt | modeling/demo/assets/demo_model.safetensors]
 
+It trains on the benchmark's newest version (`--version`, default 2) and, there, follows each question that names a
+shape with the same clip asked about the other moving shapes (`benchmark.siblings`, `--no-siblings` to leave them
+out): pairs that only the question tells apart.
+
 Every sample goes through the released input path minus the file: the item's frames (uint8, `modeling.eval.
 benchmark.render`) and the chat template go through the real Qwen2.5-VL processor (`modeling.demo.offline.build_processor`,
 fps 2 so `second_per_grid_ts` is the evaluation's), with the answer letter and `<|im_end|>` appended; the loss is on
@@ -15,8 +19,9 @@ stage off (the stock forward); the vision tower's windowed attention runs as one
 Embedding rows of tokens the task never uses are zero at initialisation and after every step (tied embeddings: a
 zero row is a zero logit), so the shipped asset only needs the task's rows (`modeling.demo.export_asset`).
 
-Writes to OUT: `train.log` (appended), `state.pt` (weights, optimizer, step, data cursor: `--resume` continues
-exactly), `demo_model.safetensors` (the compact asset) and `val.json` (validation accuracy per kind).
+Writes to OUT: `train.log` (appended), `state.pt` (float32 weights, step, data cursor: `--resume` continues the
+schedule and the data; the optimizer restarts, with 100 steps of learning-rate warm-up), `demo_model.safetensors`
+(the compact asset) and `val.json` (validation accuracy per kind).
 """
 
 from __future__ import annotations
@@ -48,7 +53,10 @@ class UniformSegmentAttention:
 
     def prepare(self, hidden_states: torch.Tensor, kwargs: dict, *cu_seqlens: torch.Tensor) -> dict:
         lengths = {id(cu): (cu[1:] - cu[:-1]).unique().tolist() for cu in cu_seqlens}
-        return {**kwargs, "prunevid_vision": lambda q, k, v, cu, scale: self._attend(q, k, v, cu, scale, lengths)}
+        return {**kwargs, "prunevid_vision": _Attend(self, lengths)}
+
+    def patch_embed(self, module: torch.nn.Module, hidden_states: torch.Tensor) -> None:
+        return None  # the stock patch embedding
 
     @staticmethod
     def _attend(q, k, v, cu, scale, lengths) -> torch.Tensor:
@@ -67,15 +75,36 @@ class UniformSegmentAttention:
         return torch.cat(outs).reshape(tokens, heads * dim)
 
 
+class _Attend:
+    """The `prunevid_vision` entry of the block kwargs: the attention call (`UniformSegmentAttention._attend`) and
+    `block(blk)`, the block itself (no compiled runner)."""
+
+    def __init__(self, owner: UniformSegmentAttention, lengths: dict) -> None:
+        self.owner, self.lengths = owner, lengths
+
+    def __call__(self, q, k, v, cu, scale) -> torch.Tensor:
+        return self.owner._attend(q, k, v, cu, scale, self.lengths)
+
+    @staticmethod
+    def block(blk: torch.nn.Module) -> torch.nn.Module:
+        return blk
+
+
+#: What a question can name its shape by (`benchmark.referent`): a colour or a direction.
+REFERENTS = list(benchmark.COLOURS) + list(benchmark.DIRECTIONS)
+
+
 def build_prompt(processor, question: str) -> str:
     conversation = [{"role": "user", "content": [{"type": "video", "video": "clip.mp4"}, {"type": "text", "text": question}]}]
     return processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
 
-def encode(processor, item: benchmark.Item, *, answer: bool) -> dict:
+def encode(processor, item: benchmark.Item, *, answer: bool, frames: torch.Tensor | None = None) -> dict:
     """One item for training: token ids exactly as the processor makes them (checked by `--check`), the video-token
-    type ids, and the uint8 frames `[T, C, H, W]`, which `pixels()` normalises and patchifies on the device."""
-    frames = torch.from_numpy(item.frames_array()).permute(0, 3, 1, 2).contiguous()
+    type ids, and the uint8 frames `[T, C, H, W]` (`frames`: the item's, already rendered), which `pixels()`
+    normalises and patchifies on the device."""
+    if frames is None:
+        frames = torch.from_numpy(item.frames_array()).permute(0, 3, 1, 2).contiguous()
     grid = (item.frames // 2, benchmark.SIZE // 14, benchmark.SIZE // 14)
     n_video = grid[0] * grid[1] * grid[2] // 4
     text = build_prompt(processor, item.question) + (f"{item.answer}<|im_end|>" if answer else "")
@@ -84,7 +113,8 @@ def encode(processor, item: benchmark.Item, *, answer: bool) -> dict:
     mm = (ids == processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")).long() * 2
     colour, motion = benchmark.token_labels(item)
     labels = torch.from_numpy(np.stack([colour.reshape(-1), motion.reshape(-1)], axis=1))  # [video tokens, 2]
-    return {"input_ids": ids, "mm_token_type_ids": mm, "frames": frames, "grid": grid, "labels": labels}
+    return {"input_ids": ids, "mm_token_type_ids": mm, "frames": frames, "grid": grid, "labels": labels,
+            "referent": REFERENTS.index(benchmark.referent(item)) if benchmark.referent(item) else -100}
 
 
 def pixels(processor, frames: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -102,10 +132,12 @@ def pixels(processor, frames: list[torch.Tensor], device: torch.device) -> torch
 
 
 class TrainStream(torch.utils.data.IterableDataset):
-    """Train items `start, start + 1, ...` (each worker takes every `num_workers`-th), encoded with the answer."""
+    """Train items `start, start + 1, ...` (each worker takes every `num_workers`-th), encoded with the answer; with
+    `siblings`, each item is followed by the same clip asked about its other moving shapes (`benchmark.siblings`):
+    pairs where only the question tells the answers apart."""
 
-    def __init__(self, start: int) -> None:
-        self.start = start
+    def __init__(self, start: int, version: int, siblings: bool = False) -> None:
+        self.start, self.version, self.siblings = start, version, siblings
 
     def __iter__(self):
         from modeling.demo.offline import build_processor
@@ -116,7 +148,11 @@ class TrainStream(torch.utils.data.IterableDataset):
         processor = build_processor()
         index = self.start + worker
         while True:
-            yield index, encode(processor, benchmark.make_item("train", index), answer=True)
+            item = benchmark.make_item("train", index, self.version)
+            first = encode(processor, item, answer=True)
+            yield index, first
+            for sibling in benchmark.siblings(item) if self.siblings else []:
+                yield index, encode(processor, sibling, answer=True, frames=first["frames"])
             index += workers
 
 
@@ -135,6 +171,7 @@ def collate(samples: list) -> dict:
     batch["video_grid_thw"] = torch.tensor([e["grid"] for e in encs])
     batch["second_per_grid_ts"] = torch.full((len(encs),), 2 / benchmark.FPS)
     batch["token_labels"] = torch.cat([e["labels"] for e in encs])
+    batch["referent"] = torch.tensor([e["referent"] for e in encs])
     return batch
 
 
@@ -188,7 +225,7 @@ def evaluate(model, processor, batches, device) -> dict:
 
 def check_inputs(processor, n: int = 6) -> None:
     """The training inputs equal the processor's for the same frames (ids exactly; pixels to float rounding)."""
-    for item in benchmark.load_split("val", limit=n):
+    for item in benchmark.load_split("val", limit=n, version=2):
         mine = collate([(0, encode(processor, item, answer=False))])
         video = torch.from_numpy(item.frames_array()).permute(0, 3, 1, 2).contiguous()
         meta = {"fps": benchmark.FPS, "total_num_frames": item.frames, "frames_indices": list(range(item.frames))}
@@ -215,6 +252,13 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=300)
     parser.add_argument("--noise", type=float, default=2.0)
     parser.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-token perception loss")
+    parser.add_argument("--version", type=int, choices=benchmark.VERSIONS, default=max(benchmark.VERSIONS),
+                        help="of the moving-shapes benchmark to train and validate on")
+    parser.add_argument("--siblings", action=argparse.BooleanOptionalAction, default=True,
+                        help="follow each question that names a shape by the same clip asked about the other movers")
+    parser.add_argument("--referent-weight", type=float, default=1.0,
+                        help="weight of the loss that names, at the answer position, what the question names")
+    parser.add_argument("--referent-layer", type=int, default=2, help="LLM layer whose output that loss reads")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (default: float32 with TF32 matmuls)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -247,13 +291,19 @@ def main() -> None:
     aux_head = torch.nn.Linear(model.config.text_config.hidden_size, len(benchmark.COLOURS) + 1 + 5).to(device)
     captured: dict = {}
     model.model.visual.register_forward_hook(lambda mod, inp, out: captured.__setitem__("features", out.pooler_output))
+    # Auxiliary referent loss (training only): from the hidden state after LLM layer `referent_layer` at the position
+    # that predicts the answer, name what the question names (`benchmark.referent`: a colour or a direction).
+    referent_head = torch.nn.Linear(model.config.text_config.hidden_size, len(REFERENTS)).to(device)
+    layer = model.model.language_model.layers[args.referent_layer]
+    layer.register_forward_hook(lambda mod, inp, out: captured.__setitem__("hidden", out[0] if isinstance(out, tuple) else out))
     check_inputs(processor)
     used = torch.tensor(task_token_ids(processor), device=device)
     embed = model.get_input_embeddings().weight
     unused = torch.ones(embed.shape[0], dtype=torch.bool, device=device)
     unused[used] = False
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n] + [aux_head.weight]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n] + [aux_head.bias]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    decay += [aux_head.weight, referent_head.weight]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n] + [aux_head.bias, referent_head.bias]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr, betas=(0.9, 0.98),
@@ -298,13 +348,14 @@ def main() -> None:
 
     noise_std = torch.tensor(processor.video_processor.image_std, device=device, dtype=torch.float32)
     loader = torch.utils.data.DataLoader(
-        TrainStream(cursor), batch_size=args.batch, collate_fn=collate, num_workers=args.workers,
+        TrainStream(cursor, args.version, args.siblings), batch_size=args.batch, collate_fn=collate, num_workers=args.workers,
         prefetch_factor=4 if args.workers else None, persistent_workers=bool(args.workers), pin_memory=device.type == "cuda",
     )  # fmt: skip
-    val_batches = encode_eval(processor, benchmark.load_split("val", limit=args.val))
+    val_batches = encode_eval(processor, benchmark.load_split("val", limit=args.val, version=args.version))
     start = time.time()
     losses: list[float] = []
     aux_losses: list[float] = []
+    ref_losses: list[float] = []
     wait = 0.0
     skipped = 0
     tick = time.time()
@@ -329,10 +380,16 @@ def main() -> None:
         labels = batch["token_labels"].to(device)
         n_colour = len(benchmark.COLOURS) + 1
         aux_loss = torch.nn.functional.cross_entropy(aux[:, :n_colour], labels[:, 0]) + torch.nn.functional.cross_entropy(aux[:, n_colour:], labels[:, 1])
-        loss = answer_loss + args.aux_weight * aux_loss
+        hidden = captured.pop("hidden")
+        named = hidden[torch.arange(hidden.shape[0], device=device), last - 2].float()  # predicts the letter
+        referent = batch["referent"].to(device)
+        ref_loss = (torch.nn.functional.cross_entropy(referent_head(named), referent, ignore_index=-100)
+                    if (referent >= 0).any() else hidden.new_zeros(()))  # fmt: skip
+        loss = answer_loss + args.aux_weight * aux_loss + args.referent_weight * ref_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_head.parameters()), 1.0)
+        heads = list(aux_head.parameters()) + list(referent_head.parameters())
+        norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()) + heads, 1.0)
         if not (torch.isfinite(loss) and torch.isfinite(norm)):  # never let one bad batch poison the weights
             bad = [n for n, q in model.named_parameters() if q.grad is not None and not q.grad.isfinite().all()]
             skipped += 1
@@ -347,8 +404,9 @@ def main() -> None:
         step += 1
         losses.append(answer_loss.item())
         aux_losses.append(aux_loss.item())
+        ref_losses.append(ref_loss.item())
         if step <= 20 or step % 50 == 0:
-            log(f"step {step} loss {np.mean(losses[-50:]):.4f} aux {np.mean(aux_losses[-50:]):.4f} lr {lr_at(step):.2e} "
+            log(f"step {step} loss {np.mean(losses[-50:]):.4f} aux {np.mean(aux_losses[-50:]):.4f} referent {np.mean(ref_losses[-50:]):.4f} lr {lr_at(step):.2e} "
                 f"{(time.time() - start) / 60:.1f} min, data wait {wait:.0f} s")  # fmt: skip
         done = (time.time() - start) / 60 >= args.minutes or step >= args.steps
         if step % args.eval_every == 0 or done:
