@@ -190,6 +190,27 @@ def test_json_markdown_and_plot_are_written(result):
         assert image.format == "PNG" and image.size[0] > 800
 
 
+def test_paired_comparison_counts_the_questions_each_side_wins(result):
+    payload, out = result
+    assert payload["answers"] == [it.answer for it in benchmark.load_split("test", limit=N)]
+    table = (out / "curves.md").read_text()
+    paired = table[table.index("Paired against `prunevid`"):].splitlines()
+    reference = payload["curves"]["prunevid"]
+    for name, points in payload["curves"].items():
+        if name == "prunevid":
+            continue
+        row = next(line for line in paired if line.startswith(f"| `{name}` | "))
+        for point, theirs in zip(points, reference):
+            right = [p == a for p, a in zip(point["predictions"], payload["answers"])]
+            wrong_there = [p != a for p, a in zip(theirs["predictions"], payload["answers"])]
+            wins = sum(r and w for r, w in zip(right, wrong_there))
+            losses = sum(not r and not w for r, w in zip(right, wrong_there))
+            assert f"+{wins} / -{losses}, p {curves.mcnemar_p(wins, losses):.3f}" in row, name
+    assert curves.mcnemar_p(0, 0) == 1.0 and curves.mcnemar_p(5, 5) == 1.0
+    assert curves.mcnemar_p(13, 0) == pytest.approx(2 / 2**13) and curves.mcnemar_p(0, 13) == curves.mcnemar_p(13, 0)
+    assert 0.0195 < curves.mcnemar_p(29, 13) < 0.0196  # 2 * P(Binomial(42, 1/2) <= 13)
+
+
 def test_workers_give_the_same_answers(result, clips, tmp_path):
     payload, _ = result
     sharded = run_cli(tmp_path, clips, "--workers", "2")

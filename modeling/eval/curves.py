@@ -47,6 +47,7 @@ makes a question's ~60 runs about three times faster on the CPU; `--workers N` r
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -91,6 +92,8 @@ PAPER_LADDER = (
     PruneVidConfig.paper(enable_stage1=False),
 )
 STOCK = "stock"
+#: The method the others are compared with question by question in the markdown (`_paired`).
+REFERENCE = "prunevid"
 
 
 @dataclass(frozen=True)
@@ -409,8 +412,37 @@ def curves_markdown(payload: dict[str, Any]) -> str:
     if OPERATING_POINT in budgets:
         at = [f"`{name}` {_cell(points[budgets.index(OPERATING_POINT)])}" for name, points in curves.items()]
         lines += ["", f"At the paper's operating point (budget 16%), against `stock` {_cell(stock)}: " + "; ".join(at)]
+    if REFERENCE in curves and "answers" in payload:
+        lines += ["", _paired(payload)]
     lines += ["", _details(payload), "Methods:", "- `stock`: every stage off, the reference"]
     lines += [f"- `{name}`: {text}" for name, text in payload["methods"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def mcnemar_p(wins: int, losses: int) -> float:
+    """Two-sided exact McNemar p-value of `wins` vs `losses` discordant pairs (a binomial test at 1/2)."""
+    n, k = wins + losses, min(wins, losses)
+    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def _paired(payload: dict[str, Any]) -> str:
+    """Each method against `REFERENCE` on the same questions at the same budget: questions it answers right and the
+    reference wrong (+), the reverse (-), and the exact McNemar p-value; what the overlapping intervals cannot say."""
+    answers, budgets = payload["answers"], payload["budgets"]
+    right = {name: [[p == a for p, a in zip(point["predictions"], answers)] for point in points]
+             for name, points in payload["curves"].items()}  # fmt: skip
+    lines = [f"Paired against `{REFERENCE}` (same questions, same budget): +right where it is wrong / -the reverse, "
+             "exact McNemar p", "", "| method | " + " | ".join(f"{100 * b:g}%" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]  # fmt: skip
+    for name, rows in right.items():
+        if name == REFERENCE:
+            continue
+        cells = []
+        for ours, theirs in zip(rows, right[REFERENCE]):
+            wins = sum(o and not t for o, t in zip(ours, theirs))
+            losses = sum(t and not o for o, t in zip(ours, theirs))
+            cells.append(f"+{wins} / -{losses}, p {mcnemar_p(wins, losses):.3f}")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -435,8 +467,8 @@ def _chosen(point: dict[str, Any]) -> str:
 
 
 def plot_curves(payload: dict[str, Any], path: str | Path) -> None:
-    """Accuracy (%) against achieved retention (%, log axis), one line per method with its 95% band; stock dashed,
-    chance dotted, the 16% operating point marked."""
+    """Accuracy (%) against achieved retention (%, log axis), one line per method with its 95% band, each its own
+    colour (controls dashed, Stage-1 ablations dash-dotted); stock dashed black, chance dotted, 16% marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -454,7 +486,9 @@ def plot_curves(payload: dict[str, Any], path: str | Path) -> None:
         x = [100 * p["retention"] for p in points]
         y = [100 * p["accuracy"] for p in points]
         marker = "os^Dv<>PXh"[index % 10]
-        (line,) = ax.plot(x, y, marker=marker, markersize=4.5, linewidth=1.6, label=name, color=f"C{index % 10}")
+        style = "--" if name.endswith("_system_prompt") else "-." if name.startswith("stage1_") else "-"
+        colour = plt.get_cmap("tab20")((2 * index) % 20 + (index >= 10))  # 20 distinct colours, darker ones first
+        (line,) = ax.plot(x, y, marker=marker, markersize=4.5, linewidth=1.6, linestyle=style, label=name, color=colour)
         ax.fill_between(x, [100 * p["ci95"][0] for p in points], [100 * p["ci95"][1] for p in points],
                         color=line.get_color(), alpha=0.1, linewidth=0)  # fmt: skip
     lowest = min([100 * p["retention"] for points in payload["curves"].values() for p in points] + [100.0])
@@ -464,7 +498,8 @@ def plot_curves(payload: dict[str, Any], path: str | Path) -> None:
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlim(max(0.5, lowest / 1.3), 115)
-    ax.set_ylim(0, 100)
+    floor = min([payload["chance"]] + [p["ci95"][0] for points in payload["curves"].values() for p in points])
+    ax.set_ylim(max(0, 10 * int(10 * floor) - 10), 100)
     ax.set_xlabel("retention: visual tokens in the KV cache (% of the unpruned input, log scale)")
     ax.set_ylabel("accuracy (%), band: 95% Wilson interval")
     ax.set_title(f"Moving shapes v{payload['benchmark_version']}, {payload['split']} split, n = {payload['n']}: "

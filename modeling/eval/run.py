@@ -493,7 +493,6 @@ def curve_point(budget: float, outcomes: Sequence[Outcome]) -> dict[str, Any]:
 def _report_curves(args: argparse.Namespace, outcomes: dict[tuple, list[Outcome]], items: Sequence[Any],
                    model_path: Path, seconds: float) -> None:  # fmt: skip
     """Prints the curves' markdown and writes `curves.json`, `curves.md`, `curves.png` into `args.out`."""
-    from . import benchmark
     from .curves import METHODS, STOCK, curves_markdown, plot_curves
 
     points: dict[str, list[dict[str, Any]]] = {}
@@ -501,10 +500,11 @@ def _report_curves(args: argparse.Namespace, outcomes: dict[tuple, list[Outcome]
         points.setdefault(name, []).append(curve_point(budget, results))
     stock = outcomes[(STOCK, 1.0)]
     payload = {
-        "benchmark_version": getattr(items[0], "version", getattr(benchmark, "VERSION", 1)),
+        "benchmark_version": items[0].version,
         "split": args.split,
         "n": len(items),
         "items": [it.id for it in items],
+        "answers": [it.answer for it in items],
         "chance": round(sum(1 / len(it.options) for it in items) / len(items), 4),
         "model": str(model_path),
         "device": args.device,
