@@ -440,3 +440,23 @@ def test_short_clip_pictures_fit_their_text(patches):
             assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= layout.width and box.y1 <= layout.height, artist
     finally:
         plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], False),
+        (["--cuda-graphs"], True),
+        (["--preset", "fast"], True),
+        (["--preset", "fast", "--no-cuda-graphs"], False),
+        (["--preset", "off", "--cuda-graphs"], True),
+    ],
+)
+def test_cuda_graphs_switch_reaches_the_config(argv, expected):
+    """`--[no-]cuda-graphs` sets `PruneVidConfig.cuda_graphs` over the preset's value (fast() records graphs)."""
+    from modeling.app.cli.parser import build_parser
+    from modeling.app.cli.run import _prunevid_config
+
+    config, _ = _prunevid_config(build_parser().parse_args(argv), None, [])
+    assert config.cuda_graphs is expected
+    assert config.to_dict()["cuda_graphs"] is expected
