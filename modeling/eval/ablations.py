@@ -36,7 +36,8 @@ from torch import Tensor
 from ..integration.controller import PruneVidController
 from ..prunevid.config import PruneVidConfig
 from ..prunevid.dpc_knn import _cluster_means, dpc_knn
-from ..prunevid.merge import MergeResult, _segment_static, _segment_sum, _to_device, cluster_bound, temporal_segments
+from ..prunevid.merge import (MergeResult, _cluster_counts, _output_layout, _segment_static, _segment_sum, _to_device,
+                              cluster_bound, temporal_segments)
 
 
 __all__ = ["CURVE_VARIANTS", "FEATURES", "VARIANTS", "Stage1Ablation", "factory"]
@@ -193,15 +194,13 @@ def _ablated_segments(
         static_valid, static_first, row_of_frame = static_seg, seg_start, seg_of_frame
     else:
         static_rows, static_valid, static_first, row_of_frame = frames, static_tl, frame_idx, frame_idx
-    n_static_rows = static_rows.shape[0]
     rows = torch.cat([static_rows, frames], dim=0)
     valid = torch.cat([static_valid, ~static_tl], dim=0)
     n_valid = valid.sum(dim=1)
-    reduced = torch.minimum(torch.floor(n_valid.double() * cluster_ratio).long().clamp_min(1), n_valid)
-    counts = torch.where(n_valid > min_tokens_to_cluster, reduced, n_valid)
+    counts = _cluster_counts(n_valid, cluster_ratio, min_tokens_to_cluster)
     c_bound = cluster_bound(n_loc, cluster_ratio, min_tokens_to_cluster)
     if not merge_dynamic:  # every dynamic token its own cluster (DPC-KNN with as many clusters as points)
-        is_dynamic_row = torch.arange(rows.shape[0], device=device) >= n_static_rows
+        is_dynamic_row = torch.arange(rows.shape[0], device=device) >= static_rows.shape[0]
         counts = torch.where(is_dynamic_row, n_valid, counts)
         c_bound = n_loc
     dpc = dpc_knn(rows, counts, k, valid, max_clusters=c_bound)
@@ -212,25 +211,6 @@ def _ablated_segments(
         merged = _cluster_means(rows, dpc.labels, c_bound).reshape(-1, channels)  # [R*Cb, C] float32
 
     # 5. output order: a static block (key 2 * its first frame) before the dynamic blocks (key 2*t+1) it precedes
-    order = torch.sort(torch.cat([2 * static_first, 2 * frame_idx + 1])).indices
-    c_ord = counts[order]
-    end_ord = torch.cumsum(c_ord, 0)
-    start_ord = end_ord - c_ord
-    offset = torch.empty_like(counts).scatter_(0, order, start_ord)
-    group_row = torch.empty_like(counts).scatter_(0, order, torch.cumsum(c_ord > 0, 0) - 1)  # empty: no id
-    base = torch.cat([static_first, frame_idx]) * n_loc
-
-    size = n_frames * n_loc
-    out = torch.arange(size, device=device)
-    at = torch.searchsorted(end_ord, out, right=True).clamp_max(order.shape[0] - 1)
-    row = order[at]
-    cluster = (out - start_ord[at]).clamp(0, c_bound - 1)
-    slot = row * c_bound + cluster
-    source = dpc.centers.reshape(-1)[slot] + base[row]
-    longs = torch.stack([source, group_row[row], (row < n_static_rows).long()])
-
-    token_row = torch.where(static_tl, row_of_frame[:, None], n_static_rows + frame_idx[:, None])  # [T, L]
-    token_label = dpc.labels.reshape(-1)[token_row * n_loc + torch.arange(n_loc, device=device)]
-    assignment = (offset[token_row] + token_label).reshape(-1)
-    totals = torch.stack([end_ord[-1], (counts > 0).sum()])
-    return merged, slot, longs, assignment, static_tl, totals
+    layout = _output_layout(counts, dpc.centers, dpc.labels, static_first=static_first, row_of_frame=row_of_frame,
+                            static_tl=static_tl, c_bound=c_bound, grid=grid)  # fmt: skip
+    return merged, *layout

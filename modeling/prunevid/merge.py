@@ -316,11 +316,9 @@ def _merge_segments(
     """
     n_frames, n_loc = grid
     channels = features.shape[1]
-    device = features.device
     frames = features.reshape(n_frames, n_loc, channels).float()
     seg_of_frame, seg_len = seg_info[:n_frames], seg_info[n_frames:]
     seg_start = torch.cumsum(seg_len, 0) - seg_len
-    frame_idx = torch.arange(n_frames, device=device)
 
     # 2. static / dynamic
     static_seg = _segment_static(frames, seg_of_frame, n_seg, tau, width=seg_len)  # [S, L]
@@ -330,22 +328,47 @@ def _merge_segments(
     seg_mean = _segment_sum(frames, seg_len) / seg_len[:, None, None].float()
     rows = torch.cat([seg_mean, frames], dim=0)
     valid = torch.cat([static_seg, ~static_tl], dim=0)
-    n_valid = valid.sum(dim=1)
-    # cluster counts as dpc_knn clamps them: max(1, floor(n * ratio)) (float64, as Python) above the threshold, else n
-    reduced = torch.minimum(torch.floor(n_valid.double() * cluster_ratio).long().clamp_min(1), n_valid)
-    counts = torch.where(n_valid > min_tokens_to_cluster, reduced, n_valid)
+    counts = _cluster_counts(valid.sum(dim=1), cluster_ratio, min_tokens_to_cluster)
     c_bound = cluster_bound(n_loc, cluster_ratio, min_tokens_to_cluster)
     dpc = dpc_knn(rows, counts, k, valid, max_clusters=c_bound)
     merged = _cluster_means(rows, dpc.labels, c_bound).reshape(-1, channels)  # [R*Cb, C] float32
+    layout = _output_layout(counts, dpc.centers, dpc.labels, static_first=seg_start, row_of_frame=seg_of_frame,
+                            static_tl=static_tl, c_bound=c_bound, grid=grid)  # fmt: skip
+    return merged, *layout
 
-    # 5. output order: each segment's static block (key 2*start) before its frames' dynamic blocks (key 2*t+1)
-    order = torch.sort(torch.cat([2 * seg_start, 2 * frame_idx + 1])).indices  # rows in output order
+
+def _cluster_counts(n_valid: Tensor, cluster_ratio: float, min_tokens_to_cluster: int) -> Tensor:
+    """Cluster count of each row, as dpc_knn clamps it: ``max(1, floor(n * ratio))`` (float64, as Python) above
+    ``min_tokens_to_cluster`` valid points, else ``n``."""
+    reduced = torch.minimum(torch.floor(n_valid.double() * cluster_ratio).long().clamp_min(1), n_valid)
+    return torch.where(n_valid > min_tokens_to_cluster, reduced, n_valid)
+
+
+def _output_layout(counts: Tensor, centers: Tensor, labels: Tensor, *, static_first: Tensor, row_of_frame: Tensor,
+                   static_tl: Tensor, c_bound: int, grid: tuple[int, int]) -> tuple[Tensor, ...]:  # fmt: skip
+    """Step 5 of :func:`merge_video`: where the clusters of the ``R = P + T`` clustered rows go (``P`` static rows,
+    then the ``T`` frames' dynamic rows), in fixed shapes.
+
+    Args:
+        counts: ``LongTensor[R]`` clusters of every row; ``centers`` / ``labels``: the rows' DPC-KNN output.
+        static_first: ``LongTensor[P]`` first frame of every static row; ``row_of_frame``: ``LongTensor[T]`` the
+            static row of every frame's static tokens; ``static_tl``: ``BoolTensor[T, L]`` the static mask.
+
+    Returns:
+        ``slot``, ``longs``, ``assignment`` and the totals of :func:`_merge_segments`. Each static block (key
+        ``2 * its first frame``) comes before the dynamic blocks (key ``2 * t + 1``) of the frames it precedes.
+    """
+    n_frames, n_loc = grid
+    n_static_rows = static_first.shape[0]
+    device = counts.device
+    frame_idx = torch.arange(n_frames, device=device)
+    order = torch.sort(torch.cat([2 * static_first, 2 * frame_idx + 1])).indices  # rows in output order
     c_ord = counts[order]
     end_ord = torch.cumsum(c_ord, 0)
     start_ord = end_ord - c_ord
     offset = torch.empty_like(counts).scatter_(0, order, start_ord)  # first output row of every block
     group_row = torch.empty_like(counts).scatter_(0, order, torch.cumsum(c_ord > 0, 0) - 1)  # empty: no id
-    base = torch.cat([seg_start, frame_idx]) * n_loc  # token index of each row's first location
+    base = torch.cat([static_first, frame_idx]) * n_loc  # token index of each row's first location
 
     size = n_frames * n_loc  # no more outputs than input tokens
     out = torch.arange(size, device=device)
@@ -353,15 +376,15 @@ def _merge_segments(
     row = order[at]
     cluster = (out - start_ord[at]).clamp(0, c_bound - 1)
     slot = row * c_bound + cluster
-    source = dpc.centers.reshape(-1)[slot] + base[row]
-    longs = torch.stack([source, group_row[row], (row < n_seg).long()])
+    source = centers.reshape(-1)[slot] + base[row]
+    longs = torch.stack([source, group_row[row], (row < n_static_rows).long()])
 
     # assignment: output row of each input token's (row, cluster)
-    token_row = torch.where(static_tl, seg_of_frame[:, None], n_seg + frame_idx[:, None])  # [T, L]
-    token_label = dpc.labels.reshape(-1)[token_row * n_loc + torch.arange(n_loc, device=device)]
+    token_row = torch.where(static_tl, row_of_frame[:, None], n_static_rows + frame_idx[:, None])  # [T, L]
+    token_label = labels.reshape(-1)[token_row * n_loc + torch.arange(n_loc, device=device)]
     assignment = (offset[token_row] + token_label).reshape(-1)
     totals = torch.stack([end_ord[-1], (counts > 0).sum()])
-    return merged, slot, longs, assignment, static_tl, totals
+    return slot, longs, assignment, static_tl, totals
 
 
 def _to_device(values: list[int], device: torch.device) -> Tensor:
