@@ -104,6 +104,20 @@ SHAPES = {
 }  # fmt: skip
 
 
+def make_video(seed: int, lengths: list[int], h: int, w: int, dyn: tuple[slice, slice], c: int = 24) -> torch.Tensor:
+    """Stage-1 test features `[T*h*w, c]`: scenes of `lengths` frames, each a static random background with small
+    per-frame noise, and a region `dyn` whose tokens are fresh every frame (test_algorithm, test_ablations)."""
+    g = torch.Generator().manual_seed(seed)
+    frames = []
+    for n in lengths:
+        bg = torch.randn(h, w, c, generator=g) + 3.0 * torch.randn(c, generator=g)
+        for _ in range(n):
+            f = bg + 0.05 * torch.randn(h, w, c, generator=g)
+            f[dyn] = 2.0 * torch.randn(f[dyn].shape, generator=g)
+            frames.append(f)
+    return torch.stack(frames).reshape(-1, c)
+
+
 def save_random_model(path: Path, seed: int = 0, **overrides) -> Path:
     """Save a random-weight Qwen2.5-VL (stock class) to `path`; returns `path`."""
     from transformers import Qwen2_5_VLForConditionalGeneration

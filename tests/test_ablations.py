@@ -11,6 +11,7 @@ import itertools
 import pytest
 import torch
 
+from conftest import make_video
 from modeling import PruneVidConfig
 from modeling.eval.ablations import CURVE_VARIANTS, VARIANTS, Stage1Ablation, factory
 from modeling.prunevid.merge import MergeResult, merge_video
@@ -19,19 +20,6 @@ from modeling.prunevid.merge import MergeResult, merge_video
 CONFIG = PruneVidConfig.paper()
 SWITCHES = [dict(average_static=a, merged_feature=f, merge_dynamic=d)
             for a, f, d in itertools.product((True, False), ("mean", "centre"), (True, False))]  # fmt: skip
-
-
-def make_video(seed: int, lengths: list[int], h: int, w: int, dyn: tuple[slice, slice], c: int = 24) -> torch.Tensor:
-    """Scenes of static backgrounds that drift slightly every frame, with a region of fresh tokens every frame."""
-    g = torch.Generator().manual_seed(seed)
-    frames = []
-    for n in lengths:
-        bg = torch.randn(h, w, c, generator=g) + 3.0 * torch.randn(c, generator=g)
-        for _ in range(n):
-            f = bg + 0.05 * torch.randn(h, w, c, generator=g)
-            f[dyn] = 2.0 * torch.randn(f[dyn].shape, generator=g)
-            frames.append(f)
-    return torch.stack(frames).reshape(-1, c)
 
 
 # (features, grid): a moving square (clustered static and dynamic blocks), a small dynamic region (not clustered),

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import make_video
 from modeling.prunevid.dpc_knn import dpc_knn, merge_by_labels, pairwise_distances
 from modeling.prunevid.merge import contiguous_segments, merge_video, static_mask, temporal_segments
 from modeling.prunevid.select import attention_importance, grouped_topk
@@ -303,19 +304,6 @@ def test_static_mask_reference() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Stage 1: merge_video
 # ----------------------------------------------------------------------------------------------------------------
-def make_video(seed: int, lengths: list[int], h: int, w: int, dyn: tuple[slice, slice], c: int = 24):
-    """Scenes of static random backgrounds (small noise) with a region whose tokens are fresh every frame."""
-    g = torch.Generator().manual_seed(seed)
-    frames = []
-    for n in lengths:
-        bg = torch.randn(h, w, c, generator=g) + 3.0 * torch.randn(c, generator=g)
-        for _ in range(n):
-            f = bg + 0.05 * torch.randn(h, w, c, generator=g)
-            f[dyn] = 2.0 * torch.randn(f[dyn].shape, generator=g)
-            frames.append(f)
-    return torch.stack(frames).reshape(-1, c)
-
-
 def expected_count(res, h: int, w: int, ratio: float, min_tokens: int = 14) -> int:
     def reduced(n: int) -> int:
         return max(1, int(n * ratio)) if n > min_tokens else n
