@@ -113,8 +113,9 @@ def encode(processor, item: benchmark.Item, *, answer: bool, frames: torch.Tenso
     mm = (ids == processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")).long() * 2
     colour, motion = benchmark.token_labels(item)
     labels = torch.from_numpy(np.stack([colour.reshape(-1), motion.reshape(-1)], axis=1))  # [video tokens, 2]
+    named = benchmark.referent(item)
     return {"input_ids": ids, "mm_token_type_ids": mm, "frames": frames, "grid": grid, "labels": labels,
-            "referent": REFERENTS.index(benchmark.referent(item)) if benchmark.referent(item) else -100}
+            "referent": REFERENTS.index(named) if named else -100}
 
 
 def pixels(processor, frames: list[torch.Tensor], device: torch.device) -> torch.Tensor:
