@@ -11,7 +11,13 @@ benchmark.render`) and the chat template go through the real Qwen2.5-VL processo
 fps 2 so `second_per_grid_ts` is the evaluation's), with the answer letter and `<|im_end|>` appended; the loss is on
 those two tokens, plus an auxiliary perception loss during training only: a linear head on the vision features the
 LLM receives predicts each video token's shape colour and motion (`benchmark.token_labels`); the head is discarded,
-the shipped model is a plain Qwen2.5-VL. Frames get a mild per-pixel noise (sigma 2) so that H.264's small errors at evaluation are
+the shipped model is a plain Qwen2.5-VL. Three more training-only losses bear on the questions that name a shape:
+`--referent-weight` (a head on the state after LLM layer 2 at the answer position names the question's referent),
+`--attend-weight` (that position's pre-RoPE attention at the pruning layer M falls on the named shape's tokens,
+`named_cells`) and `--select-weight` (Stage 2's own score at layer M, `stage2_score`: max over heads and question
+rows, puts its share of each frame on the named shape). The last two teach the small model what the paper assumes of
+real ones, that the question's tokens attend to what the question is about; docs/accuracy says what each changes.
+Frames get a mild per-pixel noise (sigma 2) so that H.264's small errors at evaluation are
 nothing new (added on the GPU, in the processor's normalised units). The model is `Qwen2_5_VLPruneVid` with every
 stage off (the stock forward); the vision tower's windowed attention runs as one batched call for all windows
 (`UniformSegmentAttention`: the same function as upstream's call per window, several times faster).
@@ -19,8 +25,8 @@ stage off (the stock forward); the vision tower's windowed attention runs as one
 Embedding rows of tokens the task never uses are zero at initialisation and after every step (tied embeddings: a
 zero row is a zero logit), so the shipped asset only needs the task's rows (`modeling.demo.export_asset`).
 
-Writes to OUT: `train.log` (appended), `state.pt` (float32 weights, step, data cursor: `--resume` continues the
-schedule and the data; the optimizer restarts, with 100 steps of learning-rate warm-up), `demo_model.safetensors`
+Writes to OUT: `train.log` (appended), `state.pt` (float32 weights, the training-only heads, step, data cursor:
+`--resume` continues the schedule and the data; the optimizer restarts, with 100 steps of learning-rate warm-up), `demo_model.safetensors`
 (the compact asset) and `val.json` (validation accuracy per kind).
 """
 
@@ -92,6 +98,25 @@ class _Attend:
 
 #: What a question can name its shape by (`benchmark.referent`): a colour or a direction.
 REFERENTS = list(benchmark.COLOURS) + list(benchmark.DIRECTIONS)
+VIDEO_PAD = 151656  # <|video_pad|>
+
+
+def named_cells(item: benchmark.Item, cell: int = 28, min_pixels: int = 196) -> np.ndarray:
+    """`[frames // 2, SIZE // cell, SIZE // cell]` bool: the LLM video tokens that show the shape a version-2 question
+    names (`benchmark.referent`; the named shape is `scenes[0][0]`), by the rule of `benchmark.token_labels` (it covers
+    at least `min_pixels` of the cell in frame 2t); all False for the other questions."""
+    grid = benchmark.SIZE // cell
+    cells = np.zeros((item.frames // 2, grid, grid), dtype=bool)
+    if benchmark.referent(item) is None:
+        return cells
+    shape = item.scenes[0][0]
+    shape_mask = benchmark._mask(shape.kind, shape.size)
+    for t in range(item.frames // 2):
+        top, left = shape.box(2 * t)
+        canvas = np.zeros((benchmark.SIZE, benchmark.SIZE), dtype=np.int64)
+        canvas[top : top + shape.size, left : left + shape.size] = shape_mask
+        cells[t] = canvas.reshape(grid, cell, grid, cell).sum(axis=(1, 3)) >= min_pixels
+    return cells
 
 
 def build_prompt(processor, question: str) -> str:
@@ -114,8 +139,10 @@ def encode(processor, item: benchmark.Item, *, answer: bool, frames: torch.Tenso
     colour, motion = benchmark.token_labels(item)
     labels = torch.from_numpy(np.stack([colour.reshape(-1), motion.reshape(-1)], axis=1))  # [video tokens, 2]
     named = benchmark.referent(item)
+    attend = torch.zeros(ids.shape[0], dtype=torch.bool)
+    attend[mm == 2] = torch.from_numpy(named_cells(item).reshape(-1))
     return {"input_ids": ids, "mm_token_type_ids": mm, "frames": frames, "grid": grid, "labels": labels,
-            "referent": REFERENTS.index(named) if named else -100}
+            "referent": REFERENTS.index(named) if named else -100, "attend": attend}
 
 
 def pixels(processor, frames: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -163,7 +190,7 @@ def collate(samples: list) -> dict:
     encs = [e for _, e in samples]
     width = max(e["input_ids"].shape[0] for e in encs)
     batch: dict = {"indices": [i for i, _ in samples]}
-    for key, fill in (("input_ids", 151643), ("mm_token_type_ids", 0)):
+    for key, fill in (("input_ids", 151643), ("mm_token_type_ids", 0), ("attend", False)):
         batch[key] = torch.stack([torch.cat([e[key], e[key].new_full((width - e[key].shape[0],), fill)]) for e in encs])
     lengths = torch.tensor([e["input_ids"].shape[0] for e in encs])
     batch["attention_mask"] = (torch.arange(width)[None] < lengths[:, None]).long()
@@ -181,6 +208,76 @@ def model_inputs(processor, batch: dict, device: torch.device) -> dict:
               for k in ("input_ids", "mm_token_type_ids", "attention_mask", "video_grid_thw", "second_per_grid_ts")}  # fmt: skip
     inputs["pixel_values_videos"] = pixels(processor, batch["frames"], device)
     return inputs
+
+
+def attend_loss(layer: torch.nn.Module, hidden: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor,
+                target: torch.Tensor) -> torch.Tensor:
+    """Attention supervision in Stage 2's own terms (`modeling.integration.controller._score_and_keep`): at decoder
+    `layer` (input `hidden` `[B, L, C]`), the pre-RoPE attention of the position `rows` `[B]` (the one that predicts
+    the answer) over the `valid` `[B, L]` keys up to it; minus the log of the attention mass that the best head puts
+    on the `target` `[B, L]` tokens (the shape the question names), averaged over the rows that have a target."""
+    attn = layer.self_attn
+    normed = layer.input_layernorm(hidden.float())
+    batch, length, _ = normed.shape
+    query = attn.q_proj(normed[torch.arange(batch, device=hidden.device), rows]).view(batch, -1, attn.head_dim)
+    key = attn.k_proj(normed).view(batch, length, -1, attn.head_dim)
+    key = key.repeat_interleave(query.shape[1] // key.shape[2], dim=2)  # query head h reads key head h // n_rep
+    logits = torch.einsum("bhd,blhd->bhl", query.float(), key.float()) * attn.scaling
+    keys = valid & (torch.arange(length, device=hidden.device)[None] <= rows[:, None])
+    log_p = torch.log_softmax(logits.masked_fill(~keys[:, None], float("-inf")), dim=-1)
+    log_mass = torch.logsumexp(log_p.masked_fill(~(target & keys)[:, None], float("-inf")), dim=-1)  # [B, H]
+    has = (target & keys).any(dim=1)
+    if not has.any():
+        return hidden.new_zeros((), dtype=torch.float32)
+    return -log_mass.amax(dim=1)[has].mean()
+
+
+def stage2_score(layer: torch.nn.Module, hidden: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor,
+                 video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2's score of every token as the paper computes it (`modeling.prunevid.select.attention_importance` with
+    max over heads and rows), differentiable: at decoder `layer` (input `hidden` `[B, L, C]`) every question row (the
+    tokens after the last `video` token, up to `rows` `[B]`, the position that predicts the answer) attends, pre-RoPE
+    and without a causal mask, over the `valid` tokens up to `rows`; a token's score is its largest probability over
+    heads and question rows. Returns the score `[B, L]` (float32) and the keys `[B, L]` it is over."""
+    attn = layer.self_attn
+    normed = layer.input_layernorm(hidden.float())
+    batch, length, _ = normed.shape
+    positions = torch.arange(length, device=hidden.device)[None]
+    keys = valid & (positions <= rows[:, None])
+    last_video = torch.where(video, positions, -1).amax(dim=1)
+    question = keys & (positions > last_video[:, None])
+    n_rows = int(question.sum(dim=1).max())
+    index = torch.sort(question.to(torch.int8), dim=1, stable=True, descending=True).indices[:, :n_rows]  # [B, R]
+    q_valid = question.gather(1, index)
+    query = attn.q_proj(normed.gather(1, index[..., None].expand(-1, -1, normed.shape[-1])))
+    query = query.view(batch, n_rows, -1, attn.head_dim)
+    key = attn.k_proj(normed).view(batch, length, -1, attn.head_dim)
+    key = key.repeat_interleave(query.shape[2] // key.shape[2], dim=2)  # query head h reads key head h // n_rep
+    logits = torch.einsum("brhd,blhd->bhrl", query, key) * attn.scaling
+    probs = torch.softmax(logits.masked_fill(~keys[:, None, None], float("-inf")), dim=-1)
+    return probs.amax(dim=1).masked_fill(~q_valid[..., None], 0.0).amax(dim=1), keys
+
+
+def select_loss(layer: torch.nn.Module, hidden: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor,
+                video: torch.Tensor, target: torch.Tensor, per_frame: int | None = None) -> torch.Tensor:
+    """Supervision of Stage 2's selection: minus the log of the share of the video tokens' summed `stage2_score`
+    that falls on the `target` tokens `[B, L]` (the shape the question names), averaged over the rows that have a
+    target. With `per_frame` (video tokens per temporal patch), the share is taken in each temporal patch that shows
+    the target and averaged over those: Stage 2 keeps its quota in each frame's group, so the named shape must lead
+    in every frame, not only in the clip's total."""
+    score, keys = stage2_score(layer, hidden, rows, valid, video)
+    target, video = target & keys, video & keys
+    if not target.any():
+        return hidden.new_zeros((), dtype=torch.float32)
+    if per_frame is None:
+        share = (score * target).sum(dim=1) / (score * video).sum(dim=1).clamp_min(1e-12)
+        return -torch.log(share.clamp_min(1e-12))[target.any(dim=1)].mean()
+    frame = (video.long().cumsum(dim=1) - 1).clamp_min(0) // per_frame  # [B, L]: temporal patch of each video token
+    sums = torch.zeros(3, score.shape[0], int(frame.max()) + 1, device=hidden.device)
+    for i, part in enumerate((score * target, score * video, target.float())):
+        sums[i].scatter_add_(1, frame, part)
+    share = sums[0] / sums[1].clamp_min(1e-12)
+    return -torch.log(share.clamp_min(1e-12))[sums[2] > 0].mean()
 
 
 def logits_at(model, inputs: dict, positions: torch.Tensor) -> torch.Tensor:
@@ -260,6 +357,15 @@ def main() -> None:
     parser.add_argument("--referent-weight", type=float, default=1.0,
                         help="weight of the loss that names, at the answer position, what the question names")
     parser.add_argument("--referent-layer", type=int, default=2, help="LLM layer whose output that loss reads")
+    parser.add_argument("--attend-weight", type=float, default=0.0,
+                        help="weight of the loss that the answer position's pre-RoPE attention at --attend-layer "
+                             "falls on the named shape (Stage 2's scoring)")
+    parser.add_argument("--attend-layer", type=int, help="default: the demo model's pruning layer M")
+    parser.add_argument("--select-weight", type=float, default=0.0,
+                        help="weight of the loss that Stage 2's score at --attend-layer (max over heads and question "
+                             "rows) falls on the named shape")
+    parser.add_argument("--select-groups", choices=("frame", "clip"), default="frame",
+                        help="that share per temporal patch (Stage 2's groups) or over the whole clip")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (default: float32 with TF32 matmuls)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -294,17 +400,27 @@ def main() -> None:
     model.model.visual.register_forward_hook(lambda mod, inp, out: captured.__setitem__("features", out.pooler_output))
     # Auxiliary referent loss (training only): from the hidden state after LLM layer `referent_layer` at the position
     # that predicts the answer, name what the question names (`benchmark.referent`: a colour or a direction).
-    referent_head = torch.nn.Linear(model.config.text_config.hidden_size, len(REFERENTS)).to(device)
+    # The head reads the RMS-normalised state (the residual stream's scale is large: a plain linear head starts at a
+    # loss of ~13 whose gradient would crowd the answer's out of the clipped norm).
+    width = model.config.text_config.hidden_size
+    referent_head = torch.nn.Sequential(torch.nn.RMSNorm(width, elementwise_affine=False),
+                                        torch.nn.Linear(width, len(REFERENTS))).to(device)  # fmt: skip
     layer = model.model.language_model.layers[args.referent_layer]
     layer.register_forward_hook(lambda mod, inp, out: captured.__setitem__("hidden", out[0] if isinstance(out, tuple) else out))
+    if args.attend_layer is None:
+        args.attend_layer = PruneVidConfig().resolve_pruning_layer(model.config.text_config.num_hidden_layers)
+    attend_layer = model.model.language_model.layers[args.attend_layer]
+    attend_layer.register_forward_pre_hook(
+        lambda mod, a, kw: captured.__setitem__("attend_in", kw["hidden_states"] if "hidden_states" in kw else a[0]),
+        with_kwargs=True)  # fmt: skip
     check_inputs(processor)
     used = torch.tensor(task_token_ids(processor), device=device)
     embed = model.get_input_embeddings().weight
     unused = torch.ones(embed.shape[0], dtype=torch.bool, device=device)
     unused[used] = False
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    decay += [aux_head.weight, referent_head.weight]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n] + [aux_head.bias, referent_head.bias]
+    decay += [aux_head.weight, referent_head[1].weight]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n] + [aux_head.bias, referent_head[1].bias]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr, betas=(0.9, 0.98),
@@ -329,6 +445,9 @@ def main() -> None:
         with torch.no_grad():
             embed[state["embed_ids"].to(device)] = rows.to(device)
         step, cursor = int(state["step"]), int(state["cursor"])
+        for name, head in (("aux_head", aux_head), ("referent_head", referent_head)):
+            if name in state.get("heads", {}):  # the training-only heads, where the checkpoint has them
+                head.load_state_dict(state["heads"][name])
         log(f"resumed from {args.resume}: step {step}, data cursor {cursor}")
     resumed_at = step
     with torch.no_grad():
@@ -347,6 +466,7 @@ def main() -> None:
         progress = min(1.0, (s - args.warmup) / max(1, args.steps - args.warmup))
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+    per_frame = (benchmark.SIZE // 28) ** 2 if args.select_groups == "frame" else None  # video tokens per patch
     noise_std = torch.tensor(processor.video_processor.image_std, device=device, dtype=torch.float32)
     loader = torch.utils.data.DataLoader(
         TrainStream(cursor, args.version, args.siblings), batch_size=args.batch, collate_fn=collate, num_workers=args.workers,
@@ -357,6 +477,8 @@ def main() -> None:
     losses: list[float] = []
     aux_losses: list[float] = []
     ref_losses: list[float] = []
+    att_losses: list[float] = []
+    sel_losses: list[float] = []
     wait = 0.0
     skipped = 0
     tick = time.time()
@@ -386,7 +508,14 @@ def main() -> None:
         referent = batch["referent"].to(device)
         ref_loss = (torch.nn.functional.cross_entropy(referent_head(named), referent, ignore_index=-100)
                     if (referent >= 0).any() else hidden.new_zeros(()))  # fmt: skip
-        loss = answer_loss + args.aux_weight * aux_loss + args.referent_weight * ref_loss
+        attend_in = captured.pop("attend_in")
+        att_loss = (attend_loss(attend_layer, attend_in, last - 2, inputs["attention_mask"].bool(),
+                                batch["attend"].to(device)) if args.attend_weight else hidden.new_zeros(()))  # fmt: skip
+        sel_loss = (select_loss(attend_layer, attend_in, last - 2, inputs["attention_mask"].bool(), ids == VIDEO_PAD,
+                                batch["attend"].to(device), per_frame=per_frame) if args.select_weight
+                    else hidden.new_zeros(()))  # fmt: skip
+        loss = answer_loss + args.aux_weight * aux_loss + args.referent_weight * ref_loss + args.attend_weight * att_loss
+        loss = loss + args.select_weight * sel_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         heads = list(aux_head.parameters()) + list(referent_head.parameters())
@@ -406,8 +535,11 @@ def main() -> None:
         losses.append(answer_loss.item())
         aux_losses.append(aux_loss.item())
         ref_losses.append(ref_loss.item())
-        if step <= 20 or step % 50 == 0:
-            log(f"step {step} loss {np.mean(losses[-50:]):.4f} aux {np.mean(aux_losses[-50:]):.4f} referent {np.mean(ref_losses[-50:]):.4f} lr {lr_at(step):.2e} "
+        att_losses.append(att_loss.item())
+        sel_losses.append(sel_loss.item())
+        if step - resumed_at <= 10 or step % 50 == 0:
+            log(f"step {step} loss {np.mean(losses[-50:]):.4f} aux {np.mean(aux_losses[-50:]):.4f} referent {np.mean(ref_losses[-50:]):.4f} "
+                f"attend {np.mean(att_losses[-50:]):.4f} select {np.mean(sel_losses[-50:]):.4f} lr {lr_at(step):.2e} "
                 f"{(time.time() - start) / 60:.1f} min, data wait {wait:.0f} s")  # fmt: skip
         done = (time.time() - start) / 60 >= args.minutes or step >= args.steps
         if step % args.eval_every == 0 or done:
@@ -420,7 +552,9 @@ def main() -> None:
     state = {k: v for k, v in model.state_dict().items()}
     compact = {k: v.float().cpu() for k, v in state.items() if k not in (EMBED_KEY, "lm_head.weight")}
     compact["embed_rows"] = state[EMBED_KEY][used].float().cpu()
-    torch.save({"weights": compact, "embed_ids": used.cpu(), "step": step, "cursor": cursor}, args.out / "state.pt")
+    heads = {"aux_head": aux_head.state_dict(), "referent_head": referent_head.state_dict()}
+    torch.save({"weights": compact, "embed_ids": used.cpu(), "step": step, "cursor": cursor, "heads": heads},
+               args.out / "state.pt")  # fmt: skip
     export_asset(state, used.tolist(), args.out / "demo_model.safetensors",
                  metadata={"step": str(step), "cursor": str(cursor), "val_accuracy": f"{acc['all']:.4f}",
                            "seed": str(args.seed)})  # fmt: skip
