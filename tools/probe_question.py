@@ -5,8 +5,9 @@
 Runs the trained demo model through `modeling.eval.run.Evaluation` (the released input path) on the first `--limit`
 test questions and prints accuracy and retention for: `stage1_only`; `paper`; `paper_k0` (keeps no visual token
 after layer M: what the layers after M read); and, for M = 0..3, `paper` and "Stage 2 alone" (`enable_stage1=False,
-keep_ratio=0.1`), each scored by the question and by the system prompt (`SystemPromptQuery`). The system prompt comes
-before the video, so it sees no video token and its scores tie: Stage 2 then keeps the first tokens of each group.
+keep_ratio=0.1`), each scored by the question and by the system prompt (`SystemPromptQuery`). Stage 2 scores without
+a causal mask (as the authors do), so the system prompt's rows attend to the video's keys too: a question-blind choice
+by content.
 docs/accuracy/README.md quotes its output for version 1 (50 questions, 85 s on 2 CPU threads).
 """
 

@@ -291,7 +291,7 @@ def _system_prompt(config: PruneVidConfig) -> Any:
 
 for _method in (
     MatchedSelection("prunevid_system_prompt", "negative control: prunevid with Stage 2 scored by the system prompt "
-                     "(before the video: it sees no video token, so Stage 2 keeps the first tokens of each group)",
+                     "(scored without a causal mask, its rows read the video's keys: a question-blind choice by content)",
                      PAPER_LADDER, _system_prompt),
     MatchedSelection("stage2_only_system_prompt", "negative control: stage2_only scored by the system prompt",
                      (PruneVidConfig.paper(enable_stage1=False),), _system_prompt),
