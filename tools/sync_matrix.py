@@ -11,8 +11,10 @@ For every release, in a scratch clone of the repository (the checkout itself is 
    zero hand edits);
 3. the equivalence and stage tests (`--tests`, `-k` subset optional) on that release.
 
-Each release's result is saved as JSON in the work folder as soon as it is known (a re-run skips releases already
-done unless `--redo`; several workers on one folder share the releases out); the table is written to `--out` (Markdown: release, sync result, hunk offsets, tests
+Each release's result is saved as JSON in the work folder as soon as it is known, under a key of what was tested
+(the source's committed tree, the tests and `-k`): a re-run skips releases already done *for that key* unless
+`--redo`, and any new commit tests every release again instead of reusing a result of an older series; several
+workers on one folder share the releases out; the table is written to `--out` (Markdown: release, sync result, hunk offsets, tests
 passed, time). Run it niced on a shared machine:
 
     nice -n 19 python3 tools/sync_matrix.py --minors 5.4 5.24 --out docs/compatibility.md
@@ -23,6 +25,7 @@ passed, time). Run it niced on a shared machine:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -56,6 +59,7 @@ class Result:
     # `test id: what` for every input the release's stock model cannot process (the tests' STOCK-UNSUPPORTED lines)
     stock_unsupported: list[str] = field(default_factory=list)
     round_trip: str = "not run"  # syncing back to the pin restores the committed tree byte for byte?
+    source: str = ""  # the commit tested (`git describe`-style short hash of --source's HEAD)
     seconds: float = 0.0
     install_seconds: float = 0.0
     log: str = ""
@@ -167,9 +171,23 @@ def round_trip(clone: Path, scratch: Path) -> str:
     return "identical" if not changed else "differs: " + ", ".join(changed)
 
 
+def source_commit(repo: Path) -> tuple[str, str]:
+    """The short hash of `repo`'s committed HEAD and the hash of its tree (what a scratch clone tests)."""
+    out = run(["git", "rev-parse", "HEAD", "HEAD^{tree}"], repo)
+    if out.returncode:
+        raise RuntimeError(f"not a git repository with a commit: {repo} ({out.stderr.strip()})")
+    commit, tree = out.stdout.split()
+    return commit[:12], tree
+
+
+def run_key(tree: str, tests: Sequence[str], k: str | None) -> str:
+    """What a saved result is valid for: the source tree, the tests and the `-k` selection."""
+    return hashlib.sha256(json.dumps([tree, list(tests), k or ""]).encode()).hexdigest()[:12]
+
+
 def check_release(args: argparse.Namespace, version: str) -> Result:
     """Sync a fresh scratch clone onto `version` and run the tests there."""
-    result, log = Result(version), []
+    result, log = Result(version, source=args.commit), []
     work = args.workdir
     clone, site = work / f"repo-{version}", work / f"site-{version}"
     start = time.monotonic()
@@ -244,13 +262,15 @@ def render(results: Sequence[Result], args: argparse.Namespace, total: float) ->
             f"| {r.round_trip} | {r.seconds:.0f} s |"
         )
     selection = " ".join(args.tests) + (f" -k '{args.k}'" if args.k else "")
+    commits = sorted({r.source for r in results if r.source}) or ["unknown"]
     return "\n".join(
         [
             f"| release | sync | hunk offsets (vs the {args.pin} patches) | tests | result | back to the pin | time |",
             "|---|---|---|---|---|---|---|",
             *rows,
             "",
-            f"Tests run on each release: `{selection}`. Time per release: install, sync, tests and the sync back "
+            f"Tested commit {', '.join(commits)}; tests run on each release: `{selection}`. "
+            f"Time per release: install, sync, tests and the sync back "
             f"(niced, on a shared 2-core machine); {total / 60:.1f} min for the {len(results)} releases together.",
         ]
     )
@@ -286,16 +306,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-clones", action="store_true")
     args = parser.parse_args(argv)
     args.pin = committed_pin(args.source)  # the release the series under test is synced to
+    args.commit, tree = source_commit(args.source)
+    tag = run_key(tree, args.tests, args.k)  # saved results of another commit or test selection are not reused
     args.minors = args.minors or ("5.4", ".".join(args.pin.split(".")[:2]))
     args.workdir.mkdir(parents=True, exist_ok=True)
     releases = args.releases or latest_patches(released_versions(args.python), *args.minors)
     results = []
     for version in releases:
-        saved = args.workdir / f"result-{version}.json"
+        saved = args.workdir / f"result-{version}-{tag}.json"
         if saved.exists() and not args.redo:
             results.append(Result(**json.loads(saved.read_text())))
             continue
-        lock = args.workdir / f"running-{version}"
+        lock = args.workdir / f"running-{version}-{tag}"
         try:
             os.close(os.open(lock, os.O_CREAT | os.O_EXCL))  # another worker on the same folder has it
         except FileExistsError:
