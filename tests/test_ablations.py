@@ -273,3 +273,50 @@ def test_every_variant_generates_on_the_demo_model():
     generate()
     assert model.prunevid_stats[0].technique == "stage1_ablation(no_static_average+centre+no_dynamic_merge)"
     assert model.prunevid_technique is both
+
+
+# ------------------------------------------------------------------------------ the option: dynamic_cluster_ratio
+def with_dynamic_ratio(x: torch.Tensor, grid: tuple[int, int, int], ratio: float | None) -> MergeResult:
+    return merge_video(x, grid, tau=CONFIG.tau, temporal_segment_ratio=CONFIG.temporal_segment_ratio,
+                       cluster_ratio=CONFIG.cluster_ratio, k=CONFIG.dpc_knn_k,
+                       min_tokens_to_cluster=CONFIG.min_tokens_to_cluster, dynamic_cluster_ratio=ratio)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("video", list(VIDEOS))
+def test_dynamic_cluster_ratio_one_is_the_no_dynamic_merge_ablation_bit_for_bit(video, dtype):
+    """`PruneVidConfig(dynamic_cluster_ratio=1.0)`, the option the ablation won as, is that ablation exactly;
+    `None` and the paper's own ratio are the paper exactly."""
+    x, grid = VIDEOS[video]
+    x = x.to(dtype)
+    assert_same(with_dynamic_ratio(x, grid, 1.0), Stage1Ablation(CONFIG, merge_dynamic=False).merge(x, grid))
+    assert_same(with_dynamic_ratio(x, grid, None), paper(x, grid))
+    assert_same(with_dynamic_ratio(x, grid, CONFIG.cluster_ratio), paper(x, grid))
+
+
+@pytest.mark.parametrize("video", list(VIDEOS))
+def test_dynamic_cluster_ratio_changes_only_the_dynamic_blocks(video):
+    x, grid = VIDEOS[video]
+    ref, res = paper(x, grid), with_dynamic_ratio(x, grid, 0.25)
+    for field in ("features", "source"):  # the static blocks are the paper's
+        assert torch.equal(getattr(res, field)[res.is_static], getattr(ref, field)[ref.is_static]), field
+    expected = 0
+    for s, e in res.segments:
+        expected += reduced(int(res.static_mask[s].sum()))
+        for t in range(s, e):
+            n = int((~res.static_mask[t]).sum())
+            expected += max(1, int(n * 0.25)) if n > CONFIG.min_tokens_to_cluster else n
+    assert res.features.shape[0] == expected
+    assert torch.equal(res.assignment[res.source], torch.arange(expected))  # each output's source is its member
+
+
+def test_dynamic_cluster_ratio_reaches_the_model_through_the_config():
+    model_config = CONFIG.replace(dynamic_cluster_ratio=1.0)
+    x, grid = VIDEOS["square"]
+    from modeling.integration.controller import PruneVidController
+
+    assert_same(PruneVidController(model_config).merge(x, grid), with_dynamic_ratio(x, grid, 1.0))
+    assert_same(PruneVidController(CONFIG).merge(x, grid), paper(x, grid))
+    for bad, error in ((0.0, ValueError), (1.5, ValueError), ("1", TypeError), (float("nan"), ValueError)):
+        with pytest.raises(error, match="dynamic_cluster_ratio"):
+            PruneVidConfig(dynamic_cluster_ratio=bad)

@@ -101,10 +101,13 @@ def test_demo_answers_the_bundled_clip_correctly(capsys):
 
 
 def test_compare_json_and_overrides(capsys):
-    code, out, err = run_cli(capsys, "--json", "--preset", "aggressive", "--keep-ratio", "0.5", "--no-stage3", *FAST)
+    code, out, err = run_cli(capsys, "--json", "--preset", "aggressive", "--keep-ratio", "0.5", "--no-stage3",
+                             "--dynamic-cluster-ratio", "1", *FAST)  # fmt: skip
     assert code == 0, err
     result = json.loads(out)
     check_run(result), check_run(result["stock"])
+    assert result["prunevid"]["dynamic_cluster_ratio"] == 1.0
+    assert result["stock"]["prunevid"]["dynamic_cluster_ratio"] is None
     assert isinstance(result["answers_agree"], bool)
     assert result["prunevid"]["keep_ratio"] == 0.5 and result["prunevid"]["enable_stage3"] is False
     assert result["prunevid"]["tau"] == 0.7  # from the preset
@@ -293,6 +296,8 @@ BAD_INPUTS: dict[str, tuple[list[str], str, str]] = {
     "blank_question": (["--question", "  "], "--question must not be empty", "light"),
     "stage3_without_stage2": (["--no-stage2", "--stage3"], "--stage3 needs Stage 2", "light"),
     "keep_ratio": (["--keep-ratio", "1.5"], "--keep-ratio (PruneVidConfig.keep_ratio)=1.5 is out of range", "light"),
+    "dynamic_cluster_ratio": (["--dynamic-cluster-ratio", "0"],
+                              "--dynamic-cluster-ratio (PruneVidConfig.dynamic_cluster_ratio)=0", "light"),
     # the demo model's depth is known up front (modeling.demo.DEMO_ARCHITECTURE)
     "pruning_layer_demo": (["--pruning-layer", "11"], "--pruning-layer (PruneVidConfig.pruning_layer)=11", "light"),
 }

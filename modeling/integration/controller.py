@@ -326,6 +326,7 @@ class PruneVidController:
             tau=cfg.tau,
             temporal_segment_ratio=cfg.temporal_segment_ratio,
             cluster_ratio=cfg.cluster_ratio,
+            dynamic_cluster_ratio=cfg.dynamic_cluster_ratio,
             k=cfg.dpc_knn_k,
             min_tokens_to_cluster=cfg.min_tokens_to_cluster,
             runner=self.runner,

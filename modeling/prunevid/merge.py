@@ -221,6 +221,7 @@ def merge_video(
     k: int,
     min_tokens_to_cluster: int = 14,
     runner: Callable[..., tuple[Tensor, ...]] = eager,
+    dynamic_cluster_ratio: float | None = None,
 ) -> MergeResult:
     """Spatial-temporal token merging of one video (PruneVid Sec. 3.2).
 
@@ -242,6 +243,8 @@ def merge_video(
         tau: static threshold.
         temporal_segment_ratio: clusters for the temporal segmentation per frame.
         cluster_ratio: fraction of tokens kept by each spatial clustering.
+        dynamic_cluster_ratio: the fraction for the frames' dynamic blocks (step 4) only; ``None``: ``cluster_ratio``
+            (the paper). ``1.0`` keeps every dynamic token as it is.
         k: DPC-KNN neighbours (clamped to the points available).
         min_tokens_to_cluster: blocks with at most this many tokens are not clustered (authors: 14).
         runner: how the fixed-shape steps run, :func:`~.graphs.eager` or a :class:`~.graphs.CudaGraphs`.
@@ -267,6 +270,7 @@ def merge_video(
     merged, slot, longs, assignment, static_tl, totals = runner(
         _merge_segments, (features, seg_info), grid=(n_frames, n_loc), n_seg=len(segments), tau=float(tau),
         cluster_ratio=float(cluster_ratio), k=int(k), min_tokens_to_cluster=int(min_tokens_to_cluster),
+        dynamic_cluster_ratio=float(cluster_ratio if dynamic_cluster_ratio is None else dynamic_cluster_ratio),
     )  # fmt: skip
     n_out, n_groups = totals.tolist()
     # copies (a runner's outputs may be its buffers, rewritten by its next call), trimmed to the output count
@@ -300,6 +304,7 @@ def _merge_segments(
     cluster_ratio: float,
     k: int,
     min_tokens_to_cluster: int,
+    dynamic_cluster_ratio: float | None = None,
 ) -> tuple[Tensor, ...]:
     """Steps 2-5 of :func:`merge_video` for given segments, every shape fixed by ``(T, L, C, S)``: recordable.
 
@@ -328,8 +333,14 @@ def _merge_segments(
     seg_mean = _segment_sum(frames, seg_len) / seg_len[:, None, None].float()
     rows = torch.cat([seg_mean, frames], dim=0)
     valid = torch.cat([static_seg, ~static_tl], dim=0)
-    counts = _cluster_counts(valid.sum(dim=1), cluster_ratio, min_tokens_to_cluster)
+    n_valid = valid.sum(dim=1)
     c_bound = cluster_bound(n_loc, cluster_ratio, min_tokens_to_cluster)
+    if dynamic_cluster_ratio is None or dynamic_cluster_ratio == cluster_ratio:  # the paper: one ratio for both
+        counts = _cluster_counts(n_valid, cluster_ratio, min_tokens_to_cluster)
+    else:  # static rows (segments) with cluster_ratio, dynamic rows (frames) with their own
+        static = _cluster_counts(n_valid[:n_seg], cluster_ratio, min_tokens_to_cluster)
+        counts = torch.cat([static, _cluster_counts(n_valid[n_seg:], dynamic_cluster_ratio, min_tokens_to_cluster)])
+        c_bound = max(c_bound, cluster_bound(n_loc, dynamic_cluster_ratio, min_tokens_to_cluster))
     dpc = dpc_knn(rows, counts, k, valid, max_clusters=c_bound)
     merged = _cluster_means(rows, dpc.labels, c_bound).reshape(-1, channels)  # [R*Cb, C] float32
     layout = _output_layout(counts, dpc.centers, dpc.labels, static_first=seg_start, row_of_frame=seg_of_frame,

@@ -83,6 +83,8 @@ _OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
     ("--tau", "tau", _finite, "Stage 1 static threshold (cosine similarity), in [-1, 1]"),
     ("--temporal-segment-ratio", "temporal_segment_ratio", _finite, "temporal segments per temporal patch, in (0, 1]"),
     ("--cluster-ratio", "cluster_ratio", _finite, "share of tokens kept by Stage 1 spatial clustering, in (0, 1]"),
+    ("--dynamic-cluster-ratio", "dynamic_cluster_ratio", _finite,
+     "the same for each frame's dynamic tokens only (default: --cluster-ratio; 1 keeps every moving token)"),
     ("--dpc-knn-k", "dpc_knn_k", _bounded_int, "neighbours of the DPC-KNN density, >= 1"),
     ("--min-tokens-to-cluster", "min_tokens_to_cluster", _bounded_int, "cluster only blocks of more tokens than this"),
     ("--keep-ratio", "keep_ratio", _finite, "Stage 2: share of candidate visual tokens kept, in (0, 1]"),
