@@ -216,6 +216,18 @@ def test_system_prompt_control_selects_other_tokens():
             assert stats.technique == "random" and stats.cached_visual_tokens == stats.after_stage1 == 10
 
 
+def test_stage2_alone_and_its_control_differ_only_in_the_scoring_rows():
+    """`stage2` is Stage 2 alone at the paper's 16% operating point; `stage2_sysprompt` the same config scored by the
+    system prompt (issue 22's control: the question must matter by >= 10 points once the version-2 model ships)."""
+    from modeling import PruneVidConfig
+    from modeling.eval.baselines import SystemPromptQuery
+
+    evaluation = Evaluation.from_pretrained(checkpoint_path(), benchmark.load_split("test", limit=1), progress=False)
+    question, control = evaluation.technique("stage2"), evaluation.technique("stage2_sysprompt")
+    assert question == PruneVidConfig.paper(enable_stage1=False, keep_ratio=0.16)
+    assert isinstance(control, SystemPromptQuery) and control.config == question
+
+
 def test_wilson_interval():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     lo, hi = wilson_interval(90, 100)

@@ -58,7 +58,11 @@ CONFIGS: dict[str, str] = {
     "evs": "EVS: drop the tokens least changed from the previous temporal patch, at paper's retention",
     "uniform_frames": "uniform temporal downsampling (fewer frames) to paper's retention",
     "paper_sysprompt": "negative control: paper with Stage 2 scored by the system prompt, not the question",
+    "stage2": "PruneVid Stage 2 alone (no merging) at the paper's 16% operating point (keep_ratio 0.16)",
+    "stage2_sysprompt": "negative control: stage2 scored by the system prompt, not the question",
 }
+#: Stage 2 alone at the paper's operating point: what `stage2` and its control `stage2_sysprompt` run.
+STAGE2_ALONE = {"enable_stage1": False, "keep_ratio": 0.16}
 BASELINES = ("random", "evs", "uniform_frames")
 DEFAULT_CONFIGS = tuple(CONFIGS)
 
@@ -160,6 +164,9 @@ class Evaluation:
             return TokenDrop(name, budget=max(1, paper.kept_visual_tokens), seed=0)
         if name == "paper_sysprompt":
             return SystemPromptQuery(PruneVidConfig.paper())
+        if name in ("stage2", "stage2_sysprompt"):
+            config = PruneVidConfig.paper(**STAGE2_ALONE)
+            return config if name == "stage2" else SystemPromptQuery(config)
         if name in ("stock", "uniform_frames"):
             return PruneVidConfig.disabled()
         if name == "paper_ceil":
