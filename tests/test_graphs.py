@@ -50,6 +50,10 @@ def test_recorded_steps_have_fixed_shapes() -> None:
     bound = cluster_bound(h * w, 0.5, 14)
     assert [tuple(o.shape) for o in out] == [((s + t) * bound, c), (t * h * w,), (3, t * h * w), (t * h * w,),
                                             (t, h * w), (2,)]  # fmt: skip
+    # `dynamic_cluster_ratio` (its own share for the dynamic rows) records too; its bound covers both ratios
+    out = _merge_segments(features, seg_info, grid=(t, h * w), n_seg=s, tau=0.8, cluster_ratio=0.5, k=7,
+                          min_tokens_to_cluster=14, dynamic_cluster_ratio=1.0)  # fmt: skip
+    assert tuple(out[0].shape) == ((s + t) * h * w, c) and tuple(out[1].shape) == (t * h * w,)
 
     from modeling.demo.offline import tiny_config
     from modeling.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
@@ -141,6 +145,24 @@ def test_merge_replay_equals_eager(dtype) -> None:
             assert runner.recorded == 2  # the same video again: both steps replayed, nothing recorded
     assert runner.replayed == 2 * len(cases)  # every step of every call ran as a replay
     assert len(runner._graphs) == 2  # least recently used first out
+
+
+@pytest.mark.gpu
+@gpu
+@torch.no_grad()
+def test_dynamic_cluster_ratio_replays_its_own_graph() -> None:
+    """The ratio is one of the recording's options: each ratio gets its own graph, equal to its eager result."""
+    runner = CudaGraphs(max_graphs=4, record_after=1)
+    x = video(3, device="cuda")
+    for ratio in (1.0, None, 0.25, 1.0, None):
+        a = merge_video(x, (8, 6, 6), **SETTINGS, dynamic_cluster_ratio=ratio)
+        b = merge_video(x, (8, 6, 6), **SETTINGS, dynamic_cluster_ratio=ratio, runner=runner)
+        for name in ("features", "source", "group", "is_static", "assignment"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), (ratio, name)
+    paper = merge_video(x, (8, 6, 6), **SETTINGS)
+    assert merge_video(x, (8, 6, 6), **SETTINGS, dynamic_cluster_ratio=1.0).features.shape[0] > paper.features.shape[0]
+    # every call replays its two steps; recorded: the one segmentation graph, one merge graph per ratio (None = 0.5)
+    assert runner.replayed == 2 * 5 and runner.recorded == 1 + 3
 
 
 @pytest.mark.gpu
