@@ -36,8 +36,8 @@ from torch import Tensor
 from ..integration.controller import PruneVidController
 from ..prunevid.config import PruneVidConfig
 from ..prunevid.dpc_knn import _cluster_means, dpc_knn
-from ..prunevid.merge import (MergeResult, _cluster_counts, _output_layout, _segment_static, _segment_sum, _to_device,
-                              cluster_bound, temporal_segments)
+from ..prunevid.merge import (MergeResult, _output_layout, _row_counts, _segment_sum, _split_static, _to_device,
+                              temporal_segments)
 
 
 __all__ = ["CURVE_VARIANTS", "FEATURES", "VARIANTS", "Stage1Ablation", "factory"]
@@ -178,15 +178,10 @@ def _ablated_segments(
     """
     n_frames, n_loc = grid
     channels = features.shape[1]
-    device = features.device
-    frames = features.reshape(n_frames, n_loc, channels).float()
-    seg_of_frame, seg_len = seg_info[:n_frames], seg_info[n_frames:]
-    seg_start = torch.cumsum(seg_len, 0) - seg_len
-    frame_idx = torch.arange(n_frames, device=device)
-
     # 2. static / dynamic: the paper's test, per segment and location
-    static_seg = _segment_static(frames, seg_of_frame, n_seg, tau, width=seg_len)  # [S, L]
-    static_tl = static_seg[seg_of_frame]  # [T, L]
+    frames, seg_of_frame, seg_len, seg_start, static_seg, static_tl = _split_static(features, seg_info, grid, n_seg,
+                                                                                    tau)  # fmt: skip
+    frame_idx = torch.arange(n_frames, device=features.device)
 
     # 3.+4. the static rows (segment means, or the frames themselves), then the frames' dynamic tokens
     if average_static:
@@ -196,13 +191,9 @@ def _ablated_segments(
         static_rows, static_valid, static_first, row_of_frame = frames, static_tl, frame_idx, frame_idx
     rows = torch.cat([static_rows, frames], dim=0)
     valid = torch.cat([static_valid, ~static_tl], dim=0)
-    n_valid = valid.sum(dim=1)
-    counts = _cluster_counts(n_valid, cluster_ratio, min_tokens_to_cluster)
-    c_bound = cluster_bound(n_loc, cluster_ratio, min_tokens_to_cluster)
-    if not merge_dynamic:  # every dynamic token its own cluster (DPC-KNN with as many clusters as points)
-        is_dynamic_row = torch.arange(rows.shape[0], device=device) >= static_rows.shape[0]
-        counts = torch.where(is_dynamic_row, n_valid, counts)
-        c_bound = n_loc
+    # without dynamic merging every dynamic token is its own cluster: the dynamic ratio 1.0 (as many clusters as points)
+    counts, c_bound = _row_counts(valid.sum(dim=1), static_rows.shape[0], n_loc, cluster_ratio,
+                                  None if merge_dynamic else 1.0, min_tokens_to_cluster)  # fmt: skip
     dpc = dpc_knn(rows, counts, k, valid, max_clusters=c_bound)
     if centre:  # the centre's own row feature ([R, Cb, C]; -1 padding reads point 0 and is never output)
         index = dpc.centers.clamp_min(0)[:, :, None].expand(-1, -1, channels)

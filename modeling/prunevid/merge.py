@@ -321,31 +321,47 @@ def _merge_segments(
     """
     n_frames, n_loc = grid
     channels = features.shape[1]
-    frames = features.reshape(n_frames, n_loc, channels).float()
-    seg_of_frame, seg_len = seg_info[:n_frames], seg_info[n_frames:]
-    seg_start = torch.cumsum(seg_len, 0) - seg_len
-
     # 2. static / dynamic
-    static_seg = _segment_static(frames, seg_of_frame, n_seg, tau, width=seg_len)  # [S, L]
-    static_tl = static_seg[seg_of_frame]  # [T, L]
+    frames, seg_of_frame, seg_len, seg_start, static_seg, static_tl = _split_static(features, seg_info, grid, n_seg,
+                                                                                    tau)  # fmt: skip
 
     # 3.+4. one batched clustering: rows 0..S-1 = segment means (static), rows S..S+T-1 = frames (dynamic)
     seg_mean = _segment_sum(frames, seg_len) / seg_len[:, None, None].float()
     rows = torch.cat([seg_mean, frames], dim=0)
     valid = torch.cat([static_seg, ~static_tl], dim=0)
-    n_valid = valid.sum(dim=1)
-    c_bound = cluster_bound(n_loc, cluster_ratio, min_tokens_to_cluster)
-    if dynamic_cluster_ratio is None or dynamic_cluster_ratio == cluster_ratio:  # the paper: one ratio for both
-        counts = _cluster_counts(n_valid, cluster_ratio, min_tokens_to_cluster)
-    else:  # static rows (segments) with cluster_ratio, dynamic rows (frames) with their own
-        static = _cluster_counts(n_valid[:n_seg], cluster_ratio, min_tokens_to_cluster)
-        counts = torch.cat([static, _cluster_counts(n_valid[n_seg:], dynamic_cluster_ratio, min_tokens_to_cluster)])
-        c_bound = max(c_bound, cluster_bound(n_loc, dynamic_cluster_ratio, min_tokens_to_cluster))
+    counts, c_bound = _row_counts(valid.sum(dim=1), n_seg, n_loc, cluster_ratio, dynamic_cluster_ratio,
+                                  min_tokens_to_cluster)  # fmt: skip
     dpc = dpc_knn(rows, counts, k, valid, max_clusters=c_bound)
     merged = _cluster_means(rows, dpc.labels, c_bound).reshape(-1, channels)  # [R*Cb, C] float32
     layout = _output_layout(counts, dpc.centers, dpc.labels, static_first=seg_start, row_of_frame=seg_of_frame,
                             static_tl=static_tl, c_bound=c_bound, grid=grid)  # fmt: skip
     return merged, *layout
+
+
+def _split_static(features: Tensor, seg_info: Tensor, grid: tuple[int, int], n_seg: int,
+                  tau: float) -> tuple[Tensor, ...]:  # fmt: skip
+    """Step 2 of :func:`merge_video` with its bookkeeping: ``frames`` (``float32 [T, L, C]``), the segment of every
+    frame, the segment lengths and first frames (``seg_info`` unpacked), and the static mask per segment
+    (``BoolTensor[S, L]``) and per frame (``BoolTensor[T, L]``)."""
+    n_frames, n_loc = grid
+    frames = features.reshape(n_frames, n_loc, features.shape[1]).float()
+    seg_of_frame, seg_len = seg_info[:n_frames], seg_info[n_frames:]
+    seg_start = torch.cumsum(seg_len, 0) - seg_len
+    static_seg = _segment_static(frames, seg_of_frame, n_seg, tau, width=seg_len)  # [S, L]
+    return frames, seg_of_frame, seg_len, seg_start, static_seg, static_seg[seg_of_frame]
+
+
+def _row_counts(n_valid: Tensor, n_static_rows: int, n_loc: int, cluster_ratio: float,
+                dynamic_cluster_ratio: float | None, min_tokens_to_cluster: int) -> tuple[Tensor, int]:  # fmt: skip
+    """Cluster count of every clustered row (the ``n_static_rows`` static rows with ``cluster_ratio``, then the
+    frames' dynamic rows with ``dynamic_cluster_ratio``; ``None``: the same ratio, the paper) and the bound on them."""
+    c_bound = cluster_bound(n_loc, cluster_ratio, min_tokens_to_cluster)
+    if dynamic_cluster_ratio is None or dynamic_cluster_ratio == cluster_ratio:  # the paper: one ratio for both
+        return _cluster_counts(n_valid, cluster_ratio, min_tokens_to_cluster), c_bound
+    static = _cluster_counts(n_valid[:n_static_rows], cluster_ratio, min_tokens_to_cluster)
+    dynamic = _cluster_counts(n_valid[n_static_rows:], dynamic_cluster_ratio, min_tokens_to_cluster)
+    dynamic_bound = cluster_bound(n_loc, dynamic_cluster_ratio, min_tokens_to_cluster)
+    return torch.cat([static, dynamic]), max(c_bound, dynamic_bound)
 
 
 def _cluster_counts(n_valid: Tensor, cluster_ratio: float, min_tokens_to_cluster: int) -> Tensor:
