@@ -109,13 +109,8 @@ def named_cells(item: benchmark.Item, cell: int = 28, min_pixels: int = 196) -> 
     cells = np.zeros((item.frames // 2, grid, grid), dtype=bool)
     if benchmark.referent(item) is None:
         return cells
-    shape = item.scenes[0][0]
-    shape_mask = benchmark._mask(shape.kind, shape.size)
     for t in range(item.frames // 2):
-        top, left = shape.box(2 * t)
-        canvas = np.zeros((benchmark.SIZE, benchmark.SIZE), dtype=np.int64)
-        canvas[top : top + shape.size, left : left + shape.size] = shape_mask
-        cells[t] = canvas.reshape(grid, cell, grid, cell).sum(axis=(1, 3)) >= min_pixels
+        cells[t] = benchmark.cell_coverage(item.scenes[0][0], 2 * t, cell) >= min_pixels
     return cells
 
 
@@ -210,21 +205,29 @@ def model_inputs(processor, batch: dict, device: torch.device) -> dict:
     return inputs
 
 
+def _pre_rope_logits(layer: torch.nn.Module, hidden: torch.Tensor, index: torch.Tensor,
+                     keys: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """The pre-RoPE attention logits of decoder `layer` (input `hidden` `[B, L, C]`) as Stage 2 scores them: the query
+    rows `index` `[B, R]` against every key, `-inf` outside `keys` `[B, L]`; float32 `[B, H, R, L]`."""
+    attn = layer.self_attn
+    normed = layer.input_layernorm(hidden.float())
+    batch, length, width = normed.shape
+    query = attn.q_proj(normed.gather(1, index[..., None].expand(-1, -1, width)))
+    query = query.view(batch, index.shape[1], -1, attn.head_dim)
+    key = attn.k_proj(normed).view(batch, length, -1, attn.head_dim)
+    key = key.repeat_interleave(query.shape[2] // key.shape[2], dim=2)  # query head h reads key head h // n_rep
+    logits = torch.einsum("brhd,blhd->bhrl", query, key) * attn.scaling
+    return logits.masked_fill(~keys[:, None, None], float("-inf"))
+
+
 def attend_loss(layer: torch.nn.Module, hidden: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor,
                 target: torch.Tensor) -> torch.Tensor:
     """Attention supervision in Stage 2's own terms (`modeling.integration.controller._score_and_keep`): at decoder
     `layer` (input `hidden` `[B, L, C]`), the pre-RoPE attention of the position `rows` `[B]` (the one that predicts
     the answer) over the `valid` `[B, L]` keys up to it; minus the log of the attention mass that the best head puts
     on the `target` `[B, L]` tokens (the shape the question names), averaged over the rows that have a target."""
-    attn = layer.self_attn
-    normed = layer.input_layernorm(hidden.float())
-    batch, length, _ = normed.shape
-    query = attn.q_proj(normed[torch.arange(batch, device=hidden.device), rows]).view(batch, -1, attn.head_dim)
-    key = attn.k_proj(normed).view(batch, length, -1, attn.head_dim)
-    key = key.repeat_interleave(query.shape[1] // key.shape[2], dim=2)  # query head h reads key head h // n_rep
-    logits = torch.einsum("bhd,blhd->bhl", query.float(), key.float()) * attn.scaling
-    keys = valid & (torch.arange(length, device=hidden.device)[None] <= rows[:, None])
-    log_p = torch.log_softmax(logits.masked_fill(~keys[:, None], float("-inf")), dim=-1)
+    keys = valid & (torch.arange(hidden.shape[1], device=hidden.device)[None] <= rows[:, None])
+    log_p = torch.log_softmax(_pre_rope_logits(layer, hidden, rows[:, None], keys)[:, :, 0], dim=-1)  # [B, H, L]
     log_mass = torch.logsumexp(log_p.masked_fill(~(target & keys)[:, None], float("-inf")), dim=-1)  # [B, H]
     has = (target & keys).any(dim=1)
     if not has.any():
@@ -239,23 +242,14 @@ def stage2_score(layer: torch.nn.Module, hidden: torch.Tensor, rows: torch.Tenso
     tokens after the last `video` token, up to `rows` `[B]`, the position that predicts the answer) attends, pre-RoPE
     and without a causal mask, over the `valid` tokens up to `rows`; a token's score is its largest probability over
     heads and question rows. Returns the score `[B, L]` (float32) and the keys `[B, L]` it is over."""
-    attn = layer.self_attn
-    normed = layer.input_layernorm(hidden.float())
-    batch, length, _ = normed.shape
-    positions = torch.arange(length, device=hidden.device)[None]
+    positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
     keys = valid & (positions <= rows[:, None])
     last_video = torch.where(video, positions, -1).amax(dim=1)
     question = keys & (positions > last_video[:, None])
     n_rows = int(question.sum(dim=1).max())
     index = torch.sort(question.to(torch.int8), dim=1, stable=True, descending=True).indices[:, :n_rows]  # [B, R]
-    q_valid = question.gather(1, index)
-    query = attn.q_proj(normed.gather(1, index[..., None].expand(-1, -1, normed.shape[-1])))
-    query = query.view(batch, n_rows, -1, attn.head_dim)
-    key = attn.k_proj(normed).view(batch, length, -1, attn.head_dim)
-    key = key.repeat_interleave(query.shape[2] // key.shape[2], dim=2)  # query head h reads key head h // n_rep
-    logits = torch.einsum("brhd,blhd->bhrl", query, key) * attn.scaling
-    probs = torch.softmax(logits.masked_fill(~keys[:, None, None], float("-inf")), dim=-1)
-    return probs.amax(dim=1).masked_fill(~q_valid[..., None], 0.0).amax(dim=1), keys
+    probs = torch.softmax(_pre_rope_logits(layer, hidden, index, keys), dim=-1)
+    return probs.amax(dim=1).masked_fill(~question.gather(1, index)[..., None], 0.0).amax(dim=1), keys
 
 
 def select_loss(layer: torch.nn.Module, hidden: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor,

@@ -531,6 +531,14 @@ def all_questions() -> list[str]:
     return texts
 
 
+def cell_coverage(shape: Shape, t: int, cell: int = 28) -> np.ndarray:
+    """Pixels of `shape` in each `cell`x`cell` cell at frame `t` of its scene: `[SIZE // cell, SIZE // cell]` int64."""
+    top, left = shape.box(t)
+    canvas = np.zeros((SIZE, SIZE), dtype=np.int64)
+    canvas[top : top + shape.size, left : left + shape.size] = _mask(shape.kind, shape.size)
+    return canvas.reshape(SIZE // cell, cell, SIZE // cell, cell).sum(axis=(1, 3))
+
+
 def token_labels(item: Item, cell: int = 28, min_pixels: int = 196) -> tuple[np.ndarray, np.ndarray]:
     """What each LLM video token shows (for the demo model's auxiliary training loss, `tools/train_demo_model.py`):
     per temporal patch `t` (frames 2t and 2t+1) and `cell`x`cell` location, the colour index (in `COLOURS` order; 6
@@ -547,10 +555,7 @@ def token_labels(item: Item, cell: int = 28, min_pixels: int = 196) -> tuple[np.
         start = item.cut if scene else 0
         best = np.zeros((grid, grid), dtype=np.int64)
         for shape in item.scenes[scene]:
-            top, left = shape.box(frame - start)
-            canvas = np.zeros((SIZE, SIZE), dtype=np.int64)
-            canvas[top : top + shape.size, left : left + shape.size] = _mask(shape.kind, shape.size)
-            counts = canvas.reshape(grid, cell, grid, cell).sum(axis=(1, 3))
+            counts = cell_coverage(shape, frame - start, cell)
             take = (counts >= min_pixels) & (counts > best)
             best = np.where(take, counts, best)
             colour[t][take] = names.index(shape.colour)
