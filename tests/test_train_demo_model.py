@@ -127,3 +127,45 @@ def test_named_cells_cover_the_named_shape_only():
         assert (motion[cells] == direction).mean() >= 0.9
     for item in benchmark.load_split("val", limit=10, version=1):
         assert not train.named_cells(item).any()
+
+
+@torch.no_grad()
+def test_late_token_drop_is_stage2_removing_the_same_tokens(processor, media):
+    """`LateTokenDrop` masks the dropped tokens as keys after layer M; the model's own Stage 2, made to keep the same
+    tokens, removes them after layer M: the logits at the kept positions agree. A mask that left one dropped token
+    visible, or started a layer early or late, fails it; without dropping the forward is the stock one."""
+    from conftest import make_inputs
+
+    inputs = make_inputs(processor, media, "video")
+    torch.manual_seed(0)
+    model = Qwen2_5_VLPruneVid(tiny_config(), prunevid=PruneVidConfig.disabled()).eval()
+    ids = inputs["input_ids"]
+    video = ids == train.VIDEO_PAD
+    g = torch.Generator().manual_seed(1)
+    chosen = video & (torch.rand(video.shape, generator=g) < 0.3)
+    layer = 2
+    stock = model(**inputs).logits
+    drop = train.LateTokenDrop(model.model.language_model.layers, layer + 1, prob=1.0)
+    drop.set(video & ~chosen, inputs["attention_mask"].bool())
+    dropped = model(**inputs).logits
+    drop.set(None)
+    assert torch.equal(model(**inputs).logits, stock)
+
+    model.prunevid = PruneVidConfig(enable_stage1=False, enable_stage3=False, pruning_layer=layer, keep_ratio=0.3)
+    controller = model.model._prunevid
+    controller.select = lambda mod, hidden, state: (state.group < 0) | chosen
+    pruned = model(**inputs).logits
+    kept = ~(video & ~chosen)
+    assert pruned.shape[1] == int(kept.sum()) < ids.shape[1]
+    torch.testing.assert_close(dropped[0, kept[0]][None], pruned, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(dropped[:, -1], stock[:, -1], atol=1e-4)
+
+
+def test_late_token_drop_samples_a_share_of_the_video():
+    video = torch.zeros(4, 200, dtype=torch.bool)
+    video[:, 20:180] = True
+    drop = train.LateTokenDrop([], 0, prob=1.0, low=0.1, high=0.1)
+    dropped = drop.sample(video, torch.Generator().manual_seed(0))
+    assert not (dropped & ~video).any()
+    assert (dropped.sum(dim=1) == 160 - 16).all()
+    assert train.LateTokenDrop([], 0, prob=0.0).sample(video).sum() == 0

@@ -101,6 +101,54 @@ REFERENTS = list(benchmark.COLOURS) + list(benchmark.DIRECTIONS)
 VIDEO_PAD = 151656  # <|video_pad|>
 
 
+class LateTokenDrop:
+    """Training-time robustness to pruning after layer M, question-blind: for a `prob` share of the samples, from
+    decoder layer `first` on (M + 1, where Stage 2 removes what it did not keep) only a random share of the video
+    tokens, log-uniform in [`low`, `high`], stays visible. The dropped tokens are masked as keys of every later layer,
+    which is the same as removing them (no later row reads theirs; tests/test_train_demo_model.py checks it against
+    the model's own Stage 2 with the same kept set). Which tokens stay is random, never the question's choice, so
+    every method of the curves meets the same model: it only stops the small model from needing all 1,024 video
+    tokens in its last layers, which large models do not need either (FastV's observation)."""
+
+    def __init__(self, layers, first: int, prob: float, low: float = 0.03, high: float = 0.5) -> None:
+        self.prob, self.low, self.high = prob, low, high
+        self.allowed: torch.Tensor | None = None  # [B, 1, L, L] bool for the current batch, None: no dropping
+        for layer in list(layers)[first:]:
+            layer.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        if self.allowed is None:
+            return None
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dtype != torch.bool:  # an additive mask (eager attention)
+            allowed = torch.zeros(self.allowed.shape, dtype=mask.dtype, device=mask.device)
+            kwargs["attention_mask"] = allowed.masked_fill(~self.allowed, torch.finfo(mask.dtype).min)
+        else:
+            kwargs["attention_mask"] = self.allowed
+        return args, kwargs
+
+    def sample(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The dropped tokens `[B, L]` of a batch whose video tokens are `video` `[B, L]`."""
+        batch = video.shape[0]
+        rand = lambda *shape: torch.rand(*shape, device=video.device, generator=generator)  # noqa: E731
+        ratio = torch.exp(math.log(self.low) + rand(batch) * (math.log(self.high) - math.log(self.low)))
+        keep = (ratio * video.sum(dim=1)).round().clamp_min(1)
+        rank = torch.where(video, rand(video.shape), 2.0).argsort(dim=1).argsort(dim=1)  # random order of the video
+        return video & (rank >= keep[:, None]) & (rand(batch) < self.prob)[:, None]
+
+    def set(self, dropped: torch.Tensor | None, valid: torch.Tensor | None = None) -> None:
+        """Mask `dropped` `[B, L]` as keys in the later layers of the next forward (causal, `valid` `[B, L]` keys
+        only; every row still sees itself); `None`: the stock forward."""
+        if dropped is None or not dropped.any():
+            self.allowed = None
+            return
+        length = dropped.shape[1]
+        keys = ~dropped if valid is None else valid & ~dropped
+        causal = torch.ones(length, length, dtype=torch.bool, device=dropped.device).tril()
+        self.allowed = (causal[None] & keys[:, None]) | torch.eye(length, dtype=torch.bool, device=dropped.device)
+        self.allowed = self.allowed[:, None]
+
+
 def named_cells(item: benchmark.Item, cell: int = 28, min_pixels: int = 196) -> np.ndarray:
     """`[frames // 2, SIZE // cell, SIZE // cell]` bool: the LLM video tokens that show the shape a version-2 question
     names (`benchmark.referent`; the named shape is `scenes[0][0]`), by the rule of `benchmark.token_labels` (it covers
@@ -360,6 +408,9 @@ def main() -> None:
                              "rows) falls on the named shape")
     parser.add_argument("--select-groups", choices=("frame", "clip"), default="frame",
                         help="that share per temporal patch (Stage 2's groups) or over the whole clip")
+    parser.add_argument("--drop-prob", type=float, default=0.0,
+                        help="share of the samples whose later layers (after M) see only a random share of the video "
+                             "tokens (LateTokenDrop)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (default: float32 with TF32 matmuls)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -407,6 +458,7 @@ def main() -> None:
     attend_layer.register_forward_pre_hook(
         lambda mod, a, kw: captured.__setitem__("attend_in", kw["hidden_states"] if "hidden_states" in kw else a[0]),
         with_kwargs=True)  # fmt: skip
+    drop = LateTokenDrop(model.model.language_model.layers, args.attend_layer + 1, args.drop_prob)
     check_inputs(processor)
     used = torch.tensor(task_token_ids(processor), device=device)
     embed = model.get_input_embeddings().weight
@@ -490,8 +542,11 @@ def main() -> None:
         last = batch["last"].to(device)
         positions = torch.stack([last - 2, last - 1], dim=1)  # they predict the letter and <|im_end|>
         targets = ids.gather(1, torch.stack([last - 1, last], dim=1))
+        if args.drop_prob:
+            drop.set(drop.sample(ids == VIDEO_PAD), inputs["attention_mask"].bool())
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             logits = logits_at(model, inputs, positions).float()
+        drop.set(None)
         answer_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         aux = aux_head(captured.pop("features").float())
         labels = batch["token_labels"].to(device)
