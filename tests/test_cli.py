@@ -69,7 +69,7 @@ def test_every_preset_json(capsys, preset):
     assert result["grids"] == [[16, 8, 8]]  # 32 frames at 2 fps, 112x112 -> 16 x 4 x 4 LLM tokens
     check_run(result)
     assert "stock" not in result and "trained here on moving-shapes questions" in err
-    assert result["correct_answer"] == "D" and result["correct_answer_text"] == "right"
+    assert result["correct_answer"] == "A" and result["correct_answer_text"] == "up"
     stats = result["stats"]
     assert stats["visual_tokens"] == 16 * 4 * 4
     if preset == "off":
@@ -87,7 +87,7 @@ def test_compare_table(capsys):
     for row in ("visual tokens", "after Stage 1", "after Stage 2", "KV cache", "retention", "time to first token",
                 "decode (tokens/s)"):
         assert row in out
-    assert "Correct:  D (right)" in out and "Answered correctly (D): " in out
+    assert "Correct:  A (up)" in out and "Answered correctly (A): " in out
 
 
 def test_demo_answers_the_bundled_clip_correctly(capsys):
@@ -96,7 +96,7 @@ def test_demo_answers_the_bundled_clip_correctly(capsys):
     assert code == 0, err
     result = json.loads(out)
     assert result["grids"] == [[16, 16, 16]] and result["question"].startswith("Question: In which direction")
-    assert result["answer"].strip()[:1] == result["stock"]["answer"].strip()[:1] == result["correct_answer"] == "D"
+    assert result["answer"].strip()[:1] == result["stock"]["answer"].strip()[:1] == result["correct_answer"] == "A"
     assert result["answers_agree"] is True
 
 
