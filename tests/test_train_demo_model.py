@@ -140,7 +140,7 @@ def test_late_token_drop_is_stage2_removing_the_same_tokens(processor, media):
     torch.manual_seed(0)
     model = Qwen2_5_VLPruneVid(tiny_config(), prunevid=PruneVidConfig.disabled()).eval()
     ids = inputs["input_ids"]
-    video = ids == train.VIDEO_PAD
+    video = ids == model.config.video_token_id
     g = torch.Generator().manual_seed(1)
     chosen = video & (torch.rand(video.shape, generator=g) < 0.3)
     layer = 2

@@ -98,7 +98,6 @@ class _Attend:
 
 #: What a question can name its shape by (`benchmark.referent`): a colour or a direction.
 REFERENTS = list(benchmark.COLOURS) + list(benchmark.DIRECTIONS)
-VIDEO_PAD = 151656  # <|video_pad|>
 
 
 class LateTokenDrop:
@@ -542,8 +541,9 @@ def main() -> None:
         last = batch["last"].to(device)
         positions = torch.stack([last - 2, last - 1], dim=1)  # they predict the letter and <|im_end|>
         targets = ids.gather(1, torch.stack([last - 1, last], dim=1))
+        valid, video = inputs["attention_mask"].bool(), ids == model.config.video_token_id
         if args.drop_prob:
-            drop.set(drop.sample(ids == VIDEO_PAD), inputs["attention_mask"].bool())
+            drop.set(drop.sample(video), valid)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             logits = logits_at(model, inputs, positions).float()
         drop.set(None)
@@ -558,11 +558,11 @@ def main() -> None:
         ref_loss = (torch.nn.functional.cross_entropy(referent_head(named), referent, ignore_index=-100)
                     if (referent >= 0).any() else hidden.new_zeros(()))  # fmt: skip
         attend_in = captured.pop("attend_in")
-        att_loss = (attend_loss(attend_layer, attend_in, last - 2, inputs["attention_mask"].bool(),
-                                batch["attend"].to(device)) if args.attend_weight else hidden.new_zeros(()))  # fmt: skip
-        sel_loss = (select_loss(attend_layer, attend_in, last - 2, inputs["attention_mask"].bool(), ids == VIDEO_PAD,
-                                batch["attend"].to(device), per_frame=per_frame) if args.select_weight
+        attend = batch["attend"].to(device)
+        att_loss = (attend_loss(attend_layer, attend_in, last - 2, valid, attend) if args.attend_weight
                     else hidden.new_zeros(()))  # fmt: skip
+        sel_loss = (select_loss(attend_layer, attend_in, last - 2, valid, video, attend, per_frame=per_frame)
+                    if args.select_weight else hidden.new_zeros(()))  # fmt: skip
         loss = answer_loss + args.aux_weight * aux_loss + args.referent_weight * ref_loss + args.attend_weight * att_loss
         loss = loss + args.select_weight * sel_loss
         optimizer.zero_grad(set_to_none=True)
