@@ -40,6 +40,19 @@ def kernel_table(prof, limit=25):
     return total / 1e3, [(name[:90], round(t / 1e3, 3), n) for name, (t, n) in top]
 
 
+def profiled_call(b, call, limit=12, **kwargs):
+    """One `call(**kwargs)` under the CUDA profiler: (wall seconds, synchronised; GPU kernel ms; its `limit` top
+    kernels)."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof, torch.no_grad():
+        t0 = b.clock.now()
+        call(**kwargs)
+        wall = b.clock.now() - t0
+    busy, top = kernel_table(prof, limit)
+    return wall, busy, top
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, nargs="+", default=[64])
@@ -101,12 +114,8 @@ def main():
                 b.model.generate(**text, mm_encoder_outputs=bench.encoder_outputs(pooled), max_new_tokens=1,
                                  do_sample=False, pad_token_id=151643)
             torch.cuda.synchronize()
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof, torch.no_grad():
-                t0 = b.clock.now()
-                b.model.generate(**text, mm_encoder_outputs=bench.encoder_outputs(pooled), max_new_tokens=1,
-                                 do_sample=False, pad_token_id=151643)
-                wall = b.clock.now() - t0
-            busy, top = kernel_table(prof, 12)
+            wall, busy, top = profiled_call(b, b.model.generate, **text, max_new_tokens=1, do_sample=False,
+                                            mm_encoder_outputs=bench.encoder_outputs(pooled), pad_token_id=151643)
             rec.setdefault("busy", {})[name] = {"wall_ms": round(1e3 * wall, 2), "gpu_busy_ms": round(busy, 2),
                                                 "top": top}
             print(f"[{frames}f] {name}: wall {1e3 * wall:.1f} ms (profiled), GPU kernels {busy:.1f} ms", flush=True)

@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import bench  # noqa: E402
-from probe_prefill import kernel_table  # noqa: E402
+from probe_prefill import profiled_call  # noqa: E402
 
 
 def main():
@@ -76,21 +75,19 @@ def main():
             logits = {}
             for mode in ("eager", "compiled"):
                 use(mode)
-                b.clock.sync()
-                t0 = time.perf_counter()
+                t0 = b.clock.now()
                 with torch.no_grad():
                     out = b.model.generate(**text, **extra, max_new_tokens=1, do_sample=False, pad_token_id=151643,
                                            output_logits=True, return_dict_in_generate=True)  # fmt: skip
-                b.clock.sync()
-                rec["first_call_s"][f"{name}/{mode}"] = round(time.perf_counter() - t0, 3)
+                rec["first_call_s"][f"{name}/{mode}"] = round(b.clock.now() - t0, 3)
                 logits[mode] = out.logits[0].float()
             diff = (logits["eager"] - logits["compiled"]).abs().max().item()
             same = bool((logits["eager"].argmax(-1) == logits["compiled"].argmax(-1)).all())
             scale = logits["eager"].abs().max().item()
             rec["logits"][name] = {"max_abs_diff": diff, "max_abs": scale, "same_token": same}
             first = {m: rec["first_call_s"][f"{name}/{m}"] for m in ("eager", "compiled")}
-            print(f"[{frames}f] {name}: first calls {first} s, logits diff {diff:.4g} of {scale:.4g}, same token {same}",
-                  flush=True)  # fmt: skip
+            print(f"[{frames}f] {name}: first calls {first} s, logits diff {diff:.4g} of {scale:.4g}, "
+                  f"same token {same}", flush=True)  # fmt: skip
         rec["dynamo"] = {k: dict(v) for k, v in counters.items() if k in ("stats", "graph_break", "recompiles")}
         save()
 
@@ -118,13 +115,8 @@ def main():
                 name, mode = key.split("/")
                 b.model.prunevid = cfgs[name]
                 use(mode)
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof, torch.no_grad():
-                    b.clock.sync()
-                    t0 = time.perf_counter()
-                    b.model.generate(**text, **extra, max_new_tokens=1, do_sample=False, pad_token_id=151643)
-                    b.clock.sync()
-                    wall = time.perf_counter() - t0
-                busy, top = kernel_table(prof, 8)
+                wall, busy, top = profiled_call(b, b.model.generate, limit=8, **text, **extra, max_new_tokens=1,
+                                                do_sample=False, pad_token_id=151643)  # fmt: skip
                 rec.setdefault("busy", {})[key] = {"wall_ms": round(1e3 * wall, 2), "gpu_busy_ms": round(busy, 2),
                                                    "top": top}  # fmt: skip
                 print(f"[{frames}f] {key}: wall {1e3 * wall:.1f} ms (profiled), GPU kernels {busy:.1f} ms", flush=True)
