@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen2_5_vl_upstream  # top-level only from 5.20
 
 import modeling.integration.vision_attention as va
-from modeling.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+from modeling.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel, Qwen2_5_VLMLP
 from modeling.demo.offline import tiny_config
 from modeling.prunevid.config import PruneVidConfig
 
@@ -31,8 +31,10 @@ from modeling.prunevid.config import PruneVidConfig
 GRID = torch.tensor([[2, 16, 14], [1, 8, 12]])
 
 
-def make_tower(dtype=torch.float32, depth=3, seed=0):
-    config = tiny_config(vision_depth=depth, vision_hidden_size=64, vision_num_heads=4, fullatt_block_indexes=[1])
+def make_tower(dtype=torch.float32, depth=3, seed=0, **overrides):
+    config = tiny_config(
+        vision_depth=depth, vision_hidden_size=64, vision_num_heads=4, fullatt_block_indexes=[1], **overrides
+    )
     torch.manual_seed(seed)
     tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(config.vision_config, attn_implementation="sdpa")
     with torch.no_grad():
@@ -51,11 +53,11 @@ def pixels(config, dtype=torch.float32, seed=1):
 
 @torch.no_grad()
 def run(tower, x, attention=None):
-    tower._prunevid_vision = tower.patch_embed._prunevid_vision = attention  # as `Qwen2_5_VLPruneVid.prunevid` does
+    va.attach(tower, attention)  # as `Qwen2_5_VLPruneVid.prunevid` does
     try:
         out = tower(x, grid_thw=GRID.to(x.device))
     finally:
-        tower._prunevid_vision = tower.patch_embed._prunevid_vision = None
+        va.attach(tower, None)
     return out.pooler_output, out.last_hidden_state
 
 
@@ -261,17 +263,22 @@ def test_model_setter_wires_the_tower():
     model = Qwen2_5_VLPruneVid(tiny_config(num_hidden_layers=4), prunevid=PruneVidConfig.disabled())
     visual = model.model.visual
     keys = list(model.state_dict())
-    assert visual._prunevid_vision is None and visual.patch_embed._prunevid_vision is None
+    def hooks():  # every module with a hook: the tower, its patch embedding, each block's MLP
+        return [visual._prunevid_vision, visual.patch_embed._prunevid_vision] + [
+            block.mlp._prunevid_vision for block in visual.blocks
+        ]
+
+    assert hooks() == [None] * (2 + len(visual.blocks))
     model.prunevid = PruneVidConfig.paper(vision_attention="varlen")
     assert isinstance(visual._prunevid_vision, va.VisionVarlenAttention)
-    assert visual.patch_embed._prunevid_vision is visual._prunevid_vision  # the patch embedding hook too
+    assert all(hook is visual._prunevid_vision for hook in hooks())  # the patch embedding and MLP hooks too
     assert visual._prunevid_vision.compile_options is None
     assert list(model.state_dict()) == keys  # plain attributes, not submodules: nothing saved
     model.prunevid = PruneVidConfig.paper(vision_attention="varlen_compiled")
     assert visual._prunevid_vision.compile_options == {"dynamic": True}
-    assert visual.patch_embed._prunevid_vision is visual._prunevid_vision
+    assert all(hook is visual._prunevid_vision for hook in hooks())
     model.prunevid = PruneVidConfig.paper()
-    assert visual._prunevid_vision is None and visual.patch_embed._prunevid_vision is None
+    assert hooks() == [None] * (2 + len(visual.blocks))
 
 
 def test_model_with_varlen_on_cpu_is_bitwise_stock(monkeypatch):
@@ -319,7 +326,8 @@ LENGTHS = [(2, 16, 14), (4, 16, 14), (6, 16, 14), (3, 8, 12), (5, 16, 16)]
 @pytest.mark.parametrize("backend", ["reference", "stand-in kernel"])
 def test_compiled_blocks_fullgraph_and_no_recompile_per_length(monkeypatch, backend):
     """`vision_attention="varlen_compiled"`: each block through `torch.compile(dynamic=True)`, with no graph break
-    (fullgraph) and no recompilation over video lengths and resolutions; fp32 output as the stock tower's."""
+    (fullgraph) and no recompilation over video lengths and resolutions; fp32 output as the stock tower's. The MLP
+    has 60 units, so the compiled blocks run it padded (`padded_mlp`), inside the same graphs."""
     import torch._dynamo.testing
 
     if backend != "reference":
@@ -327,7 +335,7 @@ def test_compiled_blocks_fullgraph_and_no_recompile_per_length(monkeypatch, back
         monkeypatch.setattr(va, "_FUSED_DTYPES", (torch.float32,))
         monkeypatch.setattr(va, "varlen_unavailable_reason", lambda device, dtype: None)
     torch._dynamo.reset()
-    tower, config = make_tower(depth=5)
+    tower, config = make_tower(depth=5, vision_intermediate_size=60)
     v = config.vision_config
     counter = torch._dynamo.testing.CompileCounter()
     attention = va.VisionVarlenAttention(
@@ -338,11 +346,10 @@ def test_compiled_blocks_fullgraph_and_no_recompile_per_length(monkeypatch, back
         grid = torch.tensor([[t, h, w]])
         x = torch.randn(t * h * w, v.in_channels * v.temporal_patch_size * v.patch_size**2)
         with torch.no_grad():
-            tower._prunevid_vision = None
             want = tower(x, grid_thw=grid)
-            tower._prunevid_vision = attention
+            va.attach(tower, attention)
             got = tower(x, grid_thw=grid)
-            tower._prunevid_vision = None
+            va.attach(tower, None)
         assert rel(got.pooler_output, want.pooler_output) < 1e-5
         assert rel(got.last_hidden_state, want.last_hidden_state) < 1e-5
         frames.append(counter.frame_count)
@@ -354,6 +361,59 @@ def test_compiled_blocks_fullgraph_and_no_recompile_per_length(monkeypatch, back
     with torch.no_grad():
         run(tower, pixels(config), again)
     assert counter.frame_count == frames[-1]
+
+
+
+def _vision_mlp(units=60, seed=0):
+    config = tiny_config(vision_intermediate_size=units)
+    torch.manual_seed(seed)
+    mlp = qwen2_5_vl_upstream.Qwen2_5_VLMLP(config.vision_config, bias=True).eval()
+    ours = Qwen2_5_VLMLP(config.vision_config, bias=True).eval()
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.normal_(0.0, 0.3)
+    ours.load_state_dict(mlp.state_dict())
+    return mlp, ours, torch.randn(37, config.vision_config.hidden_size)
+
+
+def test_padded_mlp_is_the_same_function_fp32():
+    """`padded_mlp`: 60 units padded to 64 (zero rows of gate and up, zero columns of down) compute upstream's MLP;
+    an aligned size, or modules that are not upstream's plain linears, give None (the stock line runs)."""
+    upstream, ours, x = _vision_mlp()
+    with torch.no_grad():
+        want = upstream(x)
+        got = va.padded_mlp(ours, x)
+    assert got is not None and got.shape == want.shape
+    assert rel(got, want) < 1e-6
+    assert va.padded_mlp(ours, x, multiple=4) is None  # 60 is a multiple of 4: nothing to pad
+    ours.down_proj.register_forward_hook(lambda *args: None)  # e.g. a user's hook: it must keep running
+    assert va.padded_mlp(ours, x) is None
+
+
+def test_mlp_hook_is_stock_eagerly_and_pads_while_compiling(monkeypatch):
+    """The `vision-mlp-padded` hook: eagerly, the stock line (bitwise); under `torch.compile`, the padded MLP in the
+    graph (a pad op traced, the same values), and a new setting object (switching `model.prunevid`) reuses the
+    graph, also for another number of tokens."""
+    upstream, ours, x = _vision_mlp()
+    with torch.no_grad():
+        want = upstream(x)
+        ours._prunevid_vision = va.VisionVarlenAttention(compile=True)
+        with monkeypatch.context() as patched:
+            patched.setattr(va, "padded_mlp", lambda *args, **kwargs: pytest.fail("padded in an eager call"))
+            assert torch.equal(ours(x), want)  # eager: the hook returns None, the stock line runs
+        graphs = []
+
+        def backend(gm, example_inputs):
+            graphs.append(gm)
+            return gm.forward
+
+        compiled = torch.compile(lambda module, h: module(h), backend=backend, dynamic=True, fullgraph=True)
+        assert rel(compiled(ours, x), want) < 1e-6
+        assert len(graphs) == 1 and "pad" in graphs[0].code
+        ours._prunevid_vision = va.VisionVarlenAttention(compile=True)  # a new object, as a new setting makes
+        y = torch.randn(53, x.shape[1])
+        assert rel(compiled(ours, y), upstream(y)) < 1e-6
+        assert len(graphs) == 1, "recompiled for a new setting object or length"
 
 
 def test_compiled_setting_falls_back_uncompiled_where_the_kernel_cannot_run(caplog):
@@ -385,7 +445,9 @@ def test_backend_validation():
 )
 @pytest.mark.parametrize("compiled", [False, True])
 def test_real_varlen_kernel_on_cuda(compiled):
-    tower, config = make_tower()
+    """The real kernel, plain and compiled (the compiled tower's MLP of 60 units runs padded), about as accurate
+    as the stock bf16 tower."""
+    tower, config = make_tower(vision_intermediate_size=60)
     tower = tower.cuda()
     x = pixels(config).cuda()
     exact = run(tower, x)[0]

@@ -24,7 +24,7 @@ from .cache import FIT_TAG, FITTED_TAG
 from .compat import CACHE_KWARG
 from .controller import PruneVidController
 from .stats import PruneVidStats, unpruned_stats
-from .vision_attention import vision_attention_for
+from .vision_attention import attach, vision_attention_for
 
 
 # The `prunevid=` given to `from_pretrained`, read by `__init__` so that the saved settings are never parsed then.
@@ -102,9 +102,7 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
         self.config.prunevid = config.to_dict()
         self.model._prunevid = controller
         self.model.language_model._prunevid = controller
-        vision = vision_attention_for(config)  # None (stock tower) clears both
-        self.model.visual._prunevid_vision = vision
-        self.model.visual.patch_embed._prunevid_vision = vision  # a plain attribute: not in the state_dict
+        attach(self.model.visual, vision_attention_for(config))  # None (the stock tower) clears every hook
         self._last_prefill = None  # stats describe a prefill of these settings only
 
     @property

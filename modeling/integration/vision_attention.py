@@ -19,10 +19,22 @@ Wiring (patch `vision-varlen-attention`, three guarded blocks):
 * the block loop: when `prunevid_vision` is in the kwargs, each block is called through its `block(blk)`: the block
   itself, or its compiled form (below).
 
-Patch `vision-patch-embed-matmul`, one guarded block: the same object is also set on the tower's `patch_embed`;
+Patch `vision-patch-embed-matmul`, one guarded block: the same object is also set on the tower's `patch_embed`
+(`attach` sets it on every module that has a hook);
 at the top of `Qwen2_5_VisionPatchEmbed.forward`, its [`VisionVarlenAttention.patch_embed`] returns the patch
 embedding computed as one matmul (the conv's kernel is its stride: the same function) where the fused path runs,
 else None and the stock `Conv3d` runs.
+
+Patch `vision-mlp-padded`, one guarded block: the object is also set on every block's MLP; at the top of
+`Qwen2_5_VLMLP.forward`, its [`VisionVarlenAttention.mlp`] returns the MLP computed with its intermediate size
+zero-padded to a multiple of 8 ([`padded_mlp`]) while `torch.compile` traces the block, else None and the stock
+lines run (eagerly, always). Why: the released towers' MLP has 3,420 units; inductor pads such GEMMs to 3,424 on its
+own, but then writes the activation unpadded and copies it into a padded buffer for `down_proj` (one extra read and
+write of the largest activation per block: 3.3 of 90.6 ms of kernels at 64 frames, H200) and runs `silu(gate) * up`
+over strided inputs. Padded in the graph itself, the activation is written once, padded: 8.4 + 3.3 ms of
+pointwise kernels become 4.9 (`tools/probe_tower.py`, docs/bench/h200-2026-12-04-tower/). The function is the
+same: the extra units are `silu(0 + 0) * (0 + 0) = 0` and meet zero columns of `down_proj`; the rounding is that of
+inductor's own padding.
 
 Compiled blocks (`vision_attention="varlen_compiled"`): where the fused
 path runs, every block is called through `torch.compile(..., dynamic=True)`, so the norms, rotary embedding, MLP
@@ -159,6 +171,50 @@ class VisionVarlenAttention:
         return hidden_states.view(-1, patch).to(weight.dtype) @ weight.reshape(module.embed_dim, patch).T
 
 
+    def mlp(self, module: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        """Hook 4 (`Qwen2_5_VLMLP.forward`): while `torch.compile` traces the tower's blocks, the MLP with its
+        intermediate size padded to a multiple of 8 ([`padded_mlp`]); None otherwise (eager calls, and an MLP that
+        `padded_mlp` does not recognise), so the stock lines run. Reads nothing of `self`: switching settings (a new
+        object) does not invalidate the compiled graph."""
+        if not torch.compiler.is_compiling():
+            return None
+        return padded_mlp(module, hidden_states)
+
+
+def padded_mlp(module: torch.nn.Module, hidden_states: torch.Tensor, multiple: int = 8) -> torch.Tensor | None:
+    """`down_proj(act_fn(gate_proj(x)) * up_proj(x))` with the intermediate size zero-padded to a multiple of
+    `multiple`: the same function (an extra unit is `act_fn(0) * 0 = 0`, `up_proj`'s extra rows being zero, and
+    meets a zero column of `down_proj`), with GEMM shapes that need no padding by the compiler. The padded weights
+    are made per call (in a compiled graph, copies of 3 x 8.8 MB per block of the released towers, against a 224 MB
+    activation per block at 64 frames); the module's own weights are untouched. None when `module` is not upstream's
+    gated MLP (three `nn.Linear` of matching sizes without hooks) or is already aligned."""
+    gate, up, down = (getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj"))
+    linears = (gate, up, down)
+    if not all(type(m) is torch.nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in linears):
+        return None
+    if any(hasattr(m, "_hf_hook") for m in linears) or gate.out_features != up.out_features:
+        return None
+    pad = -gate.out_features % multiple
+    if pad == 0 or down.in_features != gate.out_features:
+        return None
+
+    def rows(linear):  # [out + pad, in] weight and [out + pad] bias (or None)
+        bias = None if linear.bias is None else F.pad(linear.bias, (0, pad))
+        return F.pad(linear.weight, (0, 0, 0, pad)), bias
+
+    hidden = module.act_fn(F.linear(hidden_states, *rows(gate))) * F.linear(hidden_states, *rows(up))
+    return F.linear(hidden, F.pad(down.weight, (0, pad)), down.bias)
+
+
+def attach(tower: torch.nn.Module, vision: VisionVarlenAttention | None) -> None:
+    """Set `vision` (None: the stock tower) as `_prunevid_vision` on the tower and on every module with a hook: its
+    `patch_embed` and every block's `mlp`. Plain attributes: not in the state_dict."""
+    tower._prunevid_vision = vision
+    tower.patch_embed._prunevid_vision = vision
+    for block in tower.blocks:
+        block.mlp._prunevid_vision = vision
+
+
 def _is_patch_conv(proj: Any) -> bool:
     """Whether `proj` is what upstream builds: a `Conv3d` without bias, padding, dilation or groups, whose stride
     is its kernel (each output is one whole patch) and with no hooks that a direct read of its weight would skip
@@ -270,5 +326,5 @@ def vision_attention_for(config: Any) -> VisionVarlenAttention | None:
     return VisionVarlenAttention(compile=kind == "varlen_compiled")
 
 
-__all__ = ["BACKENDS", "VisionVarlenAttention", "compiled_block_runner", "packed_reference_attention",
-           "varlen_unavailable_reason", "vision_attention_for"]  # fmt: skip
+__all__ = ["BACKENDS", "VisionVarlenAttention", "attach", "compiled_block_runner", "packed_reference_attention",
+           "padded_mlp", "varlen_unavailable_reason", "vision_attention_for"]  # fmt: skip
