@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""GPU probe for issue 20: where the GPU waits for the host in one time-to-first-token call (7B architecture, random
+bf16 weights).
+
+For `fast` and `stock_compiled` (the same compiled tower), after warm-up: one `generate(max_new_tokens=1)` from
+pixels under torch.profiler (CPU and CUDA, Python stacks). Reported per config: wall time, GPU-busy time (kernel
+intervals merged), the idle intervals of the GPU longer than `--min-gap-us`, and for each the host operations that
+ran during it (overlap by name, and the Python frames of the longest one): which host work the GPU waits for.
+
+    python3 tools/probe_gaps.py --frames 64 [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import bench  # noqa: E402
+
+
+def _frames(event, limit=6):
+    keep = [f for f in (event.stack or []) if ("modeling" in f or "transformers" in f or "torch/_" in f)]
+    return keep[:limit]
+
+
+def gpu_gaps(prof, min_gap_us=100.0, limit=25):
+    """(GPU-busy ms, first-to-last kernel span ms, [gap rows]) of one profiled call; each row: start (ms from the
+    first kernel), length (ms), the host ops overlapping the gap (name, overlap ms; nested ops count in each of their
+    parents too) and the Python frames of the longest-overlapping op that has a stack."""
+    events = list(prof.events())
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type.name == "CUDA")
+    if not kernels:
+        return 0.0, 0.0, []
+    merged = [list(kernels[0])]
+    for start, end in kernels[1:]:
+        if start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    busy = sum(end - start for start, end in merged)
+    origin = merged[0][0]
+    cpu = [e for e in events if e.device_type.name == "CPU"]
+    gaps = [(a[1], b[0]) for a, b in zip(merged, merged[1:]) if b[0] - a[1] >= min_gap_us]
+    gaps.sort(key=lambda g: g[0] - g[1])
+    rows = []
+    for start, end in gaps[:limit]:
+        overlap, best = {}, (0.0, None)
+        for e in cpu:
+            o = min(e.time_range.end, end) - max(e.time_range.start, start)
+            if o <= 0:
+                continue
+            overlap[e.name] = overlap.get(e.name, 0.0) + o
+            if e.stack and o > best[0] and not e.name.startswith(("ProfilerStep", "<built-in")):
+                best = (o, e)
+        top = sorted(overlap.items(), key=lambda kv: -kv[1])[:8]
+        rows.append({
+            "at_ms": round((start - origin) / 1e3, 3), "gap_ms": round((end - start) / 1e3, 3),
+            "host_ops": [(name[:70], round(o / 1e3, 3)) for name, o in top],
+            "longest_op": None if best[1] is None else best[1].name[:70],
+            "stack": [] if best[1] is None else _frames(best[1]),
+        })  # fmt: skip
+    return busy / 1e3, (merged[-1][1] - origin) / 1e3, rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, nargs="+", default=[64])
+    ap.add_argument("--min-gap-us", type=float, default=100.0)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/probe-gaps"))
+    ap.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke test of the script)")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    b = bench.Bench(bench.parse_args(["--out", str(args.out)] + (["--quick"] if args.quick else [])))
+    b.setup()
+    report = {"env": b.results["env"], "command": " ".join(["python3", *sys.argv])}
+    configs = {name: b.configs[name] for name in ("fast", "stock_compiled")}
+    for frames in args.frames:
+        inputs = bench.make_inputs(b.processor, frames, b.args.size, b.device, b.dtype)
+        rec = report[f"{frames}f"] = {}
+        for _ in range(3):  # warm-up: compile, graphs, attention plans
+            for cfg in configs.values():
+                b.model.prunevid = cfg
+                b.generate(inputs, 1)
+        for name, cfg in configs.items():
+            b.model.prunevid = cfg  # the plain technique: no timers inside
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=activities, with_stack=True) as prof:
+                t0 = b.clock.now()
+                b.generate(inputs, 1)
+                wall = b.clock.now() - t0
+            busy, span, rows = gpu_gaps(prof, args.min_gap_us)
+            idle = sum(r["gap_ms"] for r in rows)
+            rec[name] = {"wall_ms": round(1e3 * wall, 2), "gpu_busy_ms": round(busy, 2), "kernel_span_ms": round(span, 2),
+                         "listed_gaps_ms": round(idle, 2), "gaps": rows}  # fmt: skip
+            print(f"[{frames}f] {name}: wall {1e3 * wall:.1f} ms (profiled), GPU busy {busy:.1f} ms over a span of "
+                  f"{span:.1f} ms; {len(rows)} gaps >= {args.min_gap_us:.0f} us listed, {idle:.1f} ms", flush=True)
+            for r in rows[:12]:
+                print(f"   +{r['at_ms']:8.2f} ms  gap {r['gap_ms']:6.2f} ms  {r['longest_op']}  {r['host_ops'][:4]}",
+                      flush=True)
+                for frame in r["stack"][:4]:
+                    print(f"        {frame}", flush=True)
+        (args.out / "probe_gaps.json").write_text(json.dumps(report, indent=1, default=str))
+        del inputs
+        b.free()
+
+
+if __name__ == "__main__":
+    main()
