@@ -170,7 +170,6 @@ class VisionVarlenAttention:
         patch = module.in_channels * module.temporal_patch_size * module.patch_size * module.patch_size
         return hidden_states.view(-1, patch).to(weight.dtype) @ weight.reshape(module.embed_dim, patch).T
 
-
     def mlp(self, module: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor | None:
         """Hook 4 (`Qwen2_5_VLMLP.forward`): while `torch.compile` traces the tower's blocks, the MLP with its
         intermediate size padded to a multiple of 8 ([`padded_mlp`]); None otherwise (eager calls, and an MLP that
