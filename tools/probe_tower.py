@@ -2,23 +2,29 @@
 """GPU probe for issue 20, target 4 (a vision tower near its floor): which compiled form of the varlen tower's
 blocks is fastest (7B architecture, random bf16 weights; one process, variants interleaved round by round, medians).
 
-Variants (each the `block(blk)` callable of the tower's `VisionVarlenAttention`, set on the instance):
+Variants (each the `block(blk)` callable of the tower's `VisionVarlenAttention`, set on the instance, with the
+`vision-mlp-padded` hook on or off):
 
-* `compiled`: today's `vision_attention="varlen_compiled"` (every block through `torch.compile(dynamic=True)`);
-* `compiled_cdt`: the same with inductor's `coordinate_descent_tuning` (pointwise / reduction kernels tuned);
-* `nopad`: inductor's `shape_padding` off (today inductor pads the MLP's 3420 intermediate units to 3424 around the
-  GEMMs, which costs a copy of the activation per block);
-* `padded_mlp`: the block's forward written out with the MLP padded to 3424 in the graph itself (zero rows / columns:
-  the same function), so the activation is written padded once;
-* `*_cdt`: with `coordinate_descent_tuning`.
+* `compiled`: every block through `torch.compile(dynamic=True)`, the MLP hook off: the compiled tower before the
+  hook (inductor pads the MLP's 3420 intermediate units to 3424 around the GEMMs itself, and copies the activation
+  into its padded buffer once per block);
+* `padded_mlp`: the same with the hook on, i.e. today's `vision_attention="varlen_compiled"`: the MLP padded to 3424
+  in the graph (`padded_mlp`), so the activation is written padded once;
+* `nopad`: inductor's `shape_padding` off, the hook off (unaligned GEMMs);
+* `*_cdt`: with inductor's `coordinate_descent_tuning` (pointwise / reduction kernels tuned).
 
-A first probe (2026-12-04, H200) also tried the gate and up projections as one GEMM (no gain: 40.8 ms against
-26.5 + 14.1) and `mode="max-autotune-no-cudagraphs"` (113 s to compile, cuBLAS kept, 100.0 against 101.0 ms).
+The committed results (docs/bench/h200-2026-12-04-tower/probe_tower.json) came from the script before the hook
+existed, whose `padded_mlp` wrote the block's forward out with the same padding (this version, `--variants compiled
+padded_mlp --repeats 2`: 102.4 / 93.7 ms of kernels against 94.7 / 86.2, `probe_tower_hook.json`). A first probe
+(2026-12-04, H200, `probe_tower_first.json`) also tried the gate and up projections as one GEMM (no gain: 40.8 ms
+against 26.5 + 14.1) and `mode="max-autotune-no-cudagraphs"` (113 s to compile, cuBLAS kept, 100.0 against 101.0
+ms).
 
 For each: the first call (compile), the steady time, the kernels of one call by total time, the relative error
-against the stock bf16 tower (as `tools/bench.py` reports it), and today's compiled code (`tower_code.py`).
+against the stock bf16 tower (as `tools/bench.py` reports it), and the compiled code of `compiled`
+(`tower_code.py`).
 
-    python3 tools/probe_tower.py --frames 64 --long 256 [--out DIR] [--repeats 5]
+    python3 tools/probe_tower.py --frames 64 --long 256 [--out DIR] [--repeats 5] [--variants NAME ...]
 """
 
 from __future__ import annotations
@@ -38,27 +44,12 @@ import bench  # noqa: E402
 from probe_prefill import kernel_table  # noqa: E402
 
 
-def padded_mlp_block(block, hidden_states, cu_seqlens, position_embeddings=None, **kwargs):
-    """`Qwen2_5_VLVisionBlock.forward` with the MLP's intermediate size zero-padded to a multiple of 8 (the same
-    function: the padded units are silu(0) * 0 = 0 and meet zero columns of `down_proj`)."""
-    import torch.nn.functional as F
-
-    hidden_states = hidden_states + block.attn(
-        block.norm1(hidden_states), cu_seqlens=cu_seqlens, position_embeddings=position_embeddings, **kwargs
-    )
-    mlp, x = block.mlp, block.norm2(hidden_states)
-    pad = -mlp.gate_proj.out_features % 8
-    gate = F.linear(x, F.pad(mlp.gate_proj.weight, (0, 0, 0, pad)), F.pad(mlp.gate_proj.bias, (0, pad)))
-    up = F.linear(x, F.pad(mlp.up_proj.weight, (0, 0, 0, pad)), F.pad(mlp.up_proj.bias, (0, pad)))
-    return hidden_states + F.linear(mlp.act_fn(gate) * up, F.pad(mlp.down_proj.weight, (0, pad)), mlp.down_proj.bias)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--long", type=int, default=0, help="also time every variant at this many frames")
-    ap.add_argument("--budget-s", type=float, default=480)
+    ap.add_argument("--variants", nargs="+", help="a subset of the variants (default: all)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/probe-tower"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -85,21 +76,33 @@ def main():
     b.set_prunevid(PruneVidConfig.disabled().replace(vision_attention="varlen_compiled"))
     vision = b.model.model.visual._prunevid_vision
 
+    tower = b.model.model.visual
+
     def runner(fn, options):
         compiled = torch.compile(fn, **options)
         return lambda blk: functools.partial(compiled, blk)
 
-    same = lambda blk, *a, **k: blk(*a, **k)  # noqa: E731
+    # one lambda per variant: each compiled function gets a code object, so a cache of its own
     cdt = {"coordinate_descent_tuning": True}
-    variants = {
-        "compiled": runner(same, {"dynamic": True}),
-        "compiled_cdt": runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": cdt}),
-        "nopad": runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": {"shape_padding": False}}),
-        "nopad_cdt": runner(lambda blk, *a, **k: blk(*a, **k),
-                            {"dynamic": True, "options": {"shape_padding": False, **cdt}}),
-        "padded_mlp": runner(padded_mlp_block, {"dynamic": True}),
-        "padded_mlp_cdt": runner(lambda blk, *a, **k: padded_mlp_block(blk, *a, **k), {"dynamic": True, "options": cdt}),
+    nopad = {"shape_padding": False}
+    variants = {  # name: (the `block` callable, the MLP hook on)
+        "compiled": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), False),
+        "compiled_cdt": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": cdt}), False),
+        "nopad": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": nopad}), False),
+        "nopad_cdt": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": {**nopad, **cdt}}),
+                      False),
+        "padded_mlp": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True),
+        "padded_mlp_cdt": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": cdt}), True),
     }
+    names = args.variants or list(variants)
+    unknown = sorted(set(names) - set(variants))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {list(variants)}")
+
+    def use(name):
+        vision.block, pad = variants[name]
+        for block in tower.blocks:
+            block.mlp._prunevid_vision = vision if pad else None
 
     def call():
         with torch.no_grad():
@@ -109,7 +112,7 @@ def main():
         return out.pooler_output[0]
 
     def compile_variant(name):
-        vision.block = variants[name]
+        use(name)
         t0 = b.clock.now()
         if name == "compiled":
             out, codes = run_and_get_code(call)
@@ -126,13 +129,13 @@ def main():
         times = {name: [] for name in names}
         for r in range(args.repeats + 1):
             for name in names:
-                vision.block = variants[name]
+                use(name)
                 t0 = b.clock.now()
                 call()
                 if r:
                     times[name].append(b.clock.now() - t0)
         for name in names:
-            vision.block = variants[name]
+            use(name)
             call()
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 call()
@@ -146,12 +149,12 @@ def main():
                 print("   ", row, flush=True)
             save()
 
-    for name in variants:
+    for name in names:
         compile_variant(name)
-    measure(list(variants), f"{args.frames}f")
+    measure(names, f"{args.frames}f")
     if args.long:
         inputs = bench.make_inputs(b.processor, args.long, 448, b.device, b.dtype)
-        measure(list(variants), f"{args.long}f")
+        measure(names, f"{args.long}f")
     print(f"done in {time.perf_counter() - t_start:.0f} s", flush=True)
 
 
