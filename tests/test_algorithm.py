@@ -166,6 +166,24 @@ def test_merge_by_labels() -> None:
     assert merge_by_labels(x.bfloat16(), labels, 4).dtype == torch.bfloat16
 
 
+def test_cluster_means_are_index_add_sums_bit_for_bit() -> None:
+    """The cluster sums are taken in point order from 0, as `index_add_` into zeros makes them on the CPU, whatever
+    the number of non-members (they fill several spare slots here: 3 rows x 100 points, 80% of them non-members)."""
+    from modeling.prunevid.dpc_knn import _SPARE_ROWS, _cluster_means
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 100, 16, generator=g) * torch.logspace(-3, 3, 100)[None, :, None]
+    labels = torch.randint(0, 7, (3, 100), generator=g)
+    labels[torch.rand(3, 100, generator=g) < 0.8] = -1
+    assert int((labels < 0).sum()) > 2 * _SPARE_ROWS
+    out = _cluster_means(x, labels, 7)
+    for b in range(3):
+        member = labels[b] >= 0
+        sums = torch.zeros(7, 16).index_add_(0, labels[b][member], x[b][member])
+        counts = torch.bincount(labels[b][member], minlength=7).clamp_min(1)
+        assert torch.equal(out[b], sums / counts[:, None].float())
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Temporal segmentation and static mask
 # ----------------------------------------------------------------------------------------------------------------
