@@ -404,3 +404,18 @@ def test_include_images_makes_image_tokens_candidates(request, checkpoints, proc
     assert len(groups) == 1 and groups.item() >= 0
     kept = int((state.keep[0] & image).sum())
     assert kept == math.floor(0.4 * int(image.sum()) + 1e-9)
+
+
+def test_row_runs_match_runs_per_row() -> None:
+    """`row_runs` (one read-back for the whole batch) finds the runs that `runs` finds row by row, edges included."""
+    from modeling.integration.state import row_runs, runs
+
+    g = torch.Generator().manual_seed(0)
+    flags = torch.rand(6, 40, generator=g) < 0.5
+    flags[0] = False  # no run
+    flags[1] = True  # one run over the whole row
+    flags[2, :] = False
+    flags[2, 0], flags[2, -1] = True, True  # runs of one at both edges
+    assert row_runs(flags) == [runs(row) for row in flags]
+    assert row_runs(flags)[:3] == [[], [(0, 40)], [(0, 1), (39, 40)]]
+    assert row_runs(torch.zeros(0, 5, dtype=torch.bool)) == []

@@ -57,7 +57,7 @@ from ..prunevid.merge import MergeResult, merge_video
 from ..prunevid.select import attention_importance, grouped_topk
 from .cache import StaticFit, cut_cache
 from .compat import gather, gather_rotary, layer_masks
-from .state import PrefillState, VideoRecord, grids_from_positions, left_pad, left_pad_like, runs
+from .state import PrefillState, VideoRecord, grids_from_positions, left_pad, left_pad_like, row_runs, runs
 from .stats import PruneVidStats, prefill_stats, video_fates
 
 
@@ -189,7 +189,8 @@ class PruneVidController:
             return inputs_embeds, position_ids, attention_mask
         is_video = input_ids == self.video_token_id
         is_image = input_ids == self.image_token_id
-        if not (is_video.any() or (cfg.include_images and cfg.enable_stage2 and is_image.any())):
+        video_runs = row_runs(is_video)  # (one read-back: whether there is a video, and where)
+        if not (any(video_runs) or (cfg.include_images and cfg.enable_stage2 and is_image.any())):
             return inputs_embeds, position_ids, attention_mask  # text only (or images only): untouched
         if position_ids is None:
             raise ValueError(
@@ -213,8 +214,8 @@ class PruneVidController:
         for b in range(batch):
             sample_grids = grids
             if sample_grids is None:
-                sample_grids = grids_from_positions(position_ids[-3:, b], is_video[b], self.spatial_merge_size)
-            e, o, g, recs = self._stage1_sample(b, inputs_embeds[b], is_video[b], is_image[b], sample_grids)
+                sample_grids = grids_from_positions(position_ids[-3:, b], video_runs[b], self.spatial_merge_size)
+            e, o, g, recs = self._stage1_sample(b, inputs_embeds[b], video_runs[b], is_image[b], sample_grids)
             embeds.append(e), origins.append(o), groups.append(g), videos.extend(recs)
             masks = [r.merge.static_mask.sum() for r in recs if r.merge is not None]
             static.append(torch.stack(masks).sum() if masks else is_video.new_zeros((), dtype=torch.long))
@@ -267,8 +268,9 @@ class PruneVidController:
         self._prefilling = True
         return inputs_embeds, position_ids, attention_mask
 
-    def _stage1_sample(self, b, embeds, is_video, is_image, grids):
-        """Stage 1 on one sample: per video `merge`; returns the sample's new embeds, origins, groups."""
+    def _stage1_sample(self, b, embeds, video_runs, is_image, grids):
+        """Stage 1 on one sample (its runs of video tokens given): per video `merge`; returns the sample's new
+        embeds, origins, groups."""
         cfg, m = self.config, self.spatial_merge_size
         parts_e, parts_o, parts_g, records = [], [], [], []
         next_group, cursor = 0, 0
@@ -279,7 +281,7 @@ class PruneVidController:
         for start, end in image_runs:  # each image is one candidate group (never merged)
             text_group[start:end] = next_group if cfg.selection_scope == "grouped" else 0
             next_group += 1
-        for start, end in runs(is_video):
+        for start, end in video_runs:
             pos = start
             while pos < end:  # a run may hold several videos back to back
                 t, h, w = next(grids)  # as in video_grid_thw: patches before the 2x2 merger

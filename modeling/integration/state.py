@@ -74,10 +74,22 @@ def runs(flags: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip(edges[0::2], edges[1::2]))
 
 
-def grids_from_positions(positions: torch.Tensor, is_video: torch.Tensor, merge: int) -> Iterator[tuple[int, int, int]]:
-    """(t, h, w) grids (video_grid_thw units) of one sample's videos, from their 3-D positions [3, L]: the h and w
-    rows of a video are `start + arange(H)` and `start + arange(W)` (`get_vision_position_ids`)."""
-    for start, end in runs(is_video):
+def row_runs(flags: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """[start, end) of the runs of True in each row of a 2-D bool tensor, with one read-back for all rows."""
+    padded = torch.nn.functional.pad(flags.to(torch.int8), (1, 1))
+    edges = (padded[:, 1:] - padded[:, :-1]).nonzero().tolist()  # row-major: each run's start, then its end
+    out: list[list[tuple[int, int]]] = [[] for _ in range(flags.shape[0])]
+    for (row, start), (_, end) in zip(edges[0::2], edges[1::2]):
+        out[row].append((start, end))
+    return out
+
+
+def grids_from_positions(positions: torch.Tensor, video_runs: list[tuple[int, int]],
+                         merge: int) -> Iterator[tuple[int, int, int]]:  # fmt: skip
+    """(t, h, w) grids (video_grid_thw units) of one sample's videos, from their 3-D positions [3, L] and the runs of
+    video tokens (:func:`row_runs`): the h and w rows of a video are `start + arange(H)` and `start + arange(W)`
+    (`get_vision_position_ids`)."""
+    for start, end in video_runs:
         span = positions[1:3, start:end]
         height, width = (span.amax(dim=1) - span.amin(dim=1) + 1).tolist()  # one read-back for both
         frames = (end - start) // (height * width)
