@@ -2,9 +2,11 @@
 """GPU probe: one Stage 1 merge (`merge_video`) eagerly and replayed as CUDA graphs, and its kernels by time.
 
 Synthetic 16x16-token frames of width 3584 (Qwen2.5-VL-7B), four scenes, half the locations dynamic; 32 and 128
-temporal patches (64 and 256 frames). No model is built: about 30 s on an H200.
+temporal patches (64 and 256 frames). No model is built: about 30 s on an H200. With ``--model``: the features of
+the bench's clip from the 7B random-weight bench model's tower instead, and first `fast()`'s Stage 1 inside whole
+prefills (timed as in tools/bench.py, and its kernels).
 
-    python3 tools/probe_stage1_gpu.py
+    python3 tools/probe_stage1_gpu.py [--model]
 """
 
 from __future__ import annotations
@@ -35,10 +37,69 @@ def inputs(t: int, h: int = 16, w: int = 16, c: int = 3584, seed: int = 0):
     return frames.reshape(t * h * w, c).bfloat16().cuda(), (t, h, w)
 
 
+def model_inputs(frames_list):
+    """The 7B random-weight bench model's (stock tower) features of the bench clip, and the model (bench.Bench)."""
+    import bench
+
+    b = bench.Bench(bench.parse_args(["--out", "/tmp/probe_stage1"]))
+    b.setup()
+    out = {}
+    for frames in frames_list:
+        clip = bench.make_inputs(b.processor, frames, 448, b.device, b.dtype)
+        pooled, _ = b.tower(clip, "varlen")
+        t, h, w = clip["video_grid_thw"][0].tolist()
+        out[frames] = (pooled, (t, h // 2, w // 2), clip)
+    return b, out
+
+
+def stage1_of_prefill(b, clip, pooled, repeats=5):
+    """`fast()`'s Stage 1 and Stage-2 scoring inside whole prefills (bench's timed technique: synchronised), then
+    one Stage 1 under the CUDA profiler: (stage1 ms, select ms, GPU kernel ms of Stage 1, its top kernels)."""
+    import bench
+    from modeling import PruneVidConfig, PruneVidController
+
+    text = bench.text_inputs(clip)
+    b.set_prunevid(PruneVidConfig.fast())
+    s1, sel = [], []
+    for r in range(repeats + 2):
+        _, _, out, _, timers = b.generate(text, 1, mm_encoder_outputs=bench.encoder_outputs(pooled))
+        del out
+        if r >= 2:
+            s1.append(sum(timers.get("stage1", [0.0])))
+            sel.append(sum(timers.get("select", [0.0])))
+    report = {}
+
+    class Profiled(PruneVidController):
+        def before_language_model(self, *args, **kwargs):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                result = super().before_language_model(*args, **kwargs)
+                torch.cuda.synchronize()
+            report["busy"], report["top"] = kernel_table(prof, 16)
+            return result
+
+    with b.model.prunevid_override(Profiled(PruneVidConfig.fast())):
+        b.generate(text, 1, mm_encoder_outputs=bench.encoder_outputs(pooled))
+    b.set_prunevid(PruneVidConfig.disabled())
+    return 1e3 * sorted(s1)[len(s1) // 2], 1e3 * sorted(sel)[len(sel) // 2], report["busy"], report["top"]
+
+
 def main() -> None:
     torch.set_grad_enabled(False)  # (with autograd on, the runner runs eagerly)
+    use_model = "--model" in sys.argv
+    if use_model:
+        b, feats = model_inputs((64, 256))
+        torch.set_grad_enabled(False)
     for t in (32, 128):
-        x, grid = inputs(t)
+        if use_model:
+            pooled, grid, clip = feats[2 * t]
+            x = pooled
+            ms1, msel, busy, top = stage1_of_prefill(b, clip, pooled)
+            print(f"T={t} fast() in a prefill: Stage 1 {ms1:.2f} ms (GPU kernels {busy:.2f} ms), Stage-2 scoring "
+                  f"{msel:.2f} ms")  # fmt: skip
+            for kernel, spent, count in top:
+                print(f"   {spent:7.3f} ms {count:4d}  {kernel}")
+        else:
+            x, grid = inputs(t)
         for name, run in (("eager", {}), ("graphs", {"runner": CudaGraphs()})):
             for _ in range(3):
                 merge_video(x, grid, **SETTINGS, **run)
