@@ -83,7 +83,7 @@ sync-upstream: install
 
 # The support window: sync scratch clones onto the latest patch of every minor in MINORS and test each one
 # (docs/compatibility.md was made with these defaults; MATRIX_K='...' selects a pytest -k subset).
-MINORS ?= 5.4 5.24
+MINORS ?= 5.4 5.25
 MATRIX_TESTS ?= tests/test_equivalence.py tests/test_stages.py tests/test_vision_attention.py tests/test_patchtool.py
 MATRIX_K ?=
 sync-matrix:

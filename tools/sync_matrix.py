@@ -17,7 +17,7 @@ Each release's result is saved as JSON in the work folder as soon as it is known
 workers on one folder share the releases out; the table is written to `--out` (Markdown: release, sync result, hunk offsets, tests
 passed, time). Run it niced on a shared machine:
 
-    nice -n 19 python3 tools/sync_matrix.py --minors 5.4 5.24 --out docs/compatibility.md
+    nice -n 19 python3 tools/sync_matrix.py --minors 5.4 5.25 --out docs/compatibility.md
 
 (`make sync-matrix`). Only the part of `--out` between its `<!-- sync-matrix:begin/end -->` markers is rewritten.
 """
