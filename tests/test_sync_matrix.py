@@ -55,3 +55,12 @@ def test_source_commit_reads_the_repository(tmp_path):
     assert len(commit) == 12 and len(tree) == 40
     with pytest.raises(RuntimeError, match="not a git repository"):
         sync_matrix.source_commit(tmp_path)
+
+
+def test_the_kernels_extra_is_asked_for_where_kernels_is_installed(tmp_path):
+    """transformers before 5.25 fail at import with the kernels 0.19 that 5.25 brings: where the venv has kernels,
+    the release's own `kernels` extra is asked for (pip then brings the kernels that release was made for)."""
+    assert sync_matrix.transformers_requirement("5.4.0", with_kernels=True) == "transformers[kernels]==5.4.0"
+    assert sync_matrix.transformers_requirement("5.4.0", with_kernels=False) == "transformers==5.4.0"
+    assert sync_matrix.has_package(sys.executable, "pytest")
+    assert not sync_matrix.has_package(sys.executable, "no-such-distribution-qpv")

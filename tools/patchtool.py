@@ -1167,8 +1167,15 @@ class Transaction:
 
 
 def install(repo: Repo, python: str) -> bool:
-    """Install the project into `python`'s venv, which also installs the transformers release pyproject pins."""
+    """Install the project into `python`'s venv, which also installs the transformers release pyproject pins.
+
+    `kernels` (optional before transformers 5.25, required from 5.25) stays installed when transformers moves, and
+    releases before 5.25 build its objects at import and fail with kernels 0.19; where it is installed, the pinned
+    release's own `kernels` extra is asked for too, so pip brings the kernels release it was made for."""
     command = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f"{repo.root}[test]"]
+    code = "import importlib.metadata as m; m.version('kernels')"
+    if subprocess.run([python, "-c", code], capture_output=True, check=False).returncode == 0:
+        command.append("transformers[kernels]")
     print(f"sync-upstream: {' '.join(command)}", flush=True)
     return subprocess.run(command).returncode == 0
 

@@ -103,18 +103,34 @@ def run(command: Sequence[str], cwd: Path, env: dict[str, str] | None = None, ti
     )
 
 
+def has_package(python: str, name: str) -> bool:
+    """Whether `python`'s environment has the distribution `name` installed."""
+    code = f"import importlib.metadata as m; m.version({name!r})"
+    return subprocess.run([python, "-c", code], capture_output=True, check=False).returncode == 0
+
+
+def transformers_requirement(version: str, with_kernels: bool) -> str:
+    """What a user asks pip for to move to `version`. `kernels` (optional before 5.25, required from 5.25) stays
+    installed when transformers moves, and releases before 5.25 build its objects at import, failing with kernels
+    0.19 ("Either a revision or a version must be specified"): where it is installed, the release's own `kernels`
+    extra is asked for too, so pip brings the kernels release that transformers release was made for."""
+    return f"transformers[kernels]=={version}" if with_kernels else f"transformers=={version}"
+
+
 def install_site(python: str, version: str, site: Path, log: list[str]) -> None:
-    """Install into `site` exactly the packages that `pip install transformers==version` would change."""
+    """Install into `site` exactly the packages that `pip install transformers==version` would change (with the
+    release's `kernels` extra where the venv has kernels: `transformers_requirement`)."""
     if (site / ".complete").exists():
         return
     shutil.rmtree(site, ignore_errors=True)
     site.mkdir(parents=True)
     report = site.parent / f"{site.name}.report.json"
     pip = [python, "-m", "pip", "--disable-pip-version-check"]
-    dry = run([*pip, "install", "--dry-run", "--quiet", "--report", str(report), f"transformers=={version}"], site)
+    wanted = transformers_requirement(version, has_package(python, "kernels"))
+    dry = run([*pip, "install", "--dry-run", "--quiet", "--report", str(report), wanted], site)
     log.append(dry.stdout + dry.stderr)
     if dry.returncode:
-        raise RuntimeError(f"pip --dry-run failed for transformers=={version}")
+        raise RuntimeError(f"pip --dry-run failed for {wanted}")
     wanted = [
         f"{item['metadata']['name']}=={item['metadata']['version']}" for item in json.loads(report.read_text())["install"]
     ]
