@@ -671,7 +671,9 @@ def test_sync_removes_stale_rejects(repo: Path):
 
 
 FAKE_PYTHON = """#!/bin/sh
-# A stand-in for the venv's python: records pip calls, fails pytest when FAIL is set.
+# A stand-in for the venv's python: records pip and pytest calls, fails pytest when FAIL is set; has the package
+# `kernels` (the one `-c` probe) only when KERNELS is set.
+if [ "$1" = "-c" ]; then [ -n "$KERNELS" ]; exit $?; fi
 echo "$*" >> "{log}"
 case "$1 $2" in
   "-m pytest") if [ -n "$KILL" ]; then kill -TERM $PPID; sleep 5; fi
@@ -727,6 +729,16 @@ def test_sync_keeps_the_tree_when_the_tests_pass(repo: Path, fake_python):
     assert "transformers 5.22.3: all tests passed" in out
     assert log.read_text().splitlines()[1].endswith("tests/test_vision_attention.py tests/test_patchtool.py")
     assert_synced(repo, new.encode(), "5.22.3")
+
+
+def test_sync_asks_for_the_kernels_extra_where_kernels_is_installed(repo: Path, fake_python, monkeypatch):
+    """transformers before 5.25 fail at import with the kernels 0.19 that 5.25 brings, and pip leaves kernels in
+    place when it moves transformers: where the venv has kernels, the install also asks for the pinned release's
+    `kernels` extra (pip then brings the kernels release it was made for)."""
+    script, log = fake_python
+    monkeypatch.setenv("KERNELS", "1")
+    ok(sync(repo, far_change(repo), "5.22.3", "--python", str(script)))
+    assert log.read_text().splitlines()[0].endswith(f"-e {repo}[test] transformers[kernels]")
 
 
 def test_missing_qwen2_5_vl_in_a_wheel_is_one_line(repo: Path, monkeypatch, capsys):
