@@ -209,7 +209,7 @@ def _cluster_means(x: Tensor, labels: Tensor, num_clusters_max: int) -> Tensor:
     for bit, and on CUDA without float atomics, so the means are deterministic there too. Non-members (label ``-1``)
     fall in spare slots that are dropped; no boolean indexing (which would read the member count back). The spare
     slots hold at most ``_SPARE_ROWS`` rows each: ``segment_reduce`` sums a segment serially, and one spare slot for
-    all of them (half the rows of a Stage-1 call) took 4.2 of its 13.6 ms at 256 frames on an H200.
+    all of them (30,600 of 37,376 rows in a Stage-1 call at 256 frames) took 4.2 of its 13.1 ms on an H200.
     """
     batch, n_points, channels = x.shape
     n_slots = batch * num_clusters_max
