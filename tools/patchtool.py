@@ -1166,15 +1166,21 @@ class Transaction:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def has_package(python: str, name: str) -> bool:
+    """Whether `python`'s environment has the distribution `name` installed."""
+    code = f"import importlib.metadata as m; m.version({name!r})"
+    return subprocess.run([python, "-c", code], capture_output=True, check=False).returncode == 0
+
+
 def install(repo: Repo, python: str) -> bool:
     """Install the project into `python`'s venv, which also installs the transformers release pyproject pins.
 
     `kernels` (optional before transformers 5.25, required from 5.25) stays installed when transformers moves, and
-    releases before 5.25 build its objects at import and fail with kernels 0.19; where it is installed, the pinned
-    release's own `kernels` extra is asked for too, so pip brings the kernels release it was made for."""
+    releases before 5.25 build its objects at import and fail with kernels 0.19 ("Either a revision or a version must
+    be specified"); where it is installed, the pinned release's own `kernels` extra is asked for too, so pip brings
+    the kernels release it was made for (tools/sync_matrix.py does the same)."""
     command = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f"{repo.root}[test]"]
-    code = "import importlib.metadata as m; m.version('kernels')"
-    if subprocess.run([python, "-c", code], capture_output=True, check=False).returncode == 0:
+    if has_package(python, "kernels"):
         command.append("transformers[kernels]")
     print(f"sync-upstream: {' '.join(command)}", flush=True)
     return subprocess.run(command).returncode == 0

@@ -37,6 +37,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from patchtool import has_package  # noqa: E402  (the sync's own probe: the matrix installs as the sync does)
+
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_PATH = "transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py"
@@ -103,17 +106,9 @@ def run(command: Sequence[str], cwd: Path, env: dict[str, str] | None = None, ti
     )
 
 
-def has_package(python: str, name: str) -> bool:
-    """Whether `python`'s environment has the distribution `name` installed."""
-    code = f"import importlib.metadata as m; m.version({name!r})"
-    return subprocess.run([python, "-c", code], capture_output=True, check=False).returncode == 0
-
-
 def transformers_requirement(version: str, with_kernels: bool) -> str:
-    """What a user asks pip for to move to `version`. `kernels` (optional before 5.25, required from 5.25) stays
-    installed when transformers moves, and releases before 5.25 build its objects at import, failing with kernels
-    0.19 ("Either a revision or a version must be specified"): where it is installed, the release's own `kernels`
-    extra is asked for too, so pip brings the kernels release that transformers release was made for."""
+    """What a user asks pip for to move to `version`: with the release's own `kernels` extra where the venv has
+    kernels, as `patchtool sync-upstream` installs (see `patchtool.install` for why)."""
     return f"transformers[kernels]=={version}" if with_kernels else f"transformers=={version}"
 
 
@@ -126,11 +121,11 @@ def install_site(python: str, version: str, site: Path, log: list[str]) -> None:
     site.mkdir(parents=True)
     report = site.parent / f"{site.name}.report.json"
     pip = [python, "-m", "pip", "--disable-pip-version-check"]
-    wanted = transformers_requirement(version, has_package(python, "kernels"))
-    dry = run([*pip, "install", "--dry-run", "--quiet", "--report", str(report), wanted], site)
+    requirement = transformers_requirement(version, has_package(python, "kernels"))
+    dry = run([*pip, "install", "--dry-run", "--quiet", "--report", str(report), requirement], site)
     log.append(dry.stdout + dry.stderr)
     if dry.returncode:
-        raise RuntimeError(f"pip --dry-run failed for {wanted}")
+        raise RuntimeError(f"pip --dry-run failed for {requirement}")
     wanted = [
         f"{item['metadata']['name']}=={item['metadata']['version']}" for item in json.loads(report.read_text())["install"]
     ]
