@@ -29,8 +29,8 @@ CUDA-synchronised):
   LLM prefill (the prefill forward of `generate` given the tower's output through `mm_encoder_outputs`: embedding,
   3-D positions, PruneVid Stage 1, the LLM layers with Stage 2/3, the last token's logits); time to first token
   (end to end from pixels: tower + prefill + first token; measured for `E2E_CONFIGS`, target 2's pair
-  stock_compiled / fast over `HEADLINE_ROUNDS` interleaved rounds, derived as tower + prefill for the others); the LLM layers' achieved TFLOP/s (`prefill_flops`); decode ms/token
-  (median step of a 16-token greedy continuation); peak GPU memory;
+  stock_compiled / fast over `HEADLINE_ROUNDS` interleaved rounds, derived as tower + prefill for the others); the
+  LLM layers' achieved TFLOP/s (`prefill_flops`); decode ms/token (median step of a 16-token greedy continuation); peak GPU memory;
   KV-cache bytes after prefill; tokens per stage (`model.prunevid_stats`); the time in PruneVid's own code: Stage 1
   (`PruneVidController.before_language_model`, prefill calls) and the Stage 2 scoring (`PruneVidController.select`),
   timed by a technique subclass (`timed_technique`) set through `model.prunevid`,
@@ -501,19 +501,13 @@ class Bench:
         # End to end from pixels (tower + prefill + first token) for the headline configs, interleaved.
         e2e = {name: [] for name in E2E_CONFIGS}
         e2e_repeats = args.repeats if frames < 256 else max(2, args.repeats - 1)
-        for r in range(e2e_repeats + 1):
-            for name in E2E_CONFIGS:
+        for r in range(max(e2e_repeats, HEADLINE_ROUNDS) + 1):  # round 0 warms up; the pair alone after e2e_repeats
+            for name in E2E_CONFIGS if r <= e2e_repeats else HEADLINE_PAIR:
                 self.set_prunevid(self.configs[name])
                 ttft, _, out, peak, timers = self.generate(inputs, 1)
                 del out
                 if r:
                     e2e[name].append({"ttft_s": ttft, "vision_s": (timers.get("vision") or [None])[0], "peak_bytes": peak})
-        for _ in range(HEADLINE_ROUNDS - e2e_repeats):
-            for name in HEADLINE_PAIR:
-                self.set_prunevid(self.configs[name])
-                ttft, _, out, peak, timers = self.generate(inputs, 1)
-                del out
-                e2e[name].append({"ttft_s": ttft, "vision_s": (timers.get("vision") or [None])[0], "peak_bytes": peak})
         self.set_prunevid(self.configs["stock"])
 
         for name in CONFIG_ORDER:
