@@ -69,9 +69,7 @@ class PrefillState:
 
 def runs(flags: torch.Tensor) -> list[tuple[int, int]]:
     """[start, end) of the runs of True in a 1-D bool tensor."""
-    padded = torch.cat([flags.new_zeros(1), flags, flags.new_zeros(1)]).to(torch.int8)
-    edges = (padded[1:] - padded[:-1]).nonzero().flatten().tolist()
-    return list(zip(edges[0::2], edges[1::2]))
+    return row_runs(flags[None])[0]
 
 
 def row_runs(flags: torch.Tensor) -> list[list[tuple[int, int]]]:
