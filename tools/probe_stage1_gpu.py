@@ -88,7 +88,6 @@ def main() -> None:
     use_model = "--model" in sys.argv
     if use_model:
         b, feats = model_inputs((64, 256))
-        torch.set_grad_enabled(False)
     for t in (32, 128):
         if use_model:
             pooled, grid, clip = feats[2 * t]
