@@ -181,29 +181,58 @@ def test_save_load_roundtrip(checkpoints, tmp_path):
     assert built.prunevid == PruneVidConfig.disabled()
 
 
-def test_loads_the_released_checkpoint_layout(checkpoints, tmp_path):
-    """Checkpoints on disk use the released key layout (`visual.*`, `model.layers.*`); the drop-in class renames them
-    like the stock class (transformers skips the renaming for classes outside `transformers.` unless registered).
-    The layout is written here, since what `save_pretrained` writes differs by release (5.4: `model.visual.*`)."""
+def released_layout(checkpoint, folder):
+    """A copy of `checkpoint` with its weights under the released key layout (`visual.*`, `model.layers.*`),
+    written here since what `save_pretrained` writes differs by release (5.4: `model.visual.*`)."""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
     released = {"model.visual.": "visual.", "model.language_model.": "model."}
-    weights = load_file(str(checkpoints["gqa2"] / "model.safetensors"))
+    weights = load_file(str(checkpoint / "model.safetensors"))
     weights = {next((new + k[len(old) :] for old, new in released.items() if k.startswith(old)), k): v
                for k, v in weights.items()}  # fmt: skip
-    shutil.copytree(checkpoints["gqa2"], tmp_path / "released")
-    save_file(weights, str(tmp_path / "released" / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copytree(checkpoint, folder)
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     keys = set(weights)
     assert any(k.startswith("visual.blocks.") for k in keys) and any(k.startswith("model.layers.") for k in keys)
-    ours, info = Qwen2_5_VLPruneVid.from_pretrained(tmp_path / "released", output_loading_info=True)
+    return folder
+
+
+def test_loads_the_released_checkpoint_layout(checkpoints, tmp_path):
+    """The drop-in class renames the released layout's keys like the stock class (transformers skips the renaming
+    for classes outside `transformers.` unless registered)."""
+    folder = released_layout(checkpoints["gqa2"], tmp_path / "released")
+    ours, info = Qwen2_5_VLPruneVid.from_pretrained(folder, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    stock = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "released")
+    stock = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(folder)
     ours_sd, stock_sd = ours.state_dict(), stock.state_dict()
     assert ours_sd.keys() == stock_sd.keys()
     for name, tensor in stock_sd.items():
         assert torch.equal(ours_sd[name], tensor), name
+
+
+@pytest.mark.parametrize("name", ["Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel"])
+def test_vendored_classes_load_like_their_stock_namesakes(checkpoints, tmp_path, name):
+    """The vendored classes get their stock namesakes' weight renamings, class by class (found by running
+    transformers' own Qwen2.5-VL model tests on them: the vendored `Qwen2_5_VLModel` left the language model's
+    weights of a released-layout checkpoint at their initial values)."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    from modeling import modeling_qwen2_5_vl as vendored
+
+    folder = released_layout(checkpoints["gqa2"], tmp_path / "released")
+    stock, info_stock = getattr(transformers, name).from_pretrained(folder, output_loading_info=True)
+    ours, info = getattr(vendored, name).from_pretrained(folder, output_loading_info=True)
+    assert info == info_stock and not info["missing_keys"], info
+    ours_sd, stock_sd = ours.state_dict(), stock.state_dict()
+    assert ours_sd.keys() == stock_sd.keys()
+    for key, tensor in stock_sd.items():
+        assert torch.equal(ours_sd[key], tensor), key
+    assert len(get_model_conversion_mapping(ours)) == len(get_model_conversion_mapping(stock))
+    if name == "Qwen2_5_VLForConditionalGeneration":  # the drop-in class too: its inner model is the vendored one
+        drop_in = Qwen2_5_VLPruneVid(stock.config, prunevid=PruneVidConfig.disabled())
+        assert len(get_model_conversion_mapping(drop_in)) == len(get_model_conversion_mapping(stock))
 
 
 def test_vendored_file_matches_installed_release():

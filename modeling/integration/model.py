@@ -314,9 +314,14 @@ def _saved_settings(config: Any) -> PruneVidConfig:
 
 
 # The released checkpoints store `model.layers.*` / `visual.*`; transformers renames them on load only for its own
-# classes (a class outside `transformers.` counts as custom code), so give ours the stock class's mapping.
-register_checkpoint_conversion_mapping(
-    Qwen2_5_VLPruneVid.__name__,
-    get_checkpoint_conversion_mapping("Qwen2_5_VLForConditionalGeneration"),
-    overwrite=True,
-)
+# classes and for names registered by hand (a class outside `transformers.` counts as custom code and is skipped). So
+# our class gets the stock class's mapping, and the vendored classes (the inner `model`, and both when used directly
+# after this import) the mappings of their stock namesakes: the same conversions as stock, class by class (without
+# the vendored `Qwen2_5_VLModel` left the language model's weights at their initial values, a check with
+# transformers' own model tests found). Registering a name is global: it changes nothing for transformers' classes
+# (their mappings are these), and gives another custom class of the same name the stock conversions.
+for _ours, _stock in ((Qwen2_5_VLPruneVid.__name__, "Qwen2_5_VLForConditionalGeneration"),
+                      ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
+                      ("Qwen2_5_VLModel", "Qwen2_5_VLModel")):  # fmt: skip
+    if (_mapping := get_checkpoint_conversion_mapping(_stock)) is not None:
+        register_checkpoint_conversion_mapping(_ours, _mapping, overwrite=True)
