@@ -5,7 +5,9 @@ meets, in one place; found by looking at the installed release's signatures and 
 - the mask functions: from 5.14 they size a mask by any cache layer (`layer_idx`), before only by the first one
   (`layer_masks` passes a view of the cache sized by the layer instead);
 - the text rotary tables: `[B, L, D]` from 5.17 (the mrope sections recombined), `[3, B, L, D]` from 5.4 to 5.16
-  (`gather_rotary` gathers either).
+  (`gather_rotary` gathers either);
+- whether a forward records per-layer outputs (`recording_outputs`: the output collector of
+  `transformers.utils.output_capturing`, the same from 5.4 to 5.25; unknown elsewhere, and then assumed).
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ from transformers.generation.utils import GenerationMixin
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 
+try:  # the forward hooks of `output_hidden_states` / `output_attentions` collect into this (5.4-5.25)
+    from transformers.utils.output_capturing import _active_collector as _OUTPUT_COLLECTOR
+except ImportError:  # another mechanism: `recording_outputs` then assumes a recording
+    _OUTPUT_COLLECTOR = None
+
 __all__ = ["CACHE_KWARG", "MASKS_TAKE_LAYER", "MASK_CACHE_KWARG", "cache_of", "gather", "gather_rotary",
-           "layer_masks", "with_cache"]  # fmt: skip
+           "layer_masks", "recording_outputs", "with_cache"]  # fmt: skip
 
 
 def _parameter(function: Callable, *names: str) -> str:
@@ -55,6 +62,12 @@ def cache_of(output: Any) -> Any:
 def with_cache(cache: Any) -> dict[str, Any]:
     """`cache` as the keyword argument of a forward or `generate` of the installed release: `model(**with_cache(c))`."""
     return {CACHE_KWARG: cache}
+
+
+def recording_outputs() -> bool:
+    """Whether the running forward records per-layer outputs (`output_hidden_states`, `output_attentions`): the
+    forward hooks that collect them must then see every layer run (`layer_graphs` keeps the layers eager)."""
+    return _OUTPUT_COLLECTOR is None or bool(_OUTPUT_COLLECTOR.get())
 
 
 def layer_masks(config: Any, hidden_states: torch.Tensor, mask: torch.Tensor, kinds: Any, cache: Cache | None,

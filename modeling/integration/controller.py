@@ -19,6 +19,8 @@ The vendored `modeling_qwen2_5_vl.py` calls into one controller (attached as `_p
     - prefill, layer M+1: drops the unselected tokens from the hidden states, positions and masks, and (Stage 3,
       Sec. 3.4) cuts the cache of layers 0..M to the same tokens;
     - continuing without Stage 3: switches to the mask of the shorter cache from layer M+1 on.
+* `layer_call` (patch `replay-layers`), right after: what the loop calls as decoder layer i; the layer itself, or with
+  `layer_graphs` in a pruned prefill the layers around M replayed as CUDA graphs (`layer_graphs.LayerGraphs`).
 
 **Techniques** (kvpress style: one small object per technique): a subclass overrides one or more of the three
 documented steps and keeps everything else (re-packing, 3-D positions, masks, cache cutting, stats):
@@ -57,6 +59,7 @@ from ..prunevid.merge import MergeResult, merge_video
 from ..prunevid.select import attention_importance, grouped_topk
 from .cache import StaticFit, cut_cache
 from .compat import gather, gather_rotary, layer_masks
+from .layer_graphs import LayerGraphs, layer_runs
 from .state import PrefillState, VideoRecord, grids_from_positions, left_pad, left_pad_like, row_runs, runs
 from .stats import PruneVidStats, prefill_stats, video_fates
 
@@ -96,6 +99,8 @@ class PruneVidController:
         self._static_fit = StaticFit()  # sizes `generate`'s static caches to the pruned prompt
         # runs Stage 1's and the scoring's fixed-shape steps: eagerly, or replayed as CUDA graphs (`cuda_graphs`)
         self.runner = CudaGraphs() if config.cuda_graphs else eager
+        # replays the pruned prefill's decoder layers (`layer_graphs`), or None
+        self.layer_graphs = LayerGraphs() if config.layer_graphs else None
         if model_config is not None:
             self.bind(model_config)
 
@@ -112,6 +117,7 @@ class PruneVidController:
         self.video_token_id = model_config.video_token_id
         self.image_token_id = model_config.image_token_id
         self.spatial_merge_size = model_config.vision_config.spatial_merge_size
+        self.layer_runs = layer_runs(num_layers, self.layer)
         self.model_config = model_config
         return self
 
@@ -412,6 +418,14 @@ class PruneVidController:
                 cut_cache(cache, index, upto=self.layer, size=size)
                 state.cached_prompt = width
         return hidden_states, mask_mapping, position_embeddings, text_positions
+
+    # ------------------------------------------------------------------------------------------ hook 3
+    def layer_call(self, text_model, i, decoder_layer):
+        """What the text model's loop calls as decoder layer `i`: the layer, or in a pruned prefill with
+        `layer_graphs` its run of layers replayed as one CUDA graph (`LayerGraphs.layer`)."""
+        if self.layer_graphs is None or not self._prefilling:
+            return decoder_layer
+        return self.layer_graphs.layer(text_model, i, decoder_layer, self.layer_runs)
 
     # ------------------------------------------------------------------------------------------ continuing
     def generation_inputs(self, cache: Cache | None, input_ids: torch.Tensor | None, q_len: int,

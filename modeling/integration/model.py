@@ -23,6 +23,7 @@ from ..prunevid.graphs import CudaGraphs
 from .cache import FIT_TAG, FITTED_TAG
 from .compat import CACHE_KWARG
 from .controller import PruneVidController
+from .layer_graphs import LayerGraphs
 from .stats import PruneVidStats, unpruned_stats
 from .vision_attention import attach, vision_attention_for
 
@@ -98,6 +99,10 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
             if getattr(self, "_prunevid_graphs", None) is None:
                 self._prunevid_graphs = CudaGraphs()
             controller.runner = self._prunevid_graphs
+        if controller is not None and config.layer_graphs:  # the same for the decoder layers' graphs
+            if getattr(self, "_prunevid_layer_graphs", None) is None:
+                self._prunevid_layer_graphs = LayerGraphs()
+            controller.layer_graphs = self._prunevid_layer_graphs
         self._prunevid_config = config
         self.config.prunevid = config.to_dict()
         self.model._prunevid = controller

@@ -67,6 +67,7 @@ class PruneVidConfig:
     | ``include_images`` | ``False`` | bool |
     | ``vision_attention`` | ``"stock"`` | "stock", "varlen", "varlen_compiled" |
     | ``cuda_graphs`` | ``False`` | bool |
+    | ``layer_graphs`` | ``False`` | bool |
 
     Stage switches: ``enable_stage1`` (merging), ``enable_stage2`` (selection) and ``enable_stage3`` (the earlier
     ``enable_cache_compression``), below.
@@ -108,6 +109,11 @@ class PruneVidConfig:
         resolution, temporal segments) or prompt length runs eagerly the first time and is recorded when it comes
         again (about twice an eager call, once); at most 8 graphs are kept per model, in one memory pool
         (``modeling.prunevid.graphs``).
+    layer_graphs: replay the pruned prefill's decoder layers as CUDA graphs, padded at the end to one of 16
+        lengths per octave (at most 6.25% more tokens; the pads come after every real token, so causal attention
+        keeps them out of the real tokens' results). The other kernel shapes change the rounding, not the function:
+        not bit for bit the eager layers (``modeling.integration.layer_graphs``: where it applies, how it is
+        tested). Same recording rule and CUDA-only fallbacks as ``cuda_graphs``, at most 6 graphs per model.
 
     Presets: ``paper()`` (the default), ``fast()`` (``paper()`` with the compiled fused vision tower and CUDA graphs),
     ``conservative()`` (keeps more), ``aggressive()`` (keeps fewer),
@@ -136,10 +142,11 @@ class PruneVidConfig:
     include_images: bool = False
     vision_attention: str = "stock"
     cuda_graphs: bool = False
+    layer_graphs: bool = False
 
     def __post_init__(self) -> None:
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-        for name in ("enable_stage1", "enable_stage2", "include_images", "cuda_graphs"):
+        for name in ("enable_stage1", "enable_stage2", "include_images", "cuda_graphs", "layer_graphs"):
             values[name] = _check_bool(name, values[name])
         if values["enable_stage3"] is not None:
             values["enable_stage3"] = _check_bool("enable_stage3", values["enable_stage3"])

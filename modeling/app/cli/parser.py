@@ -100,6 +100,7 @@ _SWITCHES: tuple[tuple[str, str, str], ...] = (
     ("stage3", "enable_stage3", "Stage 3: KV cache compressed to the selected tokens (needs Stage 2)"),
     ("include-images", "include_images", "Stage 2 also selects among image tokens"),
     ("cuda-graphs", "cuda_graphs", "replay Stage 1 and the Stage-2 scoring as CUDA graphs (CUDA only)"),
+    ("layer-graphs", "layer_graphs", "replay the pruned prefill's decoder layers as CUDA graphs (CUDA only)"),
 )
 
 

@@ -1,0 +1,217 @@
+"""The pruned prefill's decoder layers replayed as CUDA graphs at bucketed lengths (opt-in:
+`PruneVidConfig(layer_graphs=True)`, patch `replay-layers`).
+
+Why: after Stage 1 the prefill of a 64-frame video holds about 1,400 tokens (7B architecture), and an eager decoder
+layer then costs more host time (about 74 dispatcher calls, 1.2-1.4 ms on the lent H200 hosts) than GPU time: the
+pruned prefill took 38-59 ms for about 28 ms of kernels (docs/bench/README.md, issue 20). A replayed graph launches
+the same kernels with one call.
+
+How: the layers are cut where PruneVid changes the sequence, `[0, M)`, `[M, M+1)`, `[M+1, N)` with Stage 2 at layer
+M (one run `[0, N)` without it). At the first layer of a run, the hidden states, the rotary tables and the mask (if
+any) are padded at the end to `bucket(length)` (at most 1/16 more tokens, 16 lengths per octave), and the run's
+layers are replayed as one graph, recorded per bucket by a `CudaGraphs` runner (`modeling.prunevid.graphs`: eager
+on a signature's first call, recorded on its second). Inside the graph each layer writes its keys and values to a
+stand-in cache (`_Collect`); after the replay they are written to the real cache, trimmed to the real tokens, by
+the same `cache.update` the layer calls, and the run's output, trimmed, goes on; the run's other layers pass their
+input through. The real tokens do not see the pads: attention is causal and the pads come last (a pad attends to
+itself only), and everything else is per token. Only the kernels' shapes change (the matrix products have up to 1/16
+more rows), so the results equal the eager layers' up to the floating-point rounding of other kernel choices, not
+bit for bit (tests/test_layer_graphs.py: fp32 on the CPU, through the padded function; on a GPU, through the graphs).
+
+When: in a pruned prefill only (decoding steps and unpruned forwards run the layers as they are), on CUDA, without
+autograd or `torch.compile` around it, with `sdpa` or `eager` attention, full-attention layers, a `DynamicCache` (or
+none), no per-layer outputs recorded (`output_hidden_states` / `output_attentions`) and no accelerate hooks on the
+layers. Otherwise the run's layers run as they are (the reason is logged once).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.utils import logging
+
+from ..prunevid.graphs import CudaGraphs
+from .compat import CACHE_KWARG, recording_outputs, with_cache
+
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["LayerGraphs", "bucket", "layer_runs", "pad_mask", "pad_rows"]
+
+# keyword arguments of a decoder layer call that a replay reproduces (the text positions only serve flash
+# attention's packed sequences, which never replays); any other one with a value keeps the layers eager
+_HANDLED = {"attention_mask", "position_embeddings", "position_ids", CACHE_KWARG, "use_cache"}
+
+
+def bucket(length: int) -> int:
+    """`length` rounded up to a multiple of 1/16 of its power of two (at least 16): at most 6.25% padding, 16
+    buckets per octave. 1,412 -> 1,472; 554 -> 576; 16 -> 16."""
+    step = max(16, 1 << max(0, int(length).bit_length() - 5))
+    return -(-int(length) // step) * step
+
+
+def layer_runs(num_layers: int, pruning_layer: int | None) -> tuple[tuple[int, int], ...]:
+    """The runs `[start, end)` of layers replayed together: cut at the pruning layer M (its input is scored, the
+    sequence shrinks after it): `[0, M)`, `[M, M+1)`, `[M+1, N)`; one run without Stage 2."""
+    if pruning_layer is None:
+        return ((0, num_layers),)
+    cuts = (0, pruning_layer, pruning_layer + 1, num_layers)
+    return tuple((a, b) for a, b in zip(cuts, cuts[1:]) if a < b)
+
+
+def pad_rows(x: Tensor, length: int) -> Tensor:
+    """`x` with zero rows appended along dim -2 up to `length` (hidden states [B, L, C], rotary tables [B, L, D] or
+    [3, B, L, D])."""
+    extra = length - x.shape[-2]
+    return x if extra == 0 else torch.nn.functional.pad(x, (0, 0, 0, extra))
+
+
+def pad_mask(mask: Tensor, length: int, padded: int) -> Tensor:
+    """A [B, 1, L, >=L] attention mask (bool: True attends; float: added to the scores) for a prefill of `length`
+    tokens, cut to its first `length` keys and padded to [B, 1, padded, padded]: the real tokens attend as before
+    (never to a pad), each pad to itself only (no row without a key). Float masks block the pads with -inf, so that
+    a row the mask blocks entirely (a padding token of a left-padded row, whose softmax is uniform) still spreads
+    over the same `length` keys."""
+    mask = mask[..., :length]
+    if padded == length:
+        return mask
+    allowed, blocked = (True, False) if mask.dtype == torch.bool else (0.0, -torch.inf)
+    out = mask.new_full((*mask.shape[:-2], padded, padded), blocked)
+    out[..., :length, :length] = mask
+    pads = torch.arange(length, padded, device=mask.device)
+    out[..., pads, pads] = allowed
+    return out
+
+
+class _Collect:
+    """The cache a recorded run's layers see: keeps each layer's new keys and values and returns them as the
+    attention's (in a prefill the cache is empty, so a layer attends to its own tokens only)."""
+
+    def __init__(self) -> None:
+        self.states: list[Tensor] = []
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        self.states += [key_states, value_states]
+        return key_states, value_states
+
+
+def _replay_layers(hidden: Tensor, cos: Tensor, sin: Tensor, *rest: Tensor, layers: tuple[torch.nn.Module, ...],
+                   masked: bool) -> tuple[Tensor, ...]:  # fmt: skip
+    """The recorded step: `layers` one after the other on fixed shapes. Returns the last hidden states and each
+    layer's keys and values (`rest`: the mask if `masked`, then the layers' weights, read through `layers`)."""
+    mask = rest[0] if masked else None
+    collect = _Collect()
+    for layer in layers:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), use_cache=True,
+                       **with_cache(collect))  # fmt: skip
+    return (hidden, *collect.states)
+
+
+def _passthrough(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    return hidden_states
+
+
+class LayerGraphs:
+    """Replays the runs of a pruned prefill's decoder layers (see the module docstring).
+
+    Args:
+        runner: records and replays `_replay_layers` (default: a `CudaGraphs` keeping 6 graphs, two buckets of each
+            run). `modeling.prunevid.graphs.eager` runs the padded function without graphs (the CPU tests).
+        devices: device types the runs are padded and replayed on.
+    """
+
+    def __init__(self, runner: Callable[..., tuple[Tensor, ...]] | None = None,
+                 devices: Sequence[str] = ("cuda",)) -> None:  # fmt: skip
+        self.runner = runner if runner is not None else CudaGraphs(max_graphs=6)
+        self.devices = tuple(devices)
+        self.replayed_runs = 0  # runs computed through `runner` (tests, benchmarks)
+        self._done_until = 0  # the layers before this one were computed by the last run (this prefill)
+        self._weights: dict[tuple[torch.nn.Module, ...], list[Tensor]] = {}  # the parameters of each run
+
+    def __repr__(self) -> str:
+        return f"LayerGraphs({self.runner!r})"
+
+    def __deepcopy__(self, memo: dict) -> "LayerGraphs":  # a copied model records its own graphs
+        twin = memo[id(self)] = LayerGraphs(copy.deepcopy(self.runner, memo), self.devices)
+        return twin
+
+    def __reduce__(self) -> tuple:  # pickled as its settings only (graphs are bound to this process's memory)
+        return (LayerGraphs, (self.runner, self.devices))
+
+    def layer(self, text_model: torch.nn.Module, i: int, decoder_layer: Callable, runs: Sequence[tuple[int, int]]):
+        """What the text model's loop calls as layer `i` of a pruned prefill: the run starting at `i`, the layer
+        itself, or (inside a run already computed) a pass-through."""
+        if i == 0:
+            self._done_until = 0
+        if i < self._done_until:
+            return _passthrough
+        for start, end in runs:
+            if start == i:
+                return functools.partial(self._run, text_model, start, end, decoder_layer)
+        return decoder_layer
+
+    def _run(self, text_model, start, end, decoder_layer, hidden_states, **kwargs):
+        layers = tuple(text_model.layers[start:end])
+        why = self._eager_reason(text_model, layers, hidden_states, kwargs)
+        if why is not None:
+            logger.warning_once(f"PruneVid layer_graphs: the decoder layers run eagerly ({why})")
+            return decoder_layer(hidden_states, **kwargs)
+        length = hidden_states.shape[1]
+        padded = bucket(length)
+        cos, sin = kwargs["position_embeddings"]
+        inputs = [pad_rows(hidden_states, padded), pad_rows(cos, padded), pad_rows(sin, padded)]
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            inputs.append(pad_mask(mask, length, padded))
+        weights = self._weights.get(layers)
+        if weights is None:  # (their addresses are read at every call: a model moved or reloaded records anew)
+            if len(self._weights) >= 8:
+                self._weights.clear()
+            weights = self._weights[layers] = [p for layer in layers for p in layer.parameters()]
+        out = self.runner(_replay_layers, inputs, fixed=weights, layers=layers, masked=mask is not None)
+        cache = kwargs.get(CACHE_KWARG)
+        if cache is not None:
+            for j, layer in enumerate(layers):
+                keys, values = out[1 + 2 * j], out[2 + 2 * j]
+                cache.update(keys[:, :, :length], values[:, :, :length], layer.self_attn.layer_idx)
+        self._done_until = end
+        self.replayed_runs += 1
+        return out[0][:, :length]
+
+    def _eager_reason(self, text_model, layers, hidden_states, kwargs) -> str | None:
+        """Why this run cannot be replayed, or None."""
+        if hidden_states.device.type not in self.devices:
+            return f"{hidden_states.device.type} tensors"
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return "autograd or torch.compile around the model"
+        config = text_model.config
+        if config._attn_implementation not in ("sdpa", "eager"):
+            return f"attention {config._attn_implementation!r}: only sdpa and eager replay"
+        if any(config.layer_types[layer.self_attn.layer_idx] != "full_attention" for layer in layers):
+            return "sliding-window layers"
+        if recording_outputs():
+            return "per-layer outputs are recorded (output_hidden_states / output_attentions)"
+        if any(hasattr(layer, "_hf_hook") for layer in layers):
+            return "accelerate hooks on the layers (device map or offloading)"
+        cache = kwargs.get(CACHE_KWARG)
+        if cache is not None and not (type(cache) is DynamicCache and _plain_layers(cache)):
+            return f"a {type(cache).__name__}: only a DynamicCache is filled after a replay"
+        extra = sorted(k for k, v in kwargs.items() if k not in _HANDLED and v is not None and v is not False)
+        if extra:
+            return f"keyword arguments {extra}"
+        mask = kwargs.get("attention_mask")
+        length = hidden_states.shape[1]
+        if mask is not None and not (mask.ndim == 4 and mask.shape[-2] == length and mask.shape[-1] >= length):
+            return f"an attention mask of shape {tuple(mask.shape)}"
+        return None
+
+
+def _plain_layers(cache: DynamicCache) -> bool:
+    """Every layer of `cache` a plain `DynamicLayer` (or none made yet)."""
+    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", ()))

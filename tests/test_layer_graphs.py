@@ -1,0 +1,215 @@
+"""`layer_graphs`: the pruned prefill's decoder layers in runs, padded to bucketed lengths, replayed as CUDA graphs.
+
+On the CPU the padded runs go through an eager runner (`LayerGraphs(runner=..., devices=("cpu",))`): the same
+function the GPU records, so these tests pin what a replay computes: the same tokens as the layers one by one, the
+same cache, logits within fp32 rounding, every run padded. On a GPU (`pytest -m gpu`): the same through the graphs.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from transformers import DynamicCache, StaticCache
+
+from conftest import make_inputs
+from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
+from modeling.integration.compat import cache_of, with_cache
+from modeling.integration.layer_graphs import LayerGraphs, bucket, layer_runs, pad_mask, pad_rows
+from modeling.prunevid.graphs import CudaGraphs, eager
+
+
+class Spy:
+    """An eager runner that records the length of every run it computes."""
+
+    def __init__(self):
+        self.lengths = []
+
+    def __call__(self, fn, inputs, *, fixed=(), **options):
+        self.lengths.append((len(options["layers"]), inputs[0].shape[1]))
+        return eager(fn, inputs, fixed=fixed, **options)
+
+
+def load(path, prunevid, attn="sdpa"):
+    return Qwen2_5_VLPruneVid.from_pretrained(path, prunevid=prunevid, attn_implementation=attn).eval()
+
+
+def on_cpu(model) -> Spy:
+    """Make `model`'s layer graphs run (without graphs) on the CPU; returns the runner's record."""
+    spy = Spy()
+    model.prunevid_technique.layer_graphs = LayerGraphs(runner=spy, devices=("cpu",))
+    return spy
+
+
+def generate(model, inputs, n=8):
+    with torch.no_grad():
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=n, min_new_tokens=n, output_logits=True,
+                             return_dict_in_generate=True)  # fmt: skip
+    return out.sequences, torch.stack(out.logits)
+
+
+def test_bucket_pads_at_most_a_sixteenth():
+    assert (bucket(1412), bucket(554), bucket(16), bucket(1), bucket(17)) == (1472, 576, 16, 16, 32)
+    previous = 0
+    for n in range(1, 20_000):
+        b = bucket(n)
+        assert b >= n and b % 16 == 0 and b >= previous
+        assert n < 16 or b - n < max(16, n / 16), n
+        previous = b
+    # 16 buckets per octave from 256 on
+    assert len({bucket(n) for n in range(1025, 2049)}) == 16
+
+
+def test_layer_runs_cut_at_the_pruning_layer():
+    assert layer_runs(28, 10) == ((0, 10), (10, 11), (11, 28))
+    assert layer_runs(28, 0) == ((0, 1), (1, 28))
+    assert layer_runs(28, 26) == ((0, 26), (26, 27), (27, 28))
+    assert layer_runs(12, None) == ((0, 12),)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
+def test_padded_attention_leaves_the_real_tokens_alone(dtype):
+    """sdpa over padded q/k/v with `pad_mask` gives the real rows of sdpa over the real tokens (a left-padded
+    batch mask, bool or additive), and every pad row attends to itself."""
+    g = torch.Generator().manual_seed(0)
+    batch, heads, length, dim, padded = 2, 3, 11, 8, 16
+    q, k, v = (torch.randn(batch, heads, length, dim, generator=g) for _ in range(3))
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    valid = torch.ones(batch, length, dtype=torch.bool)
+    valid[1, :3] = False  # row 1 left padded
+    allowed = causal[None, None] & valid[:, None, None, :]
+    allowed[1, :, :3, 0] = True  # (a padding row needs one key, as transformers' masks give it)
+    mask = allowed if dtype == torch.bool else torch.where(allowed, 0.0, torch.finfo(dtype).min)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    big = pad_mask(mask, length, padded)
+    assert big.shape == (batch, 1, padded, padded)
+    assert torch.equal(big[..., :length, :length], mask)
+    pads = big[..., length:, :]
+    self_only = torch.zeros(padded - length, padded, dtype=torch.bool)
+    self_only[:, length:] = torch.eye(padded - length, dtype=torch.bool)
+    assert torch.equal(pads == (True if dtype == torch.bool else 0.0), self_only.expand_as(pads))
+    if dtype != torch.bool:  # a row blocked entirely (uniform softmax) spreads over the real keys only
+        blocked = torch.full((1, 1, length, length), torch.finfo(dtype).min)
+        uniform = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=blocked)
+        spread = torch.nn.functional.scaled_dot_product_attention(
+            *(pad_rows(t, padded) for t in (q, k, v)), attn_mask=pad_mask(blocked, length, padded)
+        )
+        torch.testing.assert_close(spread[..., :length, :], uniform, rtol=0, atol=1e-6)
+    q2, k2, v2 = (pad_rows(t, padded) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q2, k2, v2, attn_mask=big)
+    torch.testing.assert_close(out[..., :length, :], ref, rtol=0, atol=1e-6)
+    assert pad_mask(mask, length, length) is not None and pad_rows(q, length) is q
+
+
+@pytest.mark.parametrize(
+    "case, preset, attn",
+    [("video", "paper", "sdpa"), ("batch3", "paper", "sdpa"), ("batch3", "paper", "eager"),
+     ("video", "stage1_only", "sdpa"), ("batch3", "fastv", "sdpa")],
+)  # fmt: skip
+def test_padded_runs_equal_the_layers(checkpoints, processor, media, case, preset, attn):
+    """Greedy tokens, PruneVid's counts and the cache of the prefill as with the layers one by one; logits within
+    fp32 rounding; each run of the prefill computed once, at its bucketed length."""
+    inputs = make_inputs(processor, media, case)
+    config = PruneVidConfig.preset(preset)
+    model = load(checkpoints["gqa2"], config, attn)
+    ref_tokens, ref_logits = generate(model, inputs)
+    ref_stats = [s.to_dict() for s in model.prunevid_stats]
+
+    model.prunevid = config.replace(layer_graphs=True)
+    spy = on_cpu(model)
+    tokens, logits = generate(model, inputs)
+    assert torch.equal(tokens, ref_tokens)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    assert [s.to_dict() for s in model.prunevid_stats] == ref_stats
+
+    controller = model.prunevid_technique
+    runs = controller.layer_runs
+    assert [n for n, _ in spy.lengths] == [end - start for start, end in runs]  # one prefill: each run once
+    state = controller.state
+    lengths = [state.mask.shape[1]] * len(runs)
+    if state.index is not None:
+        lengths[-1] = state.index.shape[1]
+    assert [length for _, length in spy.lengths] == [bucket(n) for n in lengths]
+    assert any(bucket(n) > n for n in lengths)  # (the inputs make the padding real)
+
+    # the cache a prefill leaves: every layer as long, the same keys and values (fp32 rounding)
+    def prefill_cache(m):
+        with torch.no_grad():
+            return cache_of(m(**inputs, **with_cache(DynamicCache(config=m.config.text_config)), use_cache=True))
+
+    replayed = prefill_cache(model)
+    model.prunevid = config
+    stock_layers = prefill_cache(model)
+    for a, b in zip(replayed.layers, stock_layers.layers, strict=True):
+        assert a.keys.shape == b.keys.shape
+        torch.testing.assert_close(a.keys, b.keys, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a.values, b.values, rtol=1e-4, atol=1e-4)
+
+
+def test_layers_run_as_they_are_where_a_replay_cannot(checkpoints, processor, media):
+    """Recorded per-layer outputs, a static cache, autograd, a CPU runner not asked for: no run, the same result."""
+    inputs = make_inputs(processor, media, "video")
+    model = load(checkpoints["gqa2"], PruneVidConfig.paper(layer_graphs=True))
+    assert model.prunevid_technique.layer_graphs is not None  # on by the setting, but CUDA only by default
+    ref_tokens, ref_logits = generate(model, inputs)
+    assert model.prunevid_technique.layer_graphs.replayed_runs == 0
+
+    spy = on_cpu(model)
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+    assert spy.lengths == [] and len(out.hidden_states) == model.config.text_config.num_hidden_layers + 1
+    with torch.no_grad():
+        cache = StaticCache(config=model.config.text_config, max_cache_len=inputs["input_ids"].shape[1] + 8)
+        static_tokens = model.generate(**inputs, **with_cache(cache), do_sample=False, max_new_tokens=8,
+                                       min_new_tokens=8)  # fmt: skip
+    assert spy.lengths == [] and torch.equal(static_tokens, ref_tokens)
+    model(**inputs).logits.sum()  # autograd on
+    assert spy.lengths == []
+
+    tokens, logits = generate(model, inputs)
+    assert len(spy.lengths) == len(model.prunevid_technique.layer_runs)
+    assert torch.equal(tokens, ref_tokens)
+
+
+def test_setting_is_validated_kept_per_model_and_saved(checkpoints, tmp_path):
+    with pytest.raises(TypeError, match="layer_graphs"):
+        PruneVidConfig(layer_graphs="yes")
+    model = load(checkpoints["gqa2"], PruneVidConfig.paper(layer_graphs=True))
+    graphs = model.prunevid_technique.layer_graphs
+    model.prunevid = PruneVidConfig.aggressive(layer_graphs=True)
+    assert model.prunevid_technique.layer_graphs is graphs  # one set of graphs per model, across settings
+    model.prunevid = PruneVidConfig.paper()
+    assert model.prunevid_technique.layer_graphs is None
+    model.prunevid = PruneVidConfig.paper(layer_graphs=True)
+    twin = copy.deepcopy(model)  # a copy records its own graphs, one set for its settings too
+    assert twin.prunevid_technique.layer_graphs is twin._prunevid_layer_graphs is not graphs
+    assert isinstance(pickle.loads(pickle.dumps(graphs)).runner, CudaGraphs)
+    model.save_pretrained(tmp_path / "saved")
+    assert Qwen2_5_VLPruneVid.from_pretrained(tmp_path / "saved").prunevid.layer_graphs is True
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("case", ["video", "batch3"])
+def test_replayed_runs_equal_the_layers_on_gpu(checkpoints, processor, media, case):
+    """fp32 on the GPU: the same tokens, counts and (within rounding) logits as the eager layers; the second call
+    records, later calls replay."""
+    inputs = make_inputs(processor, media, case).to("cuda")
+    model = load(checkpoints["gqa2"], PruneVidConfig.paper()).cuda()
+    ref_tokens, ref_logits = generate(model, inputs)
+    ref_stats = [s.to_dict() for s in model.prunevid_stats]
+    model.prunevid = PruneVidConfig.paper(layer_graphs=True)
+    graphs = model.prunevid_technique.layer_graphs
+    for call in range(4):
+        tokens, logits = generate(model, inputs)
+        assert torch.equal(tokens, ref_tokens), call
+        torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+        assert [s.to_dict() for s in model.prunevid_stats] == ref_stats
+    runs = len(model.prunevid_technique.layer_runs)
+    assert graphs.replayed_runs == 4 * runs
+    assert graphs.runner.recorded == runs and graphs.runner.replayed == 2 * runs  # call 2 records, 3 and 4 replay
