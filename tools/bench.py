@@ -20,7 +20,8 @@ CUDA-synchronised):
 * configs: stock (`PruneVidConfig.disabled()`), stock_varlen and stock_compiled (every stage off, the opt-in varlen
   tower, plain or compiled: stock's best vision paths), paper, stage1_only, paper without Stage 1, fastv, paper +
   `vision_attention="varlen"` (the fused vision attention, modeling/integration/vision_attention.py) and fast
-  (`PruneVidConfig.fast()`: paper + the compiled varlen tower + Stage 1 and the Stage-2 scoring as CUDA graphs).
+  (`PruneVidConfig.fast()`: paper + the compiled varlen tower + Stage 1 and the Stage-2 scoring as CUDA graphs)
+  and fast_layers (fast + `layer_graphs`: the pruned prefill's decoder layers replayed as CUDA graphs).
   Every ratio is given twice: against stock as shipped
   and against stock with the same tower (`vs_same_tower`, PruneVid's own gain).
 * vision tower time (stock, varlen and compiled varlen tower, separately, plus each one's relative error vs stock);
@@ -28,8 +29,8 @@ CUDA-synchronised):
   with the number of compiled graphs after each (no recompilation per video length);
   LLM prefill (the prefill forward of `generate` given the tower's output through `mm_encoder_outputs`: embedding,
   3-D positions, PruneVid Stage 1, the LLM layers with Stage 2/3, the last token's logits); time to first token
-  (end to end from pixels: tower + prefill + first token; measured for `E2E_CONFIGS`, target 2's pair
-  stock_compiled / fast over `HEADLINE_ROUNDS` interleaved rounds, derived as tower + prefill for the others); the
+  (end to end from pixels: tower + prefill + first token; measured for `E2E_CONFIGS`, target 2's configs
+  stock_compiled / fast / fast_layers over `HEADLINE_ROUNDS` interleaved rounds, derived as tower + prefill for the others); the
   LLM layers' achieved TFLOP/s (`prefill_flops`); decode ms/token (median step of a 16-token greedy continuation); peak GPU memory;
   KV-cache bytes after prefill; tokens per stage (`model.prunevid_stats`); the time in PruneVid's own code: Stage 1
   (`PruneVidController.before_language_model`, prefill calls) and the Stage 2 scoring (`PruneVidController.select`),
@@ -68,11 +69,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 QUESTION = "What is happening in this video? Describe the moving squares and the scene change."
 CONFIG_ORDER = ("stock", "stock_varlen", "stock_compiled", "paper", "stage1_only", "paper_no_stage1", "fastv",
-                "paper_varlen", "fast")
-E2E_CONFIGS = ("stock", "stock_varlen", "stock_compiled", "paper", "paper_varlen", "fast")
-# target 2's pair: more timed rounds from pixels (still interleaved), since the lent hosts' round-to-round jitter
-# (6-14 ms at 64 frames) is a tenth of `fast`'s time to first token, and a round of the two costs 0.5-2 s
-HEADLINE_PAIR, HEADLINE_ROUNDS = ("stock_compiled", "fast"), 9
+                "paper_varlen", "fast", "fast_layers")
+E2E_CONFIGS = ("stock", "stock_varlen", "stock_compiled", "paper", "paper_varlen", "fast", "fast_layers")
+# target 2's configs: more timed rounds from pixels (still interleaved), since the lent hosts' round-to-round jitter
+# (6-14 ms at 64 frames) is a tenth of `fast`'s time to first token, and a round of the three costs 0.7-3 s
+HEADLINE_CONFIGS, HEADLINE_ROUNDS = ("stock_compiled", "fast", "fast_layers"), 9
 TOWERS = ("stock", "varlen", "varlen_compiled")  # `PruneVidConfig.vision_attention` values
 SAME_TOWER = {"stock": "stock", "varlen": "stock_varlen", "varlen_compiled": "stock_compiled"}
 COMPILE_CHECK_LENGTHS = (0.5, 2.0)  # lengths (x the first frame count) the compiled tower meets after its first call
@@ -232,6 +233,7 @@ def configs():
         "fastv": PruneVidConfig.fastv(),
         "paper_varlen": PruneVidConfig.paper(vision_attention="varlen"),
         "fast": PruneVidConfig.fast(),
+        "fast_layers": PruneVidConfig.fast(layer_graphs=True),
         # stock's best vision paths: every stage off, the same opt-in tower as paper_varlen / fast (honest baselines)
         "stock_varlen": PruneVidConfig.disabled().replace(vision_attention="varlen"),
         "stock_compiled": PruneVidConfig.disabled().replace(vision_attention="varlen_compiled"),
@@ -484,16 +486,19 @@ class Bench:
                     )
         # Decode: 16-token greedy continuations, configs interleaved over 2 rounds; median over all steps.
         decode = {name: [] for name in CONFIG_ORDER}
+        answers = {}  # the greedy tokens of the last round (fast_layers against fast: the same answer?)
         for _ in range(2):
             for name in CONFIG_ORDER:
                 cfg = self.configs[name]
                 self.set_prunevid(cfg)
                 emb = pooled[cfg.vision_attention]
                 _, steps, out, _, _ = self.generate(text, DECODE_TOKENS + 1, mm_encoder_outputs=encoder_outputs(emb))
+                answers[name] = out.sequences[0, -(DECODE_TOKENS + 1) :].tolist()
                 del out
                 decode[name] += steps
         for name, steps in decode.items():
-            rec["configs"].setdefault(name, {})["decode_ms_per_token"] = 1e3 * median(steps)
+            rec["configs"].setdefault(name, {})["answer_ids"] = answers[name]
+            rec["configs"][name]["decode_ms_per_token"] = 1e3 * median(steps)
             rec["configs"][name]["decode_min_ms"] = 1e3 * min(steps)
             rec["configs"][name]["decode_steps_ms"] = [round(1e3 * s, 3) for s in steps]
         if frames == 64 or (self.args.quick and "stage1_profile" not in self.results):
@@ -501,8 +506,8 @@ class Bench:
         # End to end from pixels (tower + prefill + first token) for the headline configs, interleaved.
         e2e = {name: [] for name in E2E_CONFIGS}
         e2e_repeats = args.repeats if frames < 256 else max(2, args.repeats - 1)
-        for r in range(max(e2e_repeats, HEADLINE_ROUNDS) + 1):  # round 0 warms up; the pair alone after e2e_repeats
-            for name in E2E_CONFIGS if r <= e2e_repeats else HEADLINE_PAIR:
+        for r in range(max(e2e_repeats, HEADLINE_ROUNDS) + 1):  # round 0 warms up; target 2's alone after e2e_repeats
+            for name in E2E_CONFIGS if r <= e2e_repeats else HEADLINE_CONFIGS:
                 self.set_prunevid(self.configs[name])
                 ttft, _, out, peak, timers = self.generate(inputs, 1)
                 del out
@@ -840,8 +845,17 @@ def targets(results):
         add(f"ttft_same_tower_{f}f", get(f, "fast", "vs_same_tower", "ttft_speedup"), goal, "higher",
             f"2. stock / PruneVid time to first token from pixels, both with the compiled varlen tower "
             f"(stock_compiled / fast), {f} frames")
+        add(f"ttft_same_tower_layers_{f}f", get(f, "fast_layers", "vs_same_tower", "ttft_speedup"), goal, "higher",
+            f"2. the same with the decoder layers of the pruned prefill replayed (stock_compiled / fast_layers, "
+            f"fast + layer_graphs), {f} frames")
         add(f"ttft_same_varlen_tower_{f}f", get(f, "paper_varlen", "vs_same_tower", "ttft_speedup"), None, "higher",
             f"2. the same with the uncompiled varlen tower (stock_varlen / paper_varlen), {f} frames")
+    for f in (64, 256):
+        a, b = get(f, "fast", "answer_ids"), get(f, "fast_layers", "answer_ids")
+        same = None if a is None or b is None else next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+        add(f"layers_same_tokens_{f}f", same, None, "higher",
+            f"2. greedy tokens of fast_layers equal to fast's before the first difference, of {DECODE_TOKENS + 1}, "
+            f"{f} frames (random weights: near-ties are common)")
     add("ttft_vs_shipped_64f", get(64, "fast", "vs_stock", "ttft_speedup"), 8.0, "higher",
         "2. stock as shipped / fast time to first token from pixels, 64 frames")
     for f in (64, 256):
@@ -869,6 +883,9 @@ def targets(results):
         add(f"llm_tflops_fast_{f}f", get(f, "fast", "llm_tflops_achieved"), None, "higher",
             f"5. fast LLM layers, achieved TFLOP/s, {f} frames (stock: "
             f"{_fmt(get(f, 'stock', 'llm_tflops_achieved'), '.1f')})")
+    for f in (64, 256):
+        add(f"llm_tflops_fast_layers_{f}f", get(f, "fast_layers", "llm_tflops_achieved"), None, "higher",
+            f"5. fast_layers LLM layers (replayed), achieved TFLOP/s, {f} frames")
     add("llm_prefill_speedup_paper_64f", get(64, "paper", "vs_stock", "llm_prefill_speedup"), None, "higher",
         "stock / paper LLM prefill forward (tower output given), 64 frames")
     add("kv_cache_share_paper_64f", get(64, "paper", "vs_stock", "kv_cache_share"), 0.20, "lower",
@@ -894,7 +911,7 @@ def markdown(results):
         "",
         "LLM prefill = the prefill forward given the vision tower's output (embedding, 3-D positions, Stage 1, the "
         "LLM's layers with Stage 2/3, last-token logits). TTFT = from pixels to the first token (measured end to end for "
-        f"{' / '.join(E2E_CONFIGS)}, {' / '.join(HEADLINE_PAIR)} over {HEADLINE_ROUNDS} interleaved rounds; tower + "
+        f"{' / '.join(E2E_CONFIGS)}, {' / '.join(HEADLINE_CONFIGS)} over {HEADLINE_ROUNDS} interleaved rounds; tower + "
         "prefill call for the others). PV overhead = Stage 1 "
         "(`before_language_model`) + Stage 2 scoring (`select`).",
         "",
@@ -985,7 +1002,7 @@ def plot(results, path):
     per = sorted(results["per_frames"].values(), key=lambda r: r["frames"])
     if not per:
         return
-    shown = ("stock", "stock_varlen", "stock_compiled", "paper", "paper_varlen", "fast", "stage1_only",
+    shown = ("stock", "stock_varlen", "stock_compiled", "paper", "paper_varlen", "fast", "fast_layers", "stage1_only",
              "paper_no_stage1", "fastv")
     parts = [("vision tower", "#6a8caf"), ("Stage 1", "#d9822b"), ("Stage 2 scoring", "#c23b22"),
              ("LLM prefill (rest)", "#59a14f")]  # fmt: skip
