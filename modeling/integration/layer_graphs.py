@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -62,7 +63,7 @@ def layer_runs(num_layers: int, pruning_layer: int | None) -> tuple[tuple[int, i
     if pruning_layer is None:
         return ((0, num_layers),)
     cuts = (0, pruning_layer, pruning_layer + 1, num_layers)
-    return tuple((a, b) for a, b in zip(cuts, cuts[1:]) if a < b)
+    return tuple((a, b) for a, b in itertools.pairwise(cuts) if a < b)
 
 
 def pad_rows(x: Tensor, length: int) -> Tensor:
