@@ -3,8 +3,8 @@
 
 One process, configs interleaved round by round (medians):
 
-* PruneVid's own time (Stage 1 = `before_language_model` of the prefill, Stage 2 scoring = `select`), paper eagerly
-  and with `cuda_graphs=True`, and the whole prefill call given the tower's output;
+* PruneVid's own time (Stage 1 = `before_language_model` of the prefill, Stage 2 scoring = `select`), paper eagerly,
+  with `cuda_graphs=True` and with `layer_graphs=True` too, and the whole prefill call given the tower's output;
 * the prefill's GPU busy time (sum of kernel times under torch.profiler) against its wall time: how host-bound the
   pruned prefill is;
 * the compiled varlen tower's kernels by total time (top 25): what is left above its floor.
@@ -91,6 +91,7 @@ def main():
             "stock": PruneVidConfig.disabled(),
             "paper": PruneVidConfig.paper(),
             "paper_graphs": PruneVidConfig.paper(cuda_graphs=True),
+            "paper_layers": PruneVidConfig.paper(cuda_graphs=True, layer_graphs=True),  # + the layers replayed
         }
         runs = {name: {"call": [], "stage1": [], "select": [], "lm": []} for name in cfgs}
         for r in range(args.repeats + 2):
@@ -107,6 +108,9 @@ def main():
         print(f"[{frames}f] prefill ms (median): {json.dumps(rec['prefill'])}", flush=True)
         graphs = b.model._prunevid_graphs
         rec["graphs"] = {"recorded": graphs.recorded, "replayed": graphs.replayed}
+        layers = b.model._prunevid_layer_graphs
+        rec["layer_graphs"] = {"recorded": layers.runner.recorded, "replayed": layers.runner.replayed,
+                               "runs": layers.replayed_runs}  # fmt: skip
         # busy vs wall of one prefill call per config (no timers inside: the technique is the plain one)
         for name, cfg in cfgs.items():
             b.model.prunevid = cfg
