@@ -224,11 +224,14 @@ def test_vendored_classes_load_like_their_stock_namesakes(checkpoints, tmp_path,
     folder = released_layout(checkpoints["gqa2"], tmp_path / "released")
     stock, info_stock = getattr(transformers, name).from_pretrained(folder, output_loading_info=True)
     ours, info = getattr(vendored, name).from_pretrained(folder, output_loading_info=True)
-    assert info == info_stock and not info["missing_keys"], info
+    # the same keys loaded and left out as stock (transformers 5.9-5.12 have no renaming for the base class: there
+    # stock `Qwen2_5_VLModel` itself leaves a released checkpoint's language model out; the others load it whole)
+    assert info == info_stock, (info, info_stock)
+    assert name == "Qwen2_5_VLModel" or not info["missing_keys"], info
     ours_sd, stock_sd = ours.state_dict(), stock.state_dict()
     assert ours_sd.keys() == stock_sd.keys()
-    for key, tensor in stock_sd.items():
-        assert torch.equal(ours_sd[key], tensor), key
+    for key in stock_sd.keys() - set(info["missing_keys"]):
+        assert torch.equal(ours_sd[key], stock_sd[key]), key
     assert len(get_model_conversion_mapping(ours)) == len(get_model_conversion_mapping(stock))
     if name == "Qwen2_5_VLForConditionalGeneration":  # the drop-in class too: its inner model is the vendored one
         drop_in = Qwen2_5_VLPruneVid(stock.config, prunevid=PruneVidConfig.disabled())
