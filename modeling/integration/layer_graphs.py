@@ -8,13 +8,13 @@ the same kernels with one call.
 
 How: the layers are cut where PruneVid changes the sequence, `[0, M)`, `[M, M+1)`, `[M+1, N)` with Stage 2 at layer
 M (one run `[0, N)` without it). At the first layer of a run, the hidden states, the rotary tables and the mask (if
-any) are padded at the end to `bucket(length)` (at most 1/16 more tokens, 16 lengths per octave), and the run's
+any) are padded at the end to `bucket(length)` (a multiple of 16; from 256 tokens on at most 1/16 more), and the run's
 layers are replayed as one graph, recorded per bucket by a `CudaGraphs` runner (`modeling.prunevid.graphs`: eager
 on a signature's first call, recorded on its second). Inside the graph each layer writes its keys and values to a
 stand-in cache (`_Collect`); after the replay they are written to the real cache, trimmed to the real tokens, by
 the same `cache.update` the layer calls, and the run's output, trimmed, goes on; the run's other layers pass their
 input through. The real tokens do not see the pads: attention is causal and the pads come last (a pad attends to
-itself only), and everything else is per token. Only the kernels' shapes change (the matrix products have up to 1/16
+itself only), and everything else is per token. Only the kernels' shapes change (the matrix products have a few
 more rows), so the results equal the eager layers' up to the floating-point rounding of other kernel choices, not
 bit for bit (tests/test_layer_graphs.py: fp32 on the CPU, through the padded function; on a GPU, through the graphs).
 
@@ -51,8 +51,8 @@ _HANDLED = {"attention_mask", "position_embeddings", "position_ids", CACHE_KWARG
 
 
 def bucket(length: int) -> int:
-    """`length` rounded up to a multiple of 1/16 of its power of two (at least 16): at most 6.25% padding, 16
-    buckets per octave. 1,412 -> 1,472; 554 -> 576; 16 -> 16."""
+    """`length` rounded up to a multiple of 1/16 of its power of two, and of 16: from 256 tokens on at most 1/16
+    more (16 buckets per octave), below that at most 15 more. 1,412 -> 1,472; 554 -> 576; 17 -> 32."""
     step = max(16, 1 << max(0, int(length).bit_length() - 5))
     return -(-int(length) // step) * step
 

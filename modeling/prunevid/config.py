@@ -110,10 +110,10 @@ class PruneVidConfig:
         again (about twice an eager call, once); at most 8 graphs are kept per model, in one memory pool
         (``modeling.prunevid.graphs``).
     layer_graphs: replay the pruned prefill's decoder layers as CUDA graphs, padded at the end to one of 16
-        lengths per octave (at most 6.25% more tokens; the pads come after every real token, so causal attention
-        keeps them out of the real tokens' results). The other kernel shapes change the rounding, not the function:
-        not bit for bit the eager layers (``modeling.integration.layer_graphs``: where it applies, how it is
-        tested). Same recording rule and CUDA-only fallbacks as ``cuda_graphs``, at most 6 graphs per model.
+        lengths per octave (from 256 tokens on at most 1/16 more; the pads come after every real token, so causal
+        attention keeps them out of the real tokens' results). The other kernel shapes change the rounding, not the
+        function: not bit for bit the eager layers (``modeling.integration.layer_graphs``: where it applies, how it
+        is tested). Same recording rule and CUDA-only fallbacks as ``cuda_graphs``, at most 6 graphs per model.
 
     Presets: ``paper()`` (the default), ``fast()`` (``paper()`` with the compiled fused vision tower and CUDA graphs),
     ``conservative()`` (keeps more), ``aggressive()`` (keeps fewer),
