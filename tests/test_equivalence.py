@@ -245,3 +245,25 @@ def test_vendored_file_matches_installed_release():
 
     meta = json.loads((Path(__file__).parents[1] / "upstream_snapshot" / "UPSTREAM.json").read_text())
     assert transformers.__version__ == meta["transformers_version"]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_training_loss_and_gradients_are_stock(checkpoints, processor, media, checkpointing):
+    """Stages off, training mode: the same loss and every gradient as stock, bit for bit, with and without gradient
+    checkpointing (transformers' own training tests pick their labels by class name, so they give ours none: this
+    checks what they would)."""
+    inputs = make_inputs(processor, media, "video")
+    losses, grads = [], []
+    for cls, kwargs in ((transformers.Qwen2_5_VLForConditionalGeneration, {}),
+                        (Qwen2_5_VLPruneVid, {"prunevid": PruneVidConfig.disabled()})):  # fmt: skip
+        model = cls.from_pretrained(checkpoints["gqa2"], attn_implementation="sdpa", **kwargs).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        loss = model(**inputs, labels=inputs["input_ids"]).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
+    assert torch.equal(*losses)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 100
+    for name, grad in grads[0].items():
+        assert torch.equal(grad, grads[1][name]), name
