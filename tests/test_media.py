@@ -80,8 +80,13 @@ VIDEOS = {
     "two_frames": ("libx264", "yuv420p", (112, 112), 2, {}),
     "three_frames": ("libx264", "yuv420p", (112, 112), 3, {}),
     "long_80": ("libx264", "yuv420p", (56, 84), 80, {}),  # more frames than one decode chunk
+    # decord's bundled FFmpeg 4.1 cannot open these: read with PyAV
+    "av1": ("libaom-av1", "yuv420p", (112, 112), 12, {}),
+    "gif": ("gif", "rgb8", (112, 112), 12, {"fps": 5}),  # a GIF stores frame times in hundredths of a second
 }
-_SUFFIX = {"vp9": ".webm", "mjpeg": ".avi", "odd_97x61": ".mkv", "vfr": ".mkv", "audio_mkv": ".mkv", "grayscale": ".mkv"}
+_SUFFIX = {"vp9": ".webm", "mjpeg": ".avi", "odd_97x61": ".mkv", "vfr": ".mkv", "audio_mkv": ".mkv", "grayscale": ".mkv",
+           "gif": ".gif"}  # fmt: skip
+_PYAV = {"av1", "gif"}
 
 
 def _source_frames(name: str) -> np.ndarray:
@@ -140,13 +145,17 @@ def test_video_matrix(name, videos, processor):
     media = read_media(messages)
     (video,), (meta,) = media.videos, media.metadata
     count = len(frames)
-    sampled = count if count < 2 else count // 2 * 2  # all frames at the file's 8 fps, in pairs (one frame: itself)
+    sampled = count if count < 2 else count // 2 * 2  # all frames (files at <= 8 fps), in pairs (one frame: itself)
     height, width = smart_resize(*frames.shape[1:3], factor=28, **SMALL)
     assert video.shape == (sampled, 3, height, width) and video.dtype == torch.float32
     assert meta["frames_indices"] == np.linspace(0, count - 1, sampled).round().astype(int).tolist()
-    assert meta["total_num_frames"] == count and meta["video_backend"] == "decord"
+    assert meta["total_num_frames"] == count
+    assert meta["video_backend"] == ("pyav" if name in _PYAV else "decord")
+    assert meta["fps"] == VIDEOS[name][4].get("fps", 8)
     # The decoded pixels are the encoded ones (up to the codec's loss): right frames, right colours, right way up.
     expected = _resized(frames[meta["frames_indices"]], (height, width))
+    if name == "gif":  # 256 colours, dithered: compared over 4x4 blocks
+        video, expected = torch.nn.functional.avg_pool2d(video, 4), torch.nn.functional.avg_pool2d(expected, 4)
     assert (video - expected).abs().mean() < 8, (video - expected).abs().mean()  # flipped or BGR: 14 to 33
 
     inputs = prepare_inputs(processor, messages, media=media)
@@ -154,7 +163,7 @@ def test_video_matrix(name, videos, processor):
     assert inputs["video_grid_thw"].tolist() == [[t, height // 14, width // 14]]
     assert int((inputs["mm_token_type_ids"] == 2).sum()) == t * height * width // 28**2
     assert torch.isfinite(inputs["pixel_values_videos"]).all()
-    assert inputs["second_per_grid_ts"].tolist() == [pytest.approx(2 / (sampled / count * 8.0))]
+    assert inputs["second_per_grid_ts"].tolist() == [pytest.approx(2 / (sampled / count * meta["fps"]))]
 
 
 @pytest.mark.parametrize(
@@ -163,20 +172,59 @@ def test_video_matrix(name, videos, processor):
     ids=["fps8", "defaults", "fps3_small", "max_frames6", "nframes10", "total_pixels"],
 )  # fmt: skip
 @pytest.mark.parametrize("name", ["h264", "vp9", "long_80", "odd_97x61"])
-def test_read_media_equals_qwen_vl_utils(name, options, videos, capfd, monkeypatch):
+@pytest.mark.parametrize("reader", ["decord", "pyav"])
+def test_read_media_equals_qwen_vl_utils(reader, name, options, videos, capfd, monkeypatch):
     """Where qwen-vl-utils' decord reader works, ours returns the same frames, bit for bit, and the same metadata,
-    also when it decodes them a few at a time."""
+    also when it decodes them a few at a time; and so does the PyAV fallback when decord is made to fail."""
     from qwen_vl_utils import process_vision_info
 
     path, frames = _video(videos, name)
     monkeypatch.setattr("modeling.app.inputs._CHUNK_BYTES", 7 * frames[0].nbytes)  # 7 full-resolution frames per chunk
     messages = build_messages("?", [path, path], options=MediaOptions(**options))
-    media = read_media(messages)
+    with monkeypatch.context() as patch:
+        if reader == "pyav":
+            patch.setattr("decord.VideoReader", _decord_fails)
+        media = read_media(messages)
     _, reference, _ = process_vision_info(messages, return_video_kwargs=True, return_video_metadata=True)
     for ours, meta, (theirs, their_meta) in zip(media.videos, media.metadata, reference, strict=True):
         assert torch.equal(ours, theirs)
-        assert meta == their_meta
+        assert meta == {**their_meta, "video_backend": reader}
     capfd.readouterr()  # qwen-vl-utils prints its backend on stderr
+
+
+def _decord_fails(*args, **kwargs):
+    raise RuntimeError("decord cannot open this file")
+
+
+def test_pyav_fallback_samples_the_frames_a_stream_really_has(videos, monkeypatch):
+    """A container that announces more frames than its stream decodes: the fallback samples the frames it has."""
+    from modeling.app import inputs
+
+    path, frames = _video(videos, "h264")
+    messages = build_messages("?", [path], options=MediaOptions(fps=8.0, **SMALL))
+    expected = read_media(messages)
+    monkeypatch.setattr("decord.VideoReader", _decord_fails)
+    probe = inputs._probe_pyav
+    monkeypatch.setattr(inputs, "_probe_pyav", lambda *a: probe(*a)._replace(frames=len(frames) + 9))
+    media = read_media(messages)
+    assert torch.equal(media.videos[0], expected.videos[0])
+    assert media.metadata == [{**expected.metadata[0], "video_backend": "pyav"}]
+
+
+def test_files_without_video_are_named_for_what_they_are(tmp_path):
+    sound = tmp_path / "speech.m4a"
+    with av.open(str(sound), "w") as out:
+        stream = out.add_stream("aac", rate=8000)
+        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 8000), dtype=np.float32), format="fltp", layout="mono")
+        chunk.sample_rate, chunk.pts = 8000, 0
+        out.mux(stream.encode(chunk))
+        out.mux(stream.encode())
+    with pytest.raises(MediaError, match=r"speech.m4a has no video stream \(streams: audio\)"):
+        read_media(build_messages("?", videos=[sound]))
+    picture = tmp_path / "still.png"
+    Image.fromarray(clip_frames(frames=1, size=(56, 56), seed=0)[0]).save(picture)
+    with pytest.raises(MediaError, match="still.png is a still image .*: give it as an image"):
+        read_media(build_messages("?", videos=[picture]))
 
 
 def test_single_frame_video_end_to_end(videos):

@@ -6,8 +6,10 @@ then the processor), with three details that matter for correctness:
 - Videos are read by [`read_media`] with decord, exactly as qwen-vl-utils' decord reader does (its frame range, its
   `smart_nframes` sampling, its resize rules and bicubic antialiased resize; tested bitwise equal), but without its
   fallback: when decord fails, qwen-vl-utils retries with `torchvision.io.read_video`, which torchvision 0.29 removed,
-  so every read failure became an unrelated crash. Here a failure raises [`MediaError`] naming the file. Two
-  deliberate differences: a video of a single frame is read as that frame (qwen-vl-utils' sampler needs two; the
+  so every read failure became an unrelated crash. Here a failure raises [`MediaError`] naming the file. A file
+  that decord's bundled FFmpeg 4.1 cannot open (AV1, e.g. a video from YouTube; an animated GIF) is read with PyAV
+  instead, sampled and resized by the same rules (`video_backend: "pyav"` in its metadata). Two deliberate
+  differences: a video of a single frame is read as that frame (qwen-vl-utils' sampler needs two; the
   Qwen2.5-VL processor repeats the last frame to fill the temporal patch, as it does for any odd count), and frames are
   decoded and resized in chunks of at most 256 MiB, so the full-resolution frames of a long or large video never sit
   in memory at once (qwen-vl-utils decodes every sampled frame in one batch).
@@ -33,13 +35,14 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 
 from .options import MediaOptions
 
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from PIL import Image
     from transformers import BatchFeature, ProcessorMixin
@@ -200,7 +203,8 @@ def check_files(conversations: Conversation | Sequence[Conversation]) -> None:
 
 def read_media(conversations: Conversation | Sequence[Conversation], patch_size: int = 14) -> Media:
     """Read and resize every video and image of the conversation(s), as qwen-vl-utils' `process_vision_info` with
-    decord does (see the module docstring for the two differences), never through its torchvision fallback.
+    decord does (see the module docstring for the two differences), never through its torchvision fallback; a
+    video decord cannot open is read with PyAV.
 
     Args:
         conversations: A conversation or a list of them (see [`build_messages`]).
@@ -288,8 +292,18 @@ def _reason(error: BaseException, log: list[str]) -> str:
     return text
 
 
-def _probe_video(location: str) -> tuple[int, float, tuple[int, int]]:
-    """Open a video and decode its first frame; returns (frames, fps, (height, width))."""
+class _Probe(NamedTuple):
+    """What opening a video found: its frame count and frame rate, its frame size and the reader that opened it."""
+
+    frames: int
+    fps: float
+    size: tuple[int, int]  # (height, width) of the first frame
+    backend: str  # "decord", or "pyav" for a file decord's own FFmpeg cannot decode
+
+
+def _probe_video(location: str) -> _Probe:
+    """Open a video and decode its first frame, with decord (qwen-vl-utils' reader); a file decord cannot open
+    (its bundled FFmpeg 4.1 has no AV1 decoder and cannot count the frames of an animated GIF) is opened with PyAV."""
     import decord
 
     log: list[str] = []
@@ -300,27 +314,80 @@ def _probe_video(location: str) -> tuple[int, float, tuple[int, int]]:
             height, width = reader[0].shape[:2] if frames else (0, 0)
             del reader
     except Exception as error:  # noqa: BLE001 - decord raises its own DECORDError or RuntimeError
-        raise MediaError(f"Video has no decodable frames: {location} ({_reason(error, log)})") from error
+        reason = _reason(error, log)
+        probe = _probe_pyav(location, reason)
+        if probe is None:
+            raise MediaError(f"Video has no decodable frames: {location} ({reason})") from error
+        frames, fps, (height, width), _ = probe
+        backend = "pyav"
+    else:
+        backend = "decord"
     if frames < 1:
         raise MediaError(f"Video has no decodable frames: {location} (the stream has no frames)")
     if not (math.isfinite(fps) and fps > 0):
         raise MediaError(f"Video {location} reports a frame rate of {fps}; cannot sample it by time")
-    return frames, fps, (height, width)
+    return _Probe(frames, fps, (height, width), backend)
 
 
-def _read_video(
-    item: dict[str, Any], patch_size: int, probe: tuple[int, float, tuple[int, int]]
-) -> tuple[torch.Tensor, dict[str, Any]]:
+def _probe_pyav(location: str, decord_reason: str) -> _Probe | None:
+    """PyAV's view of a video decord could not open: None if PyAV cannot decode a frame of it either. The frame count
+    is the container's, else the stream's packets (counted without decoding); [`_read_video`] corrects it when the
+    decoder delivers fewer frames. Raises [`MediaError`] for a file whose only streams are not video."""
+    import av
+
+    log: list[str] = []
+    try:
+        with _native_log(log), av.open(location) as container:
+            if not container.streams.video:
+                kinds = ", ".join(sorted({stream.type for stream in container.streams})) or "none"
+                raise MediaError(f"Video {location} has no video stream (streams: {kinds})")
+            if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+                raise MediaError(f"Video {location} is a still image ({container.format.name}): give it as an image")
+            stream = container.streams.video[0]
+            first = next(container.decode(stream), None)
+            rate = stream.average_rate or stream.guessed_rate
+        if first is None:
+            return None
+        frames = stream.frames
+        if frames <= 0:
+            with _native_log(log), av.open(location) as container:
+                frames = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+    except MediaError:
+        raise
+    except Exception:  # noqa: BLE001 - PyAV raises av.FFmpegError subclasses, OSError, StopIteration...
+        return None
+    return _Probe(frames, float(rate) if rate else math.nan, (first.height, first.width), "pyav")
+
+
+def _read_video(item: dict[str, Any], patch_size: int, probe: _Probe) -> tuple[torch.Tensor, dict[str, Any]]:
     """qwen-vl-utils' `fetch_video` for a path or URL with its decord reader, given the video's [`_probe_video`];
-    returns (video, metadata)."""
-    import decord
+    returns (video, metadata). A video only PyAV can open is sampled and resized by the same rules."""
     import torch
-    from qwen_vl_utils import vision_process as qvu
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.functional import resize
 
     location = _video_location(item["video"])
-    total, fps, (height, width) = probe
+    total, fps, (height, width), backend = probe
+    start, end, total, count, new_size = _sampling(item, patch_size, location, total, fps, height, width)
+    indices = torch.linspace(start, end, count).round().long().tolist()
+    if backend == "decord":
+        video = _decord_frames(location, indices, (height, width), new_size)
+    else:
+        video, decoded = _pyav_frames(location, indices, (height, width), new_size)
+        if video is None:  # the stream held fewer frames than its packets: sample the frames it has
+            if decoded < 1:
+                raise MediaError(f"Video has no decodable frames: {location} (the stream has no frames)")
+            start, end, total, count, new_size = _sampling(item, patch_size, location, decoded, fps, height, width)
+            indices = torch.linspace(start, end, count).round().long().tolist()
+            video, _ = _pyav_frames(location, indices, (height, width), new_size)
+    metadata = {"fps": fps, "frames_indices": indices, "total_num_frames": total, "video_backend": backend}
+    return video, metadata
+
+
+def _sampling(item: dict[str, Any], patch_size: int, location: str, total: int, fps: float, height: int,
+              width: int) -> tuple[int, int, int, int, tuple[int, int]]:  # fmt: skip
+    """qwen-vl-utils' frame range, frame count and resized size for a video of `total` frames at `fps`:
+    (start, end, total in range, frames to sample, (new height, new width))."""
+    from qwen_vl_utils import vision_process as qvu
+
     try:
         start, end, total = qvu.calculate_video_frame_range(item, total, fps)
         # One frame: qwen-vl-utils' sampler needs two; the processor repeats it to fill the temporal patch.
@@ -344,22 +411,74 @@ def _read_video(
     if new_height < factor or new_width < factor:
         raise MediaError(f"Video {location} ({width}x{height}) is resized to {new_width}x{new_height} pixels: raise "
                          f"max_pixels to at least {factor}x{factor} tokens' worth for this aspect ratio")  # fmt: skip
-    indices = torch.linspace(start, end, count).round().long().tolist()
-    step = max(1, _CHUNK_BYTES // (3 * height * width))
+    return start, end, total, count, (new_height, new_width)
+
+
+def _resize(frames: np.ndarray, new_size: tuple[int, int]) -> torch.Tensor:
+    """RGB frames `[N, H, W, 3]` (uint8) -> `[N, 3, h, w]`, resized as qwen-vl-utils does (bicubic, antialiased)."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    frames = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    return resize(frames, list(new_size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+def _decord_frames(location: str, indices: list[int], size: tuple[int, int], new_size: tuple[int, int]) -> torch.Tensor:
+    """The frames at `indices`, decoded by decord a chunk at a time and resized (float `[N, 3, h, w]`)."""
+    import decord
+    import torch
+
+    step = max(1, _CHUNK_BYTES // (3 * size[0] * size[1]))
     chunks, log = [], []
     try:
         with _native_log(log):
             reader = decord.VideoReader(location)
-            for first in range(0, count, step):
-                frames = reader.get_batch(indices[first : first + step]).asnumpy()
-                frames = torch.from_numpy(frames).permute(0, 3, 1, 2)
-                chunks.append(resize(frames, [new_height, new_width], interpolation=InterpolationMode.BICUBIC,
-                                     antialias=True))  # fmt: skip
+            for first in range(0, len(indices), step):
+                chunks.append(_resize(reader.get_batch(indices[first : first + step]).asnumpy(), new_size))
             del reader
     except Exception as error:  # noqa: BLE001 - decord raises its own DECORDError or RuntimeError
         raise MediaError(f"Video {location} cannot be decoded: {_reason(error, log)}") from error
-    metadata = {"fps": fps, "frames_indices": indices, "total_num_frames": total, "video_backend": "decord"}
-    return torch.cat(chunks).float(), metadata
+    return torch.cat(chunks).float()
+
+
+def _pyav_frames(location: str, indices: list[int], size: tuple[int, int],
+                 new_size: tuple[int, int]) -> tuple[torch.Tensor | None, int]:  # fmt: skip
+    """The frames at `indices` (ascending, repeats allowed), decoded by PyAV in one pass, converted to RGB at the first
+    frame's size and resized a chunk at a time: (float `[N, 3, h, w]`, frames decoded), or (None, frames decoded) when
+    the stream ends before the last index."""
+    import av
+    import numpy as np
+    import torch
+
+    height, width = size
+    step = max(1, _CHUNK_BYTES // (3 * height * width))
+    wanted: dict[int, int] = {}
+    for index in indices:
+        wanted[index] = wanted.get(index, 0) + 1
+    last, decoded, pending, chunks, log = indices[-1], 0, [], [], []
+    try:
+        with _native_log(log), av.open(location) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                repeats = wanted.get(decoded, 0)
+                decoded += 1
+                if repeats:
+                    rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+                    pending += [rgb] * repeats
+                    if len(pending) >= step:
+                        chunks.append(_resize(np.stack(pending), new_size))
+                        pending = []
+                if decoded > last:
+                    break
+    except Exception as error:  # noqa: BLE001 - PyAV raises av.FFmpegError subclasses and OSError
+        raise MediaError(f"Video {location} cannot be decoded: {_reason(error, log)}") from error
+    if decoded <= last:
+        return None, decoded
+    if pending:
+        chunks.append(_resize(np.stack(pending), new_size))
+    return torch.cat(chunks).float(), decoded
 
 
 def _load_image(source: Any) -> Image.Image:
