@@ -8,6 +8,7 @@ qwen-vl-utils itself can read the file, the result is compared with its `process
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
 from fractions import Fraction
@@ -399,3 +400,35 @@ def test_video_failures_name_the_file_and_keep_stderr_clean(tmp_path, capfd):
         read_media(build_messages("?", videos=[tmp_path / "nope.mp4"]))
     with pytest.raises(MediaError, match="data: URIs are supported for images only"):
         read_media(build_messages("?", videos=["data:video/mp4;base64,AAAA"]))
+
+
+def _turned(path: Path, out: Path, matrix: tuple[int, ...]) -> Path:
+    """A copy of an MP4 whose track header carries the display matrix `matrix` (as phones record upright video)."""
+    data = bytearray(path.read_bytes())
+    box = data.find(b"tkhd") - 4
+    assert data[box + 8] == 0  # version 0: the matrix is 48 bytes into the box
+    data[box + 48 : box + 84] = struct.pack(">9i", *matrix)
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize(
+    "matrix",
+    [(0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30), (0, -(1 << 16), 0, 1 << 16, 0, 0, 0, 0, 1 << 30),
+     (-(1 << 16), 0, 0, 0, -(1 << 16), 0, 0, 0, 1 << 30)],
+    ids=["90", "270", "180"],
+)  # fmt: skip
+def test_turned_videos_come_upright_from_both_readers(matrix, videos, tmp_path, monkeypatch):
+    """decord turns frames by the file's display matrix; the PyAV fallback turns them the same way, bit for bit."""
+    path, _ = _video(videos, "portrait")  # 168 x 84
+    turned = _turned(path, tmp_path / "turned.mp4", matrix)
+    messages = build_messages("?", [turned], options=MediaOptions(fps=8.0, **SMALL))
+    by_decord = read_media(messages)
+    height, width = by_decord.videos[0].shape[2:]
+    assert (height < width) == (matrix[0] == 0)  # a quarter turn lays the portrait video on its side
+    monkeypatch.setattr("decord.VideoReader", _decord_fails)
+    by_pyav = read_media(messages)
+    assert torch.equal(by_pyav.videos[0], by_decord.videos[0])
+    assert by_pyav.metadata == [{**by_decord.metadata[0], "video_backend": "pyav"}]
+    upright = read_media(build_messages("?", [path], options=MediaOptions(fps=8.0, **SMALL))).videos[0]
+    assert not torch.equal(by_pyav.videos[0], upright)  # the matrix was read: the frames did turn

@@ -348,6 +348,7 @@ def _probe_pyav(location: str, decord_reason: str) -> _Probe | None:
             rate = stream.average_rate or stream.guessed_rate
         if first is None:
             return None
+        size = (first.width, first.height) if _quarter_turns(first) % 2 else (first.height, first.width)
         frames = stream.frames
         if frames <= 0:
             with _native_log(log), av.open(location) as container:
@@ -356,7 +357,13 @@ def _probe_pyav(location: str, decord_reason: str) -> _Probe | None:
         raise
     except Exception:  # noqa: BLE001 - PyAV raises av.FFmpegError subclasses, OSError, StopIteration...
         return None
-    return _Probe(frames, float(rate) if rate else math.nan, (first.height, first.width), "pyav")
+    return _Probe(frames, float(rate) if rate else math.nan, size, "pyav")
+
+
+def _quarter_turns(frame: Any) -> int:
+    """Counter-clockwise quarter turns that make a PyAV frame upright (its display matrix; PyAV >= 14 reads it), as
+    decord turns the frames it returns."""
+    return round(getattr(frame, "rotation", 0) / 90) % 4
 
 
 def _read_video(item: dict[str, Any], patch_size: int, probe: _Probe) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -445,14 +452,13 @@ def _decord_frames(location: str, indices: list[int], size: tuple[int, int], new
 def _pyav_frames(location: str, indices: list[int], size: tuple[int, int],
                  new_size: tuple[int, int]) -> tuple[torch.Tensor | None, int]:  # fmt: skip
     """The frames at `indices` (ascending, repeats allowed), decoded by PyAV in one pass, converted to RGB at the first
-    frame's size and resized a chunk at a time: (float `[N, 3, h, w]`, frames decoded), or (None, frames decoded) when
-    the stream ends before the last index."""
+    frame's size, turned upright as decord turns them, and resized a chunk at a time: (float `[N, 3, h, w]`, frames
+    decoded), or (None, frames decoded) when the stream ends before the last index."""
     import av
     import numpy as np
     import torch
 
-    height, width = size
-    step = max(1, _CHUNK_BYTES // (3 * height * width))
+    step = max(1, _CHUNK_BYTES // (3 * size[0] * size[1]))
     wanted: dict[int, int] = {}
     for index in indices:
         wanted[index] = wanted.get(index, 0) + 1
@@ -462,10 +468,15 @@ def _pyav_frames(location: str, indices: list[int], size: tuple[int, int],
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
+                if not decoded:
+                    width, height = frame.width, frame.height
                 repeats = wanted.get(decoded, 0)
                 decoded += 1
                 if repeats:
                     rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+                    turns = _quarter_turns(frame)
+                    if turns:
+                        rgb = np.ascontiguousarray(np.rot90(rgb, k=turns))
                     pending += [rgb] * repeats
                     if len(pending) >= step:
                         chunks.append(_resize(np.stack(pending), new_size))
