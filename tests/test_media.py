@@ -84,10 +84,11 @@ VIDEOS = {
     # decord's bundled FFmpeg 4.1 cannot open these: read with PyAV
     "av1": ("libaom-av1", "yuv420p", (112, 112), 12, {}),
     "gif": ("gif", "rgb8", (112, 112), 12, {"fps": 5}),  # a GIF stores frame times in hundredths of a second
+    "mpegts": ("libx264", "yuv420p", (112, 112), 12, {}),
 }
 _SUFFIX = {"vp9": ".webm", "mjpeg": ".avi", "odd_97x61": ".mkv", "vfr": ".mkv", "audio_mkv": ".mkv", "grayscale": ".mkv",
-           "gif": ".gif"}  # fmt: skip
-_PYAV = {"av1", "gif"}
+           "gif": ".gif", "mpegts": ".ts"}  # fmt: skip
+_PYAV = {"av1", "gif", "mpegts"}
 
 
 def _source_frames(name: str) -> np.ndarray:

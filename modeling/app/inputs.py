@@ -7,7 +7,7 @@ then the processor), with three details that matter for correctness:
   `smart_nframes` sampling, its resize rules and bicubic antialiased resize; tested bitwise equal), but without its
   fallback: when decord fails, qwen-vl-utils retries with `torchvision.io.read_video`, which torchvision 0.29 removed,
   so every read failure became an unrelated crash. Here a failure raises [`MediaError`] naming the file. A file
-  that decord's bundled FFmpeg 4.1 cannot open (AV1, e.g. a video from YouTube; an animated GIF) is read with PyAV
+  that decord's bundled FFmpeg 4.1 cannot open (AV1, e.g. a video from YouTube; MPEG-TS; an animated GIF) is read with PyAV
   instead, sampled and resized by the same rules (`video_backend: "pyav"` in its metadata). Two deliberate
   differences: a video of a single frame is read as that frame (qwen-vl-utils' sampler needs two; the
   Qwen2.5-VL processor repeats the last frame to fill the temporal patch, as it does for any odd count), and frames are
