@@ -6,13 +6,13 @@ then the processor), with three details that matter for correctness:
 - Videos are read by [`read_media`] with decord, exactly as qwen-vl-utils' decord reader does (its frame range, its
   `smart_nframes` sampling, its resize rules and bicubic antialiased resize; tested bitwise equal), but without its
   fallback: when decord fails, qwen-vl-utils retries with `torchvision.io.read_video`, which torchvision 0.29 removed,
-  so every read failure became an unrelated crash. Here a failure raises [`MediaError`] naming the file. A file
-  that decord's bundled FFmpeg 4.1 cannot open (AV1, e.g. a video from YouTube; MPEG-TS; an animated GIF) is read with PyAV
-  instead, sampled and resized by the same rules (`video_backend: "pyav"` in its metadata). Two deliberate
-  differences: a video of a single frame is read as that frame (qwen-vl-utils' sampler needs two; the
-  Qwen2.5-VL processor repeats the last frame to fill the temporal patch, as it does for any odd count), and frames are
-  decoded and resized in chunks of at most 256 MiB, so the full-resolution frames of a long or large video never sit
-  in memory at once (qwen-vl-utils decodes every sampled frame in one batch).
+  so every read failure became an unrelated crash. Here a failure raises [`MediaError`] naming the file. A file that
+  decord's bundled FFmpeg 4.1 cannot open (AV1, e.g. a video from YouTube; MPEG-TS; an animated GIF) is read with PyAV
+  instead, turned by its display matrix as decord does, sampled and resized by the same rules (`video_backend: "pyav"`
+  in its metadata). Two deliberate differences: a video of a single frame is read as that frame (qwen-vl-utils'
+  sampler needs two; the Qwen2.5-VL processor repeats the last frame to fill the temporal patch, as it does for any
+  odd count), and frames are decoded and resized in chunks of at most 256 MiB, so the full-resolution frames of a long
+  or large video never sit in memory at once (qwen-vl-utils decodes every sampled frame in one batch).
 - Each video's metadata is passed on to the processor as `video_metadata`: the processor derives
   `second_per_grid_ts` (seconds per temporal patch, used by the 3-D rotary positions) from the *sampled* fps in it;
   without it, it would assume 24 fps.
