@@ -433,3 +433,61 @@ def test_turned_videos_come_upright_from_both_readers(matrix, videos, tmp_path, 
     assert by_pyav.metadata == [{**by_decord.metadata[0], "video_backend": "pyav"}]
     upright = read_media(build_messages("?", [path], options=MediaOptions(fps=8.0, **SMALL))).videos[0]
     assert not torch.equal(by_pyav.videos[0], upright)  # the matrix was read: the frames did turn
+
+
+@pytest.fixture
+def http(tmp_path):
+    """A local HTTP server of the files in `tmp_path / "www"` (its base URL) and the URL of a server that accepts
+    connections and never answers."""
+    import functools
+    import socket
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes the handshakes; nobody reads or writes
+    yield root, f"http://127.0.0.1:{server.server_address[1]}", f"http://127.0.0.1:{silent.getsockname()[1]}"
+    server.shutdown(), server.server_close(), silent.close()
+
+
+def test_video_urls_are_downloaded_with_a_timeout_and_errors_name_the_url(http, videos, tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+    import time
+
+    root, base, silent = http
+    path, _ = _video(videos, "h264")
+    shutil.copy(path, root / "clip.mp4")
+    (root / "garbage.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 16)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    options = MediaOptions(fps=8.0, **SMALL)
+
+    from modeling.app import inputs
+
+    local = read_media(build_messages("?", [path], options=options))
+    opened, fetch = [], inputs._local_video
+    monkeypatch.setattr(inputs, "_local_video", lambda *a: opened.append(fetch(*a)) or opened[-1])
+    remote = read_media(build_messages("?", [f"{base}/clip.mp4?token=1"], options=options))
+    assert torch.equal(remote.videos[0], local.videos[0]) and remote.metadata == local.metadata
+    assert [Path(p).name for p in opened] == ["clip.mp4"] and Path(opened[0]).is_relative_to(scratch)
+    assert not Path(opened[0]).exists()  # deleted once read
+    with pytest.raises(MediaError, match=f"Cannot download {base}/missing.mp4: HTTPError"):
+        read_media(build_messages("?", [f"{base}/missing.mp4"]))
+    with pytest.raises(MediaError, match=f"no decodable frames: {base}/garbage.mp4 ") as caught:
+        read_media(build_messages("?", [f"{base}/garbage.mp4"]))
+    assert str(scratch) not in str(caught.value)  # the URL, not the downloaded copy
+    monkeypatch.setattr("modeling.app.inputs._URL_TIMEOUT_S", 1)
+    start = time.monotonic()
+    with pytest.raises(MediaError, match=f"Cannot download {silent}/clip.mp4: .*Timeout"):
+        read_media(build_messages("?", [f"{silent}/clip.mp4"]))
+    assert time.monotonic() - start < 10  # decord waited for ever
+    assert not list(scratch.glob("qwen-prunevid-*"))  # every download was deleted

@@ -17,8 +17,8 @@ then the processor), with three details that matter for correctness:
   `second_per_grid_ts` (seconds per temporal patch, used by the 3-D rotary positions) from the *sampled* fps in it;
   without it, it would assume 24 fps.
 - Images are decoded completely (a truncated file fails here, naming it), then resized by qwen-vl-utils'
-  `fetch_image`. Image URLs are fetched with a timeout. FFmpeg's and decord's native log lines are kept off the
-  terminal; the last one is quoted in the error when a read fails.
+  `fetch_image`. Image and video URLs are fetched with a timeout (a video into a temporary file, then read). FFmpeg's
+  and decord's native log lines are kept off the terminal; the last one is quoted in the error when a read fails.
 
 Nothing here imports transformers: media can be read and checked before any model or processor is loaded.
 """
@@ -65,7 +65,7 @@ Conversation = list[dict[str, Any]]
 _REMOTE = ("http://", "https://")
 #: Bytes of full-resolution RGB frames decoded at a time (then resized): 256 MiB, whatever the resolution.
 _CHUNK_BYTES = 256 * 2**20
-#: Seconds to wait for an image URL.
+#: Seconds to wait for a media URL's server (to connect, and for each piece of a download).
 _URL_TIMEOUT_S = 30
 
 
@@ -173,13 +173,16 @@ def check_media(conversations: Conversation | Sequence[Conversation]) -> None:
         MediaNotFoundError: A local media file does not exist (a `FileNotFoundError`).
         MediaError: A video has no decodable frame, an image cannot be decoded (a `ValueError`).
     """
-    for item in _media_items(_conversations(conversations)):
-        if "video" in item:
-            source = item["video"]
-            if isinstance(source, str):
-                _probe_video(_video_location(source))
-        else:
-            _load_image(item.get("image", item.get("image_url")))
+    with tempfile.TemporaryDirectory(prefix="qwen-prunevid-") as folder:
+        for item in _media_items(_conversations(conversations)):
+            if "video" in item:
+                source = item["video"]
+                if isinstance(source, str):
+                    location = _local_video(source, folder)
+                    with _named(source, location):
+                        _probe_video(location)
+            else:
+                _load_image(item.get("image", item.get("image_url")))
 
 
 def check_files(conversations: Conversation | Sequence[Conversation]) -> None:
@@ -214,12 +217,21 @@ def read_media(conversations: Conversation | Sequence[Conversation], patch_size:
         MediaNotFoundError: A local media file does not exist (a `FileNotFoundError`).
         MediaError: A video or image cannot be decoded, or cannot be resized within the pixel limits (a `ValueError`).
     """
-    items = list(_media_items(_conversations(conversations)))
+    with tempfile.TemporaryDirectory(prefix="qwen-prunevid-") as folder:  # video URLs are downloaded here
+        return _read_media(list(_media_items(_conversations(conversations))), patch_size, folder)
+
+
+def _read_media(items: list[dict[str, Any]], patch_size: int, folder: str) -> Media:
     opened: list[Any] = []  # 1. every file opens and decodes (decord, PIL): a bad one is named in a second or so
     for item in items:
         if "video" in item:
             source = item["video"]
-            opened.append(_probe_video(_video_location(source)) if isinstance(source, str) else None)
+            if isinstance(source, str):
+                location = _local_video(source, folder)
+                with _named(source, location):
+                    opened.append((location, _probe_video(location)))
+            else:
+                opened.append(None)
         else:
             opened.append(_load_image(item.get("image", item.get("image_url"))))
 
@@ -229,7 +241,9 @@ def read_media(conversations: Conversation | Sequence[Conversation], patch_size:
     for item, probe in zip(items, opened):
         if "video" in item:
             if isinstance(item["video"], str):
-                video, meta = _read_video(item, patch_size, probe)
+                location, probe = probe
+                with _named(item["video"], location):
+                    video, meta = _read_video(item, patch_size, probe, location)
             else:  # a list of frames: qwen-vl-utils' own path (no video reader involved)
                 video, meta = fetch_video(item, image_patch_size=patch_size, return_video_metadata=True)
             videos.append(video), metadata.append(meta)
@@ -248,8 +262,39 @@ def _name(source: Any) -> str:
     return str(source)
 
 
+def _local_video(source: str, folder: str) -> str:
+    """The local file to open for a video path or URL: a URL is downloaded into `folder` first (decord and FFmpeg
+    would wait for a stalled server for ever), in pieces of 1 MiB, waiting at most `_URL_TIMEOUT_S` for each."""
+    import requests
+
+    location = _video_location(source)
+    if not location.startswith(_REMOTE):
+        return location
+    path = Path(tempfile.mkdtemp(dir=folder)) / (Path(location.split("?")[0]).name or "video")
+    try:
+        with requests.get(location, stream=True, timeout=_URL_TIMEOUT_S) as response:
+            response.raise_for_status()
+            with path.open("wb") as out:
+                for piece in response.iter_content(2**20):
+                    out.write(piece)
+    except requests.RequestException as error:
+        raise MediaError(f"Cannot download {location}: {type(error).__name__}") from error
+    return str(path)
+
+
+@contextlib.contextmanager
+def _named(source: str, location: str) -> Iterator[None]:
+    """Errors about a downloaded video name its URL, not the temporary file."""
+    try:
+        yield
+    except MediaError as error:
+        if location == source:
+            raise
+        raise type(error)(str(error).replace(location, source)) from error
+
+
 def _video_location(source: str) -> str:
-    """The path or URL decord should open; raises for a missing local file or an unsupported URL scheme."""
+    """The path or URL of a video; raises for a missing local file or an unsupported URL scheme."""
     if source.startswith(_REMOTE):
         return source
     if source.startswith("data:"):
@@ -366,12 +411,12 @@ def _quarter_turns(frame: Any) -> int:
     return round(getattr(frame, "rotation", 0) / 90) % 4
 
 
-def _read_video(item: dict[str, Any], patch_size: int, probe: _Probe) -> tuple[torch.Tensor, dict[str, Any]]:
-    """qwen-vl-utils' `fetch_video` for a path or URL with its decord reader, given the video's [`_probe_video`];
-    returns (video, metadata). A video only PyAV can open is sampled and resized by the same rules."""
+def _read_video(item: dict[str, Any], patch_size: int, probe: _Probe,
+                location: str) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
+    """qwen-vl-utils' `fetch_video` with its decord reader for the video file at `location`, given its
+    [`_probe_video`]; returns (video, metadata). A video only PyAV can open is sampled and resized by the same rules."""
     import torch
 
-    location = _video_location(item["video"])
     total, fps, (height, width), backend = probe
     start, end, total, count, new_size = _sampling(item, patch_size, location, total, fps, height, width)
     indices = torch.linspace(start, end, count).round().long().tolist()
