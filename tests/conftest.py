@@ -91,6 +91,29 @@ def make_inputs(processor, media, case: str):
     return prepare_inputs(processor, conv)
 
 
+def frame_inputs(processor, case: str):
+    """The "video" and "batch3" cases of `make_inputs` made from the clips' frames in memory, every frame sampled:
+    no video file is written or read (the lent GPU machine has neither PyAV nor decord)."""
+    from modeling.app.inputs import Media, build_messages, prepare_inputs
+    from modeling.demo.clips import clip_frames
+
+    q = "What is happening in this video? Answer in one sentence."
+    clips = [(q, dict(frames=16, size=(112, 112), seed=0), 4.0)]  # the clips of the `media` fixture
+    if case == "batch3":
+        clips += [("Where do the squares go?", dict(frames=8, size=(84, 112), squares=2, seed=1), 4.0),
+                  ("Is there a scene cut?", dict(frames=12, size=(112, 112), scene_cut_at=6, seed=2), 2.0)]  # fmt: skip
+    elif case != "video":
+        raise KeyError(case)
+    conv, videos, metadata = [], [], []
+    for question, clip, fps in clips:
+        frames = torch.from_numpy(clip_frames(**clip)).permute(0, 3, 1, 2).float()
+        conv.append(build_messages(question, videos=["clip.mp4"]))
+        videos.append(frames)
+        metadata.append({"fps": fps, "frames_indices": list(range(len(frames))), "total_num_frames": len(frames),
+                         "video_backend": "frames"})  # fmt: skip
+    return prepare_inputs(processor, conv if case == "batch3" else conv[0], media=Media(None, videos, metadata))
+
+
 INPUT_CASES = ("text", "image", "video", "multi", "batch3")
 
 # Small random-weight shapes: GQA ratios 2 / 6 / 1 (MHA), different mrope sections, depth >= 12.

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import DynamicCache, StaticCache
 
-from conftest import make_inputs
+from conftest import frame_inputs, make_inputs
 from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
 from modeling.integration.compat import cache_of, with_cache
 from modeling.integration.layer_graphs import LayerGraphs, bucket, layer_runs, pad_mask, pad_rows
@@ -191,16 +191,26 @@ def test_setting_is_validated_kept_per_model_and_saved(checkpoints, tmp_path):
     assert Qwen2_5_VLPruneVid.from_pretrained(tmp_path / "saved").prunevid.layer_graphs is True
 
 
+@pytest.mark.parametrize("case", ["video", "batch3"])
+def test_frame_inputs_are_the_file_cases(processor, media, case):
+    """The GPU test's inputs (frames in memory) are the CPU tests' (video files), up to the codec's loss."""
+    ours, files = frame_inputs(processor, case), make_inputs(processor, media, case)
+    assert ours.keys() == files.keys()
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "video_grid_thw", "second_per_grid_ts"):
+        assert torch.equal(ours[key], files[key]), key
+    assert (ours["pixel_values_videos"] - files["pixel_values_videos"]).abs().mean() < 0.05  # normalised pixels
+
+
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("case", ["video", "batch3"])
-def test_replayed_runs_equal_the_layers_on_gpu(checkpoints, processor, media, case):
+def test_replayed_runs_equal_the_layers_on_gpu(checkpoints, processor, case):
     """fp32 on the GPU: the same tokens, counts and (within rounding) logits as the eager layers; the second call
     records, later calls replay."""
-    inputs = make_inputs(processor, media, case).to("cuda")
+    inputs = frame_inputs(processor, case).to("cuda")
     model = load(checkpoints["gqa2"], PruneVidConfig.paper()).cuda()
     ref_tokens, ref_logits = generate(model, inputs)
     ref_stats = [s.to_dict() for s in model.prunevid_stats]
