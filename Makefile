@@ -13,7 +13,8 @@ PIP_COMPILE  = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -
 	--no-emit-index-url --no-emit-find-links --no-emit-trusted-host $(if $(UPGRADE),--upgrade) \
 	-o requirements.lock pyproject.toml requirements.in
 
-.PHONY: install lock lockcheck test test-fast test-latest check patches apply sync-upstream sync-matrix demo clean
+.PHONY: install lock lockcheck test test-fast test-latest check patches apply sync-upstream sync-matrix demo clean \
+	device-wheels
 
 install: $(VENV)/.installed
 
@@ -58,6 +59,11 @@ test-latest:
 	$(SYSPY) tools/lockcheck.py --compare $(LATEST_VENV)/resolved.txt
 	$(PATCHTOOL) check
 	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+
+# The wheels the lent GPU machine lacks (transformers at the lock's version and what it needs there) into .whl2, checked
+# for completeness against that machine's image; tools/device_wheels.py says how a `run` installs them.
+device-wheels:
+	$(SYSPY) tools/device_wheels.py --out .whl2
 
 # Generated file == snapshot + series; every hunk insert-only, delimited and guarded; imports point down the layers
 # of modeling/ without cycles (tools/layers.py); the lock fits pyproject.toml.
