@@ -498,7 +498,8 @@ def _pyav_frames(location: str, indices: list[int], size: tuple[int, int],
                  new_size: tuple[int, int]) -> tuple[torch.Tensor | None, int]:  # fmt: skip
     """The frames at `indices` (ascending, repeats allowed), decoded by PyAV in one pass, converted to RGB at the first
     frame's size, turned upright as decord turns them, and resized a chunk at a time: (float `[N, 3, h, w]`, frames
-    decoded), or (None, frames decoded) when the stream ends before the last index."""
+    decoded), or (None, frames decoded) when the stream ends before the last index. It decodes every frame up to the
+    last index (no seeking, which frame indices would need exact timestamps for): slower than decord on long videos."""
     import av
     import numpy as np
     import torch
