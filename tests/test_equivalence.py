@@ -257,8 +257,10 @@ def test_training_loss_and_gradients_are_stock(checkpoints, processor, media, ch
     for cls, kwargs in ((transformers.Qwen2_5_VLForConditionalGeneration, {}),
                         (Qwen2_5_VLPruneVid, {"prunevid": PruneVidConfig.disabled()})):  # fmt: skip
         model = cls.from_pretrained(checkpoints["gqa2"], attn_implementation="sdpa", **kwargs).train()
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if checkpointing:  # transformers 5.25 renamed it (the old name warns); earlier releases have the old one only
+            enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
+            enable({"use_reentrant": False})
+            assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
         loss = model(**inputs, labels=inputs["input_ids"]).loss
         loss.backward()
         losses.append(loss.detach())
