@@ -480,6 +480,9 @@ def test_video_urls_are_downloaded_with_a_timeout_and_errors_name_the_url(http, 
     assert torch.equal(remote.videos[0], local.videos[0]) and remote.metadata == local.metadata
     assert [Path(p).name for p in opened] == ["clip.mp4"] and Path(opened[0]).is_relative_to(scratch)
     assert not Path(opened[0]).exists()  # deleted once read
+    (root / "watch.html").write_text("<html><body>a video player</body></html>")
+    with pytest.raises(MediaError, match=f"{base}/watch.html is a web page \\(text/html\\), not a video file"):
+        read_media(build_messages("?", [f"{base}/watch.html"]))
     with pytest.raises(MediaError, match=f"Cannot download {base}/missing.mp4: HTTPError"):
         read_media(build_messages("?", [f"{base}/missing.mp4"]))
     with pytest.raises(MediaError, match=f"no decodable frames: {base}/garbage.mp4 ") as caught:

@@ -274,6 +274,10 @@ def _local_video(source: str, folder: str) -> str:
     try:
         with requests.get(location, stream=True, timeout=_URL_TIMEOUT_S) as response:
             response.raise_for_status()
+            kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if kind in ("text/html", "application/xhtml+xml"):
+                raise MediaError(f"Video {location} is a web page ({kind}), not a video file: give the address of "
+                                 "the file itself, or download the video first")  # fmt: skip
             with path.open("wb") as out:
                 for piece in response.iter_content(2**20):
                     out.write(piece)
