@@ -167,7 +167,8 @@ def _media_items(conversations: list[Conversation]) -> Iterator[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------ reading
 def check_media(conversations: Conversation | Sequence[Conversation]) -> None:
     """Check cheaply that every video and image of the conversation(s) can be read: the file exists, one video frame
-    decodes, the image decodes completely. [`read_media`] does the full read (and the same checks).
+    decodes, the image decodes completely (a video URL is downloaded for it, into a temporary folder deleted after).
+    [`read_media`] does the full read (and the same checks).
 
     Raises:
         MediaNotFoundError: A local media file does not exist (a `FileNotFoundError`).
