@@ -963,6 +963,12 @@ def markdown(results):
                 f"{st.get('visual_tokens')} > {st.get('after_stage1')} > {st.get('after_stage2')} ({st.get('kv_cache_tokens')}) | "
                 f"{1e3 * c['prunevid_overhead_s']:.2f} ({'-' if share is None else f'{100 * share:.1f}%'}) |"
             )  # fmt: skip
+        parts = [f"{name} {1e3 * c['ttft_s']:.1f} = {1e3 * c['vision_s']:.1f} + {1e3 * c['prefill_call_s']:.1f} + "
+                 f"{1e3 * (c['ttft_s'] - c['ttft_derived_s']):.1f}"
+                 for name in HEADLINE_CONFIGS if (c := rec["configs"].get(name)) and "ttft_runs_s" in c]  # fmt: skip
+        if parts:
+            lines += ["", "Time to first token from pixels, ms = tower (timed alone) + prefill call (from the tower's "
+                      "output, timed) + the rest of `generate`: " + "; ".join(parts) + "."]  # fmt: skip
     conc = results.get("concurrency")
     if conc:
         lines += ["", f"## Concurrency: {conc['frames']}-frame videos in one prefill + 4 decoded tokens", ""]
