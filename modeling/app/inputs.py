@@ -32,6 +32,7 @@ import math
 import os
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,9 +180,7 @@ def check_media(conversations: Conversation | Sequence[Conversation]) -> None:
             if "video" in item:
                 source = item["video"]
                 if isinstance(source, str):
-                    location = _local_video(source, folder)
-                    with _named(source, location):
-                        _probe_video(location)
+                    _open_video(source, folder)
             else:
                 _load_image(item.get("image", item.get("image_url")))
 
@@ -227,12 +226,7 @@ def _read_media(items: list[dict[str, Any]], patch_size: int, folder: str) -> Me
     for item in items:
         if "video" in item:
             source = item["video"]
-            if isinstance(source, str):
-                location = _local_video(source, folder)
-                with _named(source, location):
-                    opened.append((location, _probe_video(location)))
-            else:
-                opened.append(None)
+            opened.append(_open_video(source, folder) if isinstance(source, str) else None)
         else:
             opened.append(_load_image(item.get("image", item.get("image_url"))))
 
@@ -261,6 +255,13 @@ def _name(source: Any) -> str:
     if isinstance(source, str) and source.startswith("data:"):
         return source[:40] + "..."
     return str(source)
+
+
+def _open_video(source: str, folder: str) -> tuple[str, _Probe]:
+    """(the local file, its [`_probe_video`]) of a video path or URL (a URL downloaded into `folder`)."""
+    location = _local_video(source, folder)
+    with _named(source, location):
+        return location, _probe_video(location)
 
 
 def _local_video(source: str, folder: str) -> str:
@@ -365,7 +366,7 @@ def _probe_video(location: str) -> _Probe:
             del reader
     except Exception as error:  # noqa: BLE001 - decord raises its own DECORDError or RuntimeError
         reason = _reason(error, log)
-        probe = _probe_pyav(location, reason)
+        probe = _probe_pyav(location)
         if probe is None:
             raise MediaError(f"Video has no decodable frames: {location} ({reason})") from error
         frames, fps, (height, width), _ = probe
@@ -379,7 +380,7 @@ def _probe_video(location: str) -> _Probe:
     return _Probe(frames, fps, (height, width), backend)
 
 
-def _probe_pyav(location: str, decord_reason: str) -> _Probe | None:
+def _probe_pyav(location: str) -> _Probe | None:
     """PyAV's view of a video decord could not open: None if PyAV cannot decode a frame of it either. The frame count
     is the container's, else the stream's packets (counted without decoding); [`_read_video`] corrects it when the
     decoder delivers fewer frames. Raises [`MediaError`] for a file whose only streams are not video."""
@@ -420,11 +421,8 @@ def _read_video(item: dict[str, Any], patch_size: int, probe: _Probe,
                 location: str) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
     """qwen-vl-utils' `fetch_video` with its decord reader for the video file at `location`, given its
     [`_probe_video`]; returns (video, metadata). A video only PyAV can open is sampled and resized by the same rules."""
-    import torch
-
     total, fps, (height, width), backend = probe
-    start, end, total, count, new_size = _sampling(item, patch_size, location, total, fps, height, width)
-    indices = torch.linspace(start, end, count).round().long().tolist()
+    indices, total, new_size = _sampling(item, patch_size, location, total, fps, height, width)
     if backend == "decord":
         video = _decord_frames(location, indices, (height, width), new_size)
     else:
@@ -432,17 +430,17 @@ def _read_video(item: dict[str, Any], patch_size: int, probe: _Probe,
         if video is None:  # the stream held fewer frames than its packets: sample the frames it has
             if decoded < 1:
                 raise MediaError(f"Video has no decodable frames: {location} (the stream has no frames)")
-            start, end, total, count, new_size = _sampling(item, patch_size, location, decoded, fps, height, width)
-            indices = torch.linspace(start, end, count).round().long().tolist()
+            indices, total, new_size = _sampling(item, patch_size, location, decoded, fps, height, width)
             video, _ = _pyav_frames(location, indices, (height, width), new_size)
     metadata = {"fps": fps, "frames_indices": indices, "total_num_frames": total, "video_backend": backend}
     return video, metadata
 
 
 def _sampling(item: dict[str, Any], patch_size: int, location: str, total: int, fps: float, height: int,
-              width: int) -> tuple[int, int, int, int, tuple[int, int]]:  # fmt: skip
-    """qwen-vl-utils' frame range, frame count and resized size for a video of `total` frames at `fps`:
-    (start, end, total in range, frames to sample, (new height, new width))."""
+              width: int) -> tuple[list[int], int, tuple[int, int]]:  # fmt: skip
+    """qwen-vl-utils' sampling and resized size for a video of `total` frames at `fps`: (the frame indices to read,
+    the frames in the sampled range, (new height, new width))."""
+    import torch
     from qwen_vl_utils import vision_process as qvu
 
     try:
@@ -468,7 +466,12 @@ def _sampling(item: dict[str, Any], patch_size: int, location: str, total: int, 
     if new_height < factor or new_width < factor:
         raise MediaError(f"Video {location} ({width}x{height}) is resized to {new_width}x{new_height} pixels: raise "
                          f"max_pixels to at least {factor}x{factor} tokens' worth for this aspect ratio")  # fmt: skip
-    return start, end, total, count, (new_height, new_width)
+    return torch.linspace(start, end, count).round().long().tolist(), total, (new_height, new_width)
+
+
+def _frames_per_chunk(size: tuple[int, int]) -> int:
+    """Full-resolution RGB frames of `size` (height, width) decoded at a time: `_CHUNK_BYTES` of them, at least one."""
+    return max(1, _CHUNK_BYTES // (3 * size[0] * size[1]))
 
 
 def _resize(frames: np.ndarray, new_size: tuple[int, int]) -> torch.Tensor:
@@ -486,7 +489,7 @@ def _decord_frames(location: str, indices: list[int], size: tuple[int, int], new
     import decord
     import torch
 
-    step = max(1, _CHUNK_BYTES // (3 * size[0] * size[1]))
+    step = _frames_per_chunk(size)
     chunks, log = [], []
     try:
         with _native_log(log):
@@ -509,10 +512,8 @@ def _pyav_frames(location: str, indices: list[int], size: tuple[int, int],
     import numpy as np
     import torch
 
-    step = max(1, _CHUNK_BYTES // (3 * size[0] * size[1]))
-    wanted: dict[int, int] = {}
-    for index in indices:
-        wanted[index] = wanted.get(index, 0) + 1
+    step = _frames_per_chunk(size)
+    wanted = Counter(indices)  # repeats: how often each frame is sampled
     last, decoded, pending, chunks, log = indices[-1], 0, [], [], []
     try:
         with _native_log(log), av.open(location) as container:
