@@ -15,7 +15,6 @@ Usage: ``python3 tools/device_wheels.py [--out .whl2]`` (``--check-only``: the c
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,10 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+# the lock's parser and packaging (or pip's copy of it), as the lock check reads them
+from lockcheck import Requirement, read_pins  # noqa: E402
+from lockcheck import canonicalize_name as canonical  # noqa: E402
 
 # what the bench and the GPU tests import beyond the image, with the requirements the image does not meet
 WHEELS = (
@@ -63,27 +66,13 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
              "manylinux1_x86_64")  # fmt: skip
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def pins(lock: Path = ROOT / "requirements.lock") -> dict[str, str]:
     """`name==version` of every package the lock pins, by canonical name."""
-    out = {}
-    for line in lock.read_text().splitlines():
-        match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
-        if match:
-            out[canonical(match[1])] = f"{match[1]}=={match[2]}"
-    return out
+    return {name: f"{name}=={version}" for name, version in read_pins(lock.read_text().splitlines()).items()}
 
 
 def requirements(wheel: Path) -> list[str]:
     """The names a wheel requires on the machine (`Requires-Dist` lines whose markers hold there; no extras)."""
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:  # a bare python: pip's own copy
-        from pip._vendor.packaging.requirements import Requirement
-
     with zipfile.ZipFile(wheel) as z:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         lines = z.read(meta).decode().splitlines()
