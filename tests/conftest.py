@@ -35,6 +35,21 @@ def processor():
     return build_processor()
 
 
+# The clips of the `media` fixture (`make_clip` arguments; `fps` is also the rate they are read at), and the video
+# cases of `make_inputs` / `frame_inputs`: (question, clip) per conversation.
+CLIPS = {
+    "clip16": dict(frames=16, size=(112, 112), fps=4.0, seed=0),
+    "clip8": dict(frames=8, size=(84, 112), fps=4.0, squares=2, seed=1),
+    "clip12_cut": dict(frames=12, size=(112, 112), fps=2.0, scene_cut_at=6, seed=2),
+}
+VIDEO_QUESTION = "What is happening in this video? Answer in one sentence."
+VIDEO_CASES = {
+    "video": [(VIDEO_QUESTION, "clip16")],
+    "batch3": [(VIDEO_QUESTION, "clip16"), ("Where do the squares go?", "clip8"),
+               ("Is there a scene cut?", "clip12_cut")],
+}  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def media(tmp_path_factory) -> dict[str, Path]:
     """Small clips that behave like video (static textured background, moving squares, a scene cut) and an image."""
@@ -44,11 +59,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
     from modeling.demo.clips import clip_frames, make_clip
 
     root = tmp_path_factory.mktemp("media")
-    files = {
-        "clip16": make_clip(root / "clip16.mp4", frames=16, size=(112, 112), fps=4.0, seed=0),
-        "clip8": make_clip(root / "clip8.mp4", frames=8, size=(84, 112), fps=4.0, squares=2, seed=1),
-        "clip12_cut": make_clip(root / "clip12_cut.mp4", frames=12, size=(112, 112), fps=2.0, scene_cut_at=6, seed=2),
-    }
+    files = {name: make_clip(root / f"{name}.mp4", **clip) for name, clip in CLIPS.items()}
     frame = clip_frames(frames=1, size=(56, 84), seed=3)[0]
     Image.fromarray(np.ascontiguousarray(frame)).save(root / "image.png")
     files["image"] = root / "image.png"
@@ -66,13 +77,14 @@ def make_inputs(processor, media, case: str):
     def build_messages(question, videos=(), images=(), fps=None):
         return _build_messages(question, videos, images, small.replace(fps=fps))
 
-    q = "What is happening in this video? Answer in one sentence."
     if case == "text":
         conv = build_messages("Write a haiku about tokens.")
     elif case == "image":
         conv = build_messages("Describe the image.", images=[str(media["image"])])
-    elif case == "video":
-        conv = build_messages(q, videos=[str(media["clip16"])], fps=4.0)
+    elif case in VIDEO_CASES:
+        conv = [build_messages(question, videos=[str(media[clip])], fps=CLIPS[clip]["fps"])
+                for question, clip in VIDEO_CASES[case]]  # fmt: skip
+        conv = conv if case == "batch3" else conv[0]
     elif case == "multi":
         conv = build_messages(
             "Compare the two videos and the picture.",
@@ -80,12 +92,6 @@ def make_inputs(processor, media, case: str):
             images=[str(media["image"])],
             fps=2.0,
         )
-    elif case == "batch3":
-        conv = [
-            build_messages(q, videos=[str(media["clip16"])], fps=4.0),
-            build_messages("Where do the squares go?", videos=[str(media["clip8"])], fps=4.0),
-            build_messages("Is there a scene cut?", videos=[str(media["clip12_cut"])], fps=2.0),
-        ]
     else:
         raise KeyError(case)
     return prepare_inputs(processor, conv)
@@ -97,15 +103,10 @@ def frame_inputs(processor, case: str):
     from modeling.app.inputs import Media, build_messages, prepare_inputs
     from modeling.demo.clips import clip_frames
 
-    q = "What is happening in this video? Answer in one sentence."
-    clips = [(q, dict(frames=16, size=(112, 112), seed=0), 4.0)]  # the clips of the `media` fixture
-    if case == "batch3":
-        clips += [("Where do the squares go?", dict(frames=8, size=(84, 112), squares=2, seed=1), 4.0),
-                  ("Is there a scene cut?", dict(frames=12, size=(112, 112), scene_cut_at=6, seed=2), 2.0)]  # fmt: skip
-    elif case != "video":
-        raise KeyError(case)
     conv, videos, metadata = [], [], []
-    for question, clip, fps in clips:
+    for question, name in VIDEO_CASES[case]:
+        clip = dict(CLIPS[name])
+        fps = clip.pop("fps")
         frames = torch.from_numpy(clip_frames(**clip)).permute(0, 3, 1, 2).float()
         conv.append(build_messages(question, videos=["clip.mp4"]))
         videos.append(frames)
