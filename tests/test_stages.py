@@ -260,6 +260,43 @@ def test_stage3_cache_holds_kept_tokens_and_decoding_matches_manual_loop(checkpo
     assert torch.equal(tokens, generated)
 
 
+def test_stage3_cut_follows_layer_m_plus_1_with_the_same_result(checkpoints, processor, media):
+    """The cache of layers 0..M is cut before layer M+2, once layer M+1 (or its replayed run) is queued, so that
+    the cut's host work overlaps GPU work; the cache, logits and greedy tokens are those of a cut before layer M+1,
+    bit for bit."""
+    inputs = make_inputs(processor, media, "video")
+    ours = load(checkpoints["gqa2"], PruneVidConfig.paper())
+    controller = ours.model._prunevid
+    m, layers = controller.layer, ours.model.language_model.layers
+    assert controller.cut_layer == m + 2 < len(layers)
+    cache = DynamicCache(config=ours.config)
+    held = {}  # tokens that cache layer 0 holds when layers M+1 and M+2 are called
+
+    def note(i):
+        def hook(module, args):
+            held[i] = cache.layers[0].keys.shape[-2]
+
+        return layers[i].register_forward_pre_hook(hook)
+
+    hooks = [note(i) for i in (m + 1, m + 2)]
+    with torch.no_grad():
+        logits = ours(**inputs, **with_cache(cache), use_cache=True).logits
+    for hook in hooks:
+        hook.remove()
+    stats = ours.prunevid_stats[0]
+    assert held == {m + 1: stats.after_stage1 + inputs["input_ids"].shape[1] - stats.visual_tokens,
+                    m + 2: stats.kv_cache_tokens}  # fmt: skip
+    tokens = greedy(ours, inputs, 6)
+    controller.cut_layer = m + 1  # the cut before layer M+1
+    early = DynamicCache(config=ours.config)
+    with torch.no_grad():
+        early_logits = ours(**inputs, **with_cache(early), use_cache=True).logits
+    assert torch.equal(early_logits, logits)
+    for a, b in zip(early.layers, cache.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    assert torch.equal(greedy(ours, inputs, 6), tokens)
+
+
 def test_stage2_without_stage3_decodes_with_per_layer_masks(checkpoints, processor, media):
     """Without cache compression layers 0..M keep every token; generate still equals the manual loop."""
     inputs = make_inputs(processor, media, "video")

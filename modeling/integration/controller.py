@@ -96,6 +96,7 @@ class PruneVidController:
         self.layer: int | None = None  # Stage 2's layer M, resolved against the model's depth by `bind`
         self.state: PrefillState | None = None  # the last pruned prefill
         self._prefilling = False
+        self._cut_size: int | None = None  # new slots of a fitted static cache's cut layers (Stage 3, this prefill)
         self._static_fit = StaticFit()  # sizes `generate`'s static caches to the pruned prompt
         # runs Stage 1's and the scoring's fixed-shape steps: eagerly, or replayed as CUDA graphs (`cuda_graphs`)
         self.runner = CudaGraphs() if config.cuda_graphs else eager
@@ -118,6 +119,9 @@ class PruneVidController:
         self.image_token_id = model_config.image_token_id
         self.spatial_merge_size = model_config.vision_config.spatial_merge_size
         self.layer_runs = layer_runs(num_layers, self.layer)
+        # Stage 3 cuts layers 0..M before layer M+2 (M+1 when it is the last): layer M+1, or its replayed run, is
+        # queued by then, so the cut's host work overlaps GPU work instead of holding the GPU idle before it
+        self.cut_layer = None if self.layer is None else min(self.layer + 2, num_layers - 1)
         self.model_config = model_config
         return self
 
@@ -125,6 +129,7 @@ class PruneVidController:
         """Forget the last prefill (its cache can no longer be continued)."""
         self.state = None
         self._prefilling = False
+        self._cut_size: int | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
@@ -271,6 +276,8 @@ class PruneVidController:
             next_position=next_position,
             static_room=room,
         )
+        if self.layer is not None:  # read back here, where the GPU has little queued, not at layer M behind M layers
+            self.state.query_rows = int(self.state.query.sum(dim=1).max())
         self._prefilling = True
         return inputs_embeds, position_ids, attention_mask
 
@@ -370,7 +377,7 @@ class PruneVidController:
         scoring: pre-RoPE q/k of the layer, softmax over all valid keys, only the question rows, reduced over heads
         and queries, then `keep_ratio` per group.
         """
-        n_query = int(state.query.sum(dim=1).max())
+        n_query = state.query_rows if state.query_rows is not None else int(state.query.sum(dim=1).max())
         cfg = self.config
         attn = layer.self_attn
         weights = [p for m in (layer.input_layernorm, attn.q_proj, attn.k_proj) for p in m.parameters()]
@@ -391,13 +398,24 @@ class PruneVidController:
             state.cached_prompt = hidden_states.shape[1]
             if cache is not None:
                 cache._prunevid_layout = state  # lets a later forward over this cache find its layout
-        if self.layer is None or i not in (self.layer, self.layer + 1):
+        if self.layer is None or i not in (self.layer, self.layer + 1, self.cut_layer):
             return hidden_states, mask_mapping, position_embeddings, text_positions
         if i == self.layer:
             state.keep = self.select(text_model.layers[i], hidden_states, state)
             return hidden_states, mask_mapping, position_embeddings, text_positions
+        if i == self.layer + 1:
+            hidden_states, mask_mapping, position_embeddings, text_positions = self._drop_unselected(
+                text_model, i, hidden_states, mask_mapping, position_embeddings, text_positions, cache
+            )
+        if i == self.cut_layer and state.cache_cut and cache is not None:  # Stage 3 (see `bind`)
+            cut_cache(cache, state.index, upto=self.layer, size=self._cut_size)
+            state.cached_prompt = state.index.shape[1]
+        return hidden_states, mask_mapping, position_embeddings, text_positions
 
-        # i == layer + 1: drop the tokens that were not selected, from here on and (Stage 3) in the cache.
+    def _drop_unselected(self, text_model, i, hidden_states, mask_mapping, position_embeddings, text_positions, cache):
+        """Before layer M+1: drop the tokens that were not selected from the sequence; with Stage 3 mark the cache
+        of layers 0..M for the same cut (made at `cut_layer`)."""
+        state = self.state
         keep = state.keep & state.mask.bool()
         counts = keep.sum(dim=1)
         width = int(counts.max())
@@ -413,10 +431,7 @@ class PruneVidController:
         mask_mapping = layer_masks(text_model.config, hidden_states, mask, mask_mapping, cache, i)
         state.index, state.mask_after_select = index, mask
         if self.config.enable_stage3:
-            state.cache_cut = True
-            if cache is not None:
-                cut_cache(cache, index, upto=self.layer, size=size)
-                state.cached_prompt = width
+            state.cache_cut, self._cut_size = True, size
         return hidden_states, mask_mapping, position_embeddings, text_positions
 
     # ------------------------------------------------------------------------------------------ hook 3
