@@ -59,6 +59,10 @@ def test_ratios_against_stock_as_shipped_and_with_the_same_tower():
     settings = {name: bench.configs()[name] for name in results}
     bench.add_ratios(results, settings, TEXT)
     assert settings["stock_varlen"] == PruneVidConfig.disabled().replace(vision_attention="varlen")
+    fast = PruneVidConfig.fast()  # stock's best: every option of fast() that runs without pruning
+    assert settings["stock_compiled"] == PruneVidConfig.disabled().replace(
+        vision_attention=fast.vision_attention, rope_index=fast.rope_index
+    )
     assert settings["fast"] == PruneVidConfig.fast() and settings["fast"].vision_attention == "varlen_compiled"
     assert results["fast"]["vs_same_tower"]["baseline"] == "stock_compiled"
     assert results["fast"]["vs_same_tower"]["ttft_speedup"] == pytest.approx(3.0)

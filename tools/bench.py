@@ -18,10 +18,12 @@ CUDA-synchronised):
   moving squares, one scene cut half-way), 448x448, 2 fps, fed as frame arrays through the offline processor
   (`modeling.demo.offline.build_processor`), one question after the video.
 * configs: stock (`PruneVidConfig.disabled()`), stock_varlen and stock_compiled (every stage off, the opt-in varlen
-  tower, plain or compiled: stock's best vision paths), paper, stage1_only, paper without Stage 1, fastv, paper +
+  tower, plain or compiled: stock's best vision paths; stock_compiled also with the vectorised `rope_index`, fast's
+  other option that runs without pruning), paper, stage1_only, paper without Stage 1, fastv, paper +
   `vision_attention="varlen"` (the fused vision attention, modeling/integration/vision_attention.py) and fast
   (`PruneVidConfig.fast()`: paper + the compiled varlen tower + Stage 1 and the Stage-2 scoring as CUDA graphs + the
-  pruned prefill's decoder layers replayed, `layer_graphs`) and fast_no_layers (fast without `layer_graphs`).
+  pruned prefill's decoder layers replayed, `layer_graphs` + `rope_index="vectorized"`) and fast_no_layers (fast
+  without `layer_graphs`).
   Every ratio is given twice: against stock as shipped
   and against stock with the same tower (`vs_same_tower`, PruneVid's own gain).
 * vision tower time (stock, varlen and compiled varlen tower, separately, plus each one's relative error vs stock);
@@ -240,9 +242,11 @@ def configs():
         "paper_varlen": PruneVidConfig.paper(vision_attention="varlen"),
         "fast": PruneVidConfig.fast(),
         "fast_no_layers": PruneVidConfig.fast(layer_graphs=False),
-        # stock's best vision paths: every stage off, the same opt-in tower as paper_varlen / fast (honest baselines)
+        # stock's best vision paths: every stage off, the same opt-in tower as paper_varlen / fast (honest baselines);
+        # stock_compiled also takes fast()'s other option that runs without pruning, the vectorised rope index
         "stock_varlen": PruneVidConfig.disabled().replace(vision_attention="varlen"),
-        "stock_compiled": PruneVidConfig.disabled().replace(vision_attention="varlen_compiled"),
+        "stock_compiled": PruneVidConfig.disabled().replace(vision_attention="varlen_compiled",
+                                                            rope_index="vectorized"),
     }
 
 

@@ -1,8 +1,8 @@
-"""`PruneVidController`: the glue between the two guarded hooks of the vendored Qwen2.5-VL file and the algorithm,
-and the public extension point for other techniques.
+"""`PruneVidController`: the glue between the guarded hooks of the vendored Qwen2.5-VL file and the algorithm, and
+the public extension point for other techniques.
 
 The vendored `modeling_qwen2_5_vl.py` calls into one controller (attached as `_prunevid` to `Qwen2_5_VLModel` and to
-`Qwen2_5_VLTextModel` while a stage is on):
+`Qwen2_5_VLTextModel` while a stage or an opt-in path is on):
 
 * `before_language_model` (patch `merge-before-llm`), after the vision features are scattered into the
   embeddings and the 3-D positions are computed:
@@ -21,6 +21,8 @@ The vendored `modeling_qwen2_5_vl.py` calls into one controller (attached as `_p
     - continuing without Stage 3: switches to the mask of the shorter cache from layer M+1 on.
 * `layer_call` (patch `replay-layers`), right after: what the loop calls as decoder layer i; the layer itself, or with
   `layer_graphs` in a pruned prefill the layers around M replayed as CUDA graphs (`layer_graphs.LayerGraphs`).
+* `rope_index` (patch `rope-index`), at the top of `get_rope_index`: with `rope_index="vectorized"` the prompt's 3-D
+  positions without upstream's token-by-token grouping (`rope_index.rope_index`), else None.
 
 **Techniques** (kvpress style: one small object per technique): a subclass overrides one or more of the three
 documented steps and keeps everything else (re-packing, 3-D positions, masks, cache cutting, stats):
@@ -60,6 +62,7 @@ from ..prunevid.select import attention_importance, grouped_topk
 from .cache import StaticFit, cut_cache
 from .compat import gather, gather_rotary, layer_masks
 from .layer_graphs import LayerGraphs, layer_runs
+from .rope_index import resolve_rule, rope_index
 from .state import PrefillState, VideoRecord, grids_from_positions, left_pad, left_pad_like, row_runs, runs
 from .stats import PruneVidStats, prefill_stats, video_fates
 
@@ -97,6 +100,7 @@ class PruneVidController:
         self.state: PrefillState | None = None  # the last pruned prefill
         self._prefilling = False
         self._cut_size: int | None = None  # new slots of a fitted static cache's cut layers (Stage 3, this prefill)
+        self._probing_rope = False  # `rope_index` is checking upstream's method (see `resolve_rule`)
         self._static_fit = StaticFit()  # sizes `generate`'s static caches to the pruned prompt
         # runs Stage 1's and the scoring's fixed-shape steps: eagerly, or replayed as CUDA graphs (`cuda_graphs`)
         self.runner = CudaGraphs() if config.cuda_graphs else eager
@@ -441,6 +445,21 @@ class PruneVidController:
         if self.layer_graphs is None or not self._prefilling:
             return decoder_layer
         return self.layer_graphs.layer(text_model, i, decoder_layer, self.layer_runs)
+
+    # ------------------------------------------------------------------------------------------ hook 4
+    def rope_index(self, model: torch.nn.Module, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Hook 4 (patch `rope-index`, the top of `Qwen2_5_VLModel.get_rope_index`, called with its arguments by
+        keyword): with `rope_index="vectorized"`, the positions and deltas of `modeling.integration.rope_index`
+        (upstream's, element for element, under the rule `resolve_rule` found for this release); else None, and
+        upstream's lines run (also when no rule reproduces this release's method, or without `mm_token_type_ids`)."""
+        if self.config.rope_index != "vectorized" or self._probing_rope or inputs.get("mm_token_type_ids") is None:
+            return None
+        self._probing_rope = True  # `resolve_rule` calls upstream's method, which calls this hook again
+        try:
+            rule = resolve_rule(model, type(model).get_rope_index)
+        finally:
+            self._probing_rope = False
+        return None if rule is None else rope_index(model, **inputs, rule=rule)
 
     # ------------------------------------------------------------------------------------------ continuing
     def generation_inputs(self, cache: Cache | None, input_ids: torch.Tensor | None, q_len: int,

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Probe for issue 20: upstream's `get_rope_index` against `rope_index="vectorized"` on the benchmark's prompts
+(64 and 256 frames, 448x448, the inputs on the GPU as `generate` has them): equal outputs, and the host time of each
+(synchronised, median of `--repeats`, interleaved). The model is a small random one with the released vision
+config's merge size and `tokens_per_second` (the function reads nothing else of it).
+
+    python3 tools/probe_rope_index.py [--frames 64 256] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import bench  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/probe-rope"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    import torch
+    from transformers import Qwen2_5_VLConfig
+
+    from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
+    from modeling.integration import rope_index as rope
+    from modeling.modeling_qwen2_5_vl import Qwen2_5_VLModel
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 1, "rope_parameters": {"rope_type": "default", "mrope_section": [4, 6, 6]}},
+        vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                       "spatial_merge_size": 2, "tokens_per_second": 2},
+    )  # fmt: skip
+    model = Qwen2_5_VLPruneVid(config, prunevid=PruneVidConfig.disabled().replace(rope_index="vectorized"))
+    model = model.to(device).eval()
+    inner = model.model
+    from modeling.demo.offline import build_processor
+
+    processor = build_processor()
+    rule = rope.resolve_rule(inner, Qwen2_5_VLModel.get_rope_index)
+    report = {"torch": torch.__version__, "device": str(device), "rule": rule}
+    keys = ("input_ids", "mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
+
+    def stock(**kw):
+        controller, inner._prunevid = inner._prunevid, None
+        try:
+            return Qwen2_5_VLModel.get_rope_index(inner, **kw)
+        finally:
+            inner._prunevid = controller
+
+    def timed(fn, kw):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn(**kw)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, out
+
+    for frames in args.frames:
+        inputs = bench.make_inputs(processor, frames, 448, device, torch.bfloat16)
+        kw = {k: inputs.get(k) for k in keys}
+        times = {"stock": [], "vectorized": []}
+        for r in range(args.repeats + 2):
+            for name, fn in (("stock", stock), ("vectorized", inner.get_rope_index)):
+                sec, out = timed(fn, kw)
+                if r >= 2:
+                    times[name].append(sec)
+                if name == "stock":
+                    expected = out
+                else:
+                    equal = all(torch.equal(a, b) for a, b in zip(out, expected))
+        row = {"prompt_tokens": int(kw["input_ids"].shape[1]), "equal": equal,
+               **{f"{name}_ms": round(1e3 * statistics.median(v), 3) for name, v in times.items()},
+               **{f"{name}_min_ms": round(1e3 * min(v), 3) for name, v in times.items()}}  # fmt: skip
+        report[f"{frames}f"] = row
+        print(f"[{frames} frames] {row}", flush=True)
+    (args.out / "probe_rope_index.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
