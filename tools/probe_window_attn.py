@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""GPU probe for issue 20: the vision tower's windowed attention, kernel against kernel (random bf16 tensors).
+
+The compiled varlen tower spends 8.9 of its 84 ms of kernels at 64 frames in flash-attention's varlen kernel
+(docs/bench/h200-2026-12-05-layers/probe_prefill.json), 28 of its 32 calls over windows of 64 tokens: a kernel
+whose query tile is 128 rows does half its work on nothing there, and head_dim 80 runs as 96. Timed here, on the
+tower's shapes ([tokens, 16 heads, 80], windows of 64 tokens, the packed layout the blocks hold), CUDA events,
+medians of `--repeats` calls after warm-up, each variant's output against varlen's:
+
+* `varlen`: what the tower runs (`torch.nn.attention.varlen.varlen_attn` over `cu_seqlens`);
+* `sdpa_<backend>`: the equal windows as a batch, `[windows, heads, 64, 80]` views of the packed tensors, through
+  `scaled_dot_product_attention` restricted to one backend (flash, efficient, cudnn), output made packed again;
+* `compiled_sdpa` / `compiled_math`: the same under `torch.compile` (inductor picks; and the explicit softmax).
+
+    python3 tools/probe_window_attn.py [--tokens 32768 131072] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, nargs="+", default=[32768, 131072])
+    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--head-dim", type=int, default=80)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/probe-window"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.varlen import varlen_attn
+
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    H, D, W = args.heads, args.head_dim, args.window
+    scale = D**-0.5
+
+    def batched(t):  # [T, H, D] packed -> [T/W, H, W, D] view
+        return t.view(-1, W, H, D).transpose(1, 2)
+
+    def unbatch(o):  # [T/W, H, W, D] -> [T, H * D]
+        return o.transpose(1, 2).reshape(-1, H * D)
+
+    def sdpa(q, k, v):
+        return unbatch(F.scaled_dot_product_attention(batched(q), batched(k), batched(v), scale=scale))
+
+    def math(q, k, v):
+        qb, kb, vb = batched(q), batched(k), batched(v)
+        s = (qb @ kb.transpose(-1, -2)).float() * scale
+        return unbatch((s.softmax(-1).to(q.dtype)) @ vb)
+
+    compiled_sdpa = torch.compile(sdpa, dynamic=True)
+    compiled_math = torch.compile(math, dynamic=True)
+    report = {"torch": torch.__version__, "device": torch.cuda.get_device_name(), "shapes": {}}
+    for T in args.tokens:
+        g = torch.Generator(device=dev).manual_seed(0)
+        q, k, v = (torch.randn(T, H, D, device=dev, dtype=dt, generator=g) for _ in range(3))
+        cu = torch.arange(0, T + 1, W, device=dev, dtype=torch.int32)
+        variants = {"varlen": lambda: varlen_attn(q, k, v, cu, cu, W, W, scale=scale).reshape(T, -1)}
+        for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+                              ("cudnn", SDPBackend.CUDNN_ATTENTION)):  # fmt: skip
+            def call(backend=backend):
+                with sdpa_kernel([backend]):
+                    return sdpa(q, k, v)
+            variants[f"sdpa_{name}"] = call
+        variants["compiled_sdpa"] = lambda: compiled_sdpa(q, k, v)
+        variants["compiled_math"] = lambda: compiled_math(q, k, v)
+        ref = variants["varlen"]().float()
+        rows = {}
+        for name, fn in variants.items():
+            try:
+                for _ in range(3):
+                    out = fn()
+                torch.cuda.synchronize()
+                times = []
+                for _ in range(args.repeats):
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    fn()
+                    b.record()
+                    torch.cuda.synchronize()
+                    times.append(a.elapsed_time(b))
+                err = float((out.float() - ref).abs().max())
+                rows[name] = {"ms": round(statistics.median(times), 4), "min_ms": round(min(times), 4),
+                              "max_abs_diff_vs_varlen": err}  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - a backend that cannot run these shapes
+                rows[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            print(f"[{T} tokens] {name:16s} {rows[name]}", flush=True)
+        report["shapes"][str(T)] = rows
+        (args.out / "probe_window_attn.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
