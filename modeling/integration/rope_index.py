@@ -15,7 +15,7 @@ element for element (tests/test_rope_index.py).
 
 The one part that changed across the supported releases is a vision run's `time_interval` (`RULES`): 5.4 multiplied
 `tokens_per_second` by `int(second_per_grid_ts)` for images and videos alike (an image took a video's entry); later
-releases give images 1 (#45325), first with the `int`, from 5.24 without it. `resolve_rule` runs the installed
+releases give images 1 (#45325), first with the `int` (5.12), then without it (5.20 to 5.25). `resolve_rule` runs the installed
 release's own method once on a small synthetic prompt (an image and two videos, fractional seconds, a padded row)
 and keeps the rule that reproduces it; when none does (a release that changed more), the stock method runs, and
 this is logged once.
@@ -36,7 +36,7 @@ logger = logging.get_logger(__name__)
 __all__ = ["RULES", "resolve_rule", "rope_index"]
 
 #: How a vision run's temporal spacing is made, by release: "video_only" (images 1, videos `tokens_per_second *
-#: seconds`; 5.24 on), "video_only_int" (the same with `int(seconds)`), "all_int" (`tokens_per_second *
+#: seconds`; 5.20-5.25), "video_only_int" (the same with `int(seconds)`; 5.12), "all_int" (`tokens_per_second *
 #: int(seconds)` for images too, each image taking the next entry of `second_per_grid_ts`; 5.4).
 RULES = ("video_only", "video_only_int", "all_int")
 
@@ -134,13 +134,17 @@ def resolve_rule(model: torch.nn.Module, upstream: Callable[..., tuple[torch.Ten
         try:
             inputs = _probe_inputs(model)
             expected = upstream(model, **inputs)
+        except Exception as error:  # noqa: BLE001 - any failure: the stock method runs
+            logger.warning_once(f"PruneVid rope_index: probing get_rope_index failed ({error!r})")
+        else:
             for candidate in RULES:
-                got = rope_index(model, **inputs, rule=candidate)
+                try:  # (a rule can fail where it does not apply: 5.12's positions of fractional seconds are floats)
+                    got = rope_index(model, **inputs, rule=candidate)
+                except Exception:  # noqa: BLE001 - not this release's rule
+                    continue
                 if all(torch.equal(a, b) for a, b in zip(got, expected)):
                     rule = candidate
                     break
-        except Exception as error:  # noqa: BLE001 - any failure: the stock method runs
-            logger.warning_once(f"PruneVid rope_index: probing get_rope_index failed ({error!r})")
         if rule is None:
             logger.warning_once(
                 "PruneVid rope_index='vectorized': this transformers release's get_rope_index matches none of the "
