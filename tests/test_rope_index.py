@@ -55,7 +55,8 @@ def random_layout(rng: random.Random, merge: int, rows: int):
             else:
                 kind, grid = 2, [rng.randint(1, 4), merge * rng.randint(1, 3), merge * rng.randint(1, 3)]
                 videos.append(grid)
-                seconds.append(rng.choice([0.25, 0.5, 1.0, 1.5, 2.0, 3.7]))
+            # one entry per image or video: 5.4 gives images an entry too (later releases read the videos' only)
+            seconds.append(rng.choice([0.25, 0.5, 1.0, 1.5, 2.0, 3.7]))
             row += [kind] * (grid[0] * grid[1] * grid[2] // merge**2)
         types.append(row + [0] * rng.randint(1, 3))
     width = max(len(r) for r in types)
@@ -98,7 +99,10 @@ def test_the_installed_release_has_a_rule_and_the_probe_tells_the_rules_apart(mo
 def test_positions_equal_upstream_on_processor_inputs(model, processor, media, case):
     inputs = make_inputs(processor, media, case)
     kwargs = {k: inputs.get(k) for k in KEYS}
-    expected = upstream(model.model, **kwargs)
+    expected, error = outcome(lambda **kw: upstream(model.model, **kw), **kwargs)
+    if error is not None:  # 5.4 on the "multi" input: the image takes the second video's seconds
+        assert type(outcome(model.model.get_rope_index, **kwargs)[1]) is type(error)
+        pytest.skip(f"this release's get_rope_index raises {type(error).__name__} on it; the vectorised one too")
     assert_equal(model.model.get_rope_index(**kwargs), expected)  # through the patch's hook
     assert_equal(rope.rope_index(model.model, **kwargs, rule=rope.resolve_rule(model.model, upstream)), expected)
 
@@ -111,12 +115,12 @@ def test_positions_equal_upstream_on_random_layouts(model):
         kwargs = random_layout(rng, merge, rows=rng.randint(1, 4))
         expected, error = outcome(lambda **kw: upstream(model.model, **kw), **kwargs)
         got, our_error = outcome(model.model.get_rope_index, **kwargs)
-        if error is not None:  # (5.4: images take seconds too, and can run out of them) the same failure
+        if error is not None:  # (none expected: every release runs these layouts) the same failure
             assert type(our_error) is type(error)
             continue
         assert_equal(got, expected)
         compared += 1
-    assert compared >= 150
+    assert compared == 200
 
 
 def test_a_release_that_matches_no_rule_gets_its_own_method(model, monkeypatch):
