@@ -133,7 +133,7 @@ class PruneVidController:
         """Forget the last prefill (its cache can no longer be continued)."""
         self.state = None
         self._prefilling = False
-        self._cut_size: int | None = None
+        self._cut_size = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
