@@ -15,10 +15,10 @@ element for element (tests/test_rope_index.py).
 
 The one part that changed across the supported releases is a vision run's `time_interval` (`RULES`): 5.4 multiplied
 `tokens_per_second` by `int(second_per_grid_ts)` for images and videos alike (an image took a video's entry); later
-releases give images 1 (#45325), first with the `int` (5.12), then without it (5.20 to 5.25). `resolve_rule` runs the installed
-release's own method once on a small synthetic prompt (an image and two videos, fractional seconds, a padded row)
-and keeps the rule that reproduces it; when none does (a release that changed more), the stock method runs, and
-this is logged once.
+releases give images 1 (#45325), with the `int` from 5.5 to 5.17, without it from 5.18 on. `resolve_rule` runs the
+installed release's own method once on a small synthetic prompt (an image and two videos, fractional seconds, a
+padded row) and keeps the rule that reproduces it; when none does (a release that changed more), the stock method
+runs, and this is logged once.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ logger = logging.get_logger(__name__)
 __all__ = ["RULES", "resolve_rule", "rope_index"]
 
 #: How a vision run's temporal spacing is made, by release: "video_only" (images 1, videos `tokens_per_second *
-#: seconds`; 5.20-5.25), "video_only_int" (the same with `int(seconds)`; 5.12), "all_int" (`tokens_per_second *
+#: seconds`; 5.18-5.25), "video_only_int" (the same with `int(seconds)`; 5.5-5.17), "all_int" (`tokens_per_second *
 #: int(seconds)` for images too, each image taking the next entry of `second_per_grid_ts`; 5.4).
 RULES = ("video_only", "video_only_int", "all_int")
 
