@@ -52,7 +52,8 @@ def main():
     processor = build_processor()
     rule = rope.resolve_rule(inner, Qwen2_5_VLModel.get_rope_index)
     report = {"torch": torch.__version__, "device": str(device), "rule": rule}
-    keys = ("input_ids", "mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
+    keys = ("input_ids", "mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
+            "attention_mask")  # fmt: skip
 
     def stock(**kw):
         controller, inner._prunevid = inner._prunevid, None

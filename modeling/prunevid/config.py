@@ -194,7 +194,8 @@ class PruneVidConfig:
     @property
     def is_active(self) -> bool:
         """True when any stage (or an opt-in path: the vision attention, the rope index) changes the computation."""
-        return self.enable_stage1 or self.enable_stage2 or self.vision_attention != "stock" or self.rope_index != "stock"
+        opt_in = self.vision_attention != "stock" or self.rope_index != "stock"
+        return self.enable_stage1 or self.enable_stage2 or opt_in
 
     def resolve_pruning_layer(self, num_layers: int) -> int:
         """The 0-indexed selection layer M (Sec. 3.3) for a model of ``num_layers`` layers.
