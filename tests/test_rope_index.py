@@ -25,15 +25,6 @@ def load(path, prunevid):
     return Qwen2_5_VLPruneVid.from_pretrained(path, prunevid=prunevid, attn_implementation="sdpa").eval()
 
 
-def upstream(model, **inputs):
-    """The vendored release's own `get_rope_index` (no controller attached: the hook only evaluates its guard)."""
-    controller, model._prunevid = model._prunevid, None
-    try:
-        return Qwen2_5_VLModel.get_rope_index(model, **inputs)
-    finally:
-        model._prunevid = controller
-
-
 def assert_equal(got, expected):
     for a, b in zip(got, expected, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
@@ -84,10 +75,10 @@ def model(checkpoints):
 
 
 def test_the_installed_release_has_a_rule_and_the_probe_tells_the_rules_apart(model):
-    rule = rope.resolve_rule(model.model, upstream)
+    rule = rope.resolve_rule(model.model, rope.upstream_rope_index)
     assert rule in rope.RULES
     probe = rope._probe_inputs(model.model)
-    assert_equal(rope.rope_index(model.model, **probe, rule=rule), upstream(model.model, **probe))
+    assert_equal(rope.rope_index(model.model, **probe, rule=rule), rope.upstream_rope_index(model.model, **probe))
     outputs = [out[0] for r in rope.RULES if (out := outcome(rope.rope_index, model=model.model, **probe, rule=r)[0])]
     # the rules that run here (before 5.24, fractional seconds without `int` give float positions, which fail) give
     # different positions: the probe picks one rule, never two
@@ -99,12 +90,12 @@ def test_the_installed_release_has_a_rule_and_the_probe_tells_the_rules_apart(mo
 def test_positions_equal_upstream_on_processor_inputs(model, processor, media, case):
     inputs = make_inputs(processor, media, case)
     kwargs = {k: inputs.get(k) for k in KEYS}
-    expected, error = outcome(lambda **kw: upstream(model.model, **kw), **kwargs)
+    expected, error = outcome(lambda **kw: rope.upstream_rope_index(model.model, **kw), **kwargs)
     if error is not None:  # 5.4 on the "multi" input: the image takes the second video's seconds
         assert type(outcome(model.model.get_rope_index, **kwargs)[1]) is type(error)
         pytest.skip(f"this release's get_rope_index raises {type(error).__name__} on it; the vectorised one too")
     assert_equal(model.model.get_rope_index(**kwargs), expected)  # through the patch's hook
-    assert_equal(rope.rope_index(model.model, **kwargs, rule=rope.resolve_rule(model.model, upstream)), expected)
+    assert_equal(rope.rope_index(model.model, **kwargs, rule=rope.resolve_rule(model.model, rope.upstream_rope_index)), expected)
 
 
 def test_positions_equal_upstream_on_random_layouts(model):
@@ -113,7 +104,7 @@ def test_positions_equal_upstream_on_random_layouts(model):
     compared = 0
     for _ in range(200):
         kwargs = random_layout(rng, merge, rows=rng.randint(1, 4))
-        expected, error = outcome(lambda **kw: upstream(model.model, **kw), **kwargs)
+        expected, error = outcome(lambda **kw: rope.upstream_rope_index(model.model, **kw), **kwargs)
         got, our_error = outcome(model.model.get_rope_index, **kwargs)
         if error is not None:  # (none expected: every release runs these layouts) the same failure
             assert type(our_error) is type(error)

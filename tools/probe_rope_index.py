@@ -35,7 +35,6 @@ def main():
 
     from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
     from modeling.integration import rope_index as rope
-    from modeling.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = Qwen2_5_VLConfig(
@@ -50,17 +49,13 @@ def main():
     from modeling.demo.offline import build_processor
 
     processor = build_processor()
-    rule = rope.resolve_rule(inner, Qwen2_5_VLModel.get_rope_index)
+    rule = rope.resolve_rule(inner, rope.upstream_rope_index)
     report = {"torch": torch.__version__, "device": str(device), "rule": rule}
     keys = ("input_ids", "mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
             "attention_mask")  # fmt: skip
 
     def stock(**kw):
-        controller, inner._prunevid = inner._prunevid, None
-        try:
-            return Qwen2_5_VLModel.get_rope_index(inner, **kw)
-        finally:
-            inner._prunevid = controller
+        return rope.upstream_rope_index(inner, **kw)
 
     def timed(fn, kw):
         if device.type == "cuda":

@@ -33,7 +33,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["RULES", "resolve_rule", "rope_index"]
+__all__ = ["RULES", "resolve_rule", "rope_index", "upstream_rope_index"]
 
 #: How a vision run's temporal spacing is made, by release: "video_only" (images 1, videos `tokens_per_second *
 #: seconds`; 5.18-5.25), "video_only_int" (the same with `int(seconds)`; 5.5-5.17), "all_int" (`tokens_per_second *
@@ -104,6 +104,16 @@ def rope_index(
             position_ids[:, b] = positions.to(position_ids.device)
         deltas.append(positions.max() + 1 - len(row))
     return position_ids, torch.tensor(deltas, device=device).unsqueeze(1)
+
+
+def upstream_rope_index(model: torch.nn.Module, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The installed release's own `get_rope_index` on `model` (a `Qwen2_5_VLModel`), whatever its settings: the
+    controller is detached for the call, so the patch's hook only evaluates its guard (tests, probes)."""
+    controller, model._prunevid = getattr(model, "_prunevid", None), None
+    try:
+        return type(model).get_rope_index(model, **inputs)
+    finally:
+        model._prunevid = controller
 
 
 def _probe_inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
