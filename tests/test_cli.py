@@ -465,3 +465,21 @@ def test_cuda_graphs_switch_reaches_the_config(argv, expected):
     config, _ = _prunevid_config(build_parser().parse_args(argv), None, [])
     assert config.cuda_graphs is expected
     assert config.to_dict()["cuda_graphs"] is expected
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], "stock"),
+        (["--preset", "fast"], "vectorized"),
+        (["--preset", "fast", "--rope-index", "stock"], "stock"),
+        (["--preset", "off", "--rope-index", "vectorized"], "vectorized"),
+    ],
+)
+def test_rope_index_flag_reaches_the_config(argv, expected):
+    """`--rope-index` sets `PruneVidConfig.rope_index` over the preset's value (fast() vectorises it)."""
+    from modeling.app.cli.parser import build_parser
+    from modeling.app.cli.run import _prunevid_config
+
+    config, _ = _prunevid_config(build_parser().parse_args(argv), None, [])
+    assert config.rope_index == expected

@@ -93,6 +93,8 @@ _OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
     ("--attention-aggregation", "attention_aggregation", CHOICES["attention_aggregation"], "over heads, queries"),
     ("--selection-scope", "selection_scope", CHOICES["selection_scope"], "keep-ratio per group or global"),
     ("--vision-attention", "vision_attention", CHOICES["vision_attention"], "vision tower attention kernel"),
+    ("--rope-index", "rope_index", CHOICES["rope_index"],
+     "the prompt's 3-D positions: upstream's, or the same found without its per-token Python"),
 )
 _SWITCHES: tuple[tuple[str, str, str], ...] = (
     ("stage1", "enable_stage1", "Stage 1: spatial-temporal token merging before the LLM"),
