@@ -75,7 +75,7 @@ def model(checkpoints):
 
 
 def test_the_installed_release_has_a_rule_and_the_probe_tells_the_rules_apart(model):
-    rule = rope.resolve_rule(model.model, rope.upstream_rope_index)
+    rule = rope.resolve_rule(model.model)
     assert rule in rope.RULES
     probe = rope._probe_inputs(model.model)
     assert_equal(rope.rope_index(model.model, **probe, rule=rule), rope.upstream_rope_index(model.model, **probe))
@@ -95,7 +95,7 @@ def test_positions_equal_upstream_on_processor_inputs(model, processor, media, c
         assert type(outcome(model.model.get_rope_index, **kwargs)[1]) is type(error)
         pytest.skip(f"this release's get_rope_index raises {type(error).__name__} on it; the vectorised one too")
     assert_equal(model.model.get_rope_index(**kwargs), expected)  # through the patch's hook
-    assert_equal(rope.rope_index(model.model, **kwargs, rule=rope.resolve_rule(model.model, rope.upstream_rope_index)), expected)
+    assert_equal(rope.rope_index(model.model, **kwargs, rule=rope.resolve_rule(model.model)), expected)
 
 
 def test_positions_equal_upstream_on_random_layouts(model):
@@ -123,7 +123,7 @@ def test_a_release_that_matches_no_rule_gets_its_own_method(model, monkeypatch):
 
     monkeypatch.setattr(Qwen2_5_VLModel, "get_rope_index", changed)
     probe = rope._probe_inputs(model.model)
-    assert rope.resolve_rule(model.model, changed) is None
+    assert rope.resolve_rule(model.model) is None
     assert model.model._prunevid.rope_index(model.model, **probe) is None  # upstream's lines run
     assert_equal(model.model.get_rope_index(**probe), changed(model.model, **probe))
 

@@ -49,7 +49,7 @@ def main():
     from modeling.demo.offline import build_processor
 
     processor = build_processor()
-    rule = rope.resolve_rule(inner, rope.upstream_rope_index)
+    rule = rope.resolve_rule(inner)
     report = {"torch": torch.__version__, "device": str(device), "rule": rule}
     keys = ("input_ids", "mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
             "attention_mask")  # fmt: skip

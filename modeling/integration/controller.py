@@ -100,7 +100,6 @@ class PruneVidController:
         self.state: PrefillState | None = None  # the last pruned prefill
         self._prefilling = False
         self._cut_size: int | None = None  # new slots of a fitted static cache's cut layers (Stage 3, this prefill)
-        self._probing_rope = False  # `rope_index` is checking upstream's method (see `resolve_rule`)
         self._static_fit = StaticFit()  # sizes `generate`'s static caches to the pruned prompt
         # runs Stage 1's and the scoring's fixed-shape steps: eagerly, or replayed as CUDA graphs (`cuda_graphs`)
         self.runner = CudaGraphs() if config.cuda_graphs else eager
@@ -452,13 +451,9 @@ class PruneVidController:
         keyword): with `rope_index="vectorized"`, the positions and deltas of `modeling.integration.rope_index`
         (upstream's, element for element, under the rule `resolve_rule` found for this release); else None, and
         upstream's lines run (also when no rule reproduces this release's method, or without `mm_token_type_ids`)."""
-        if self.config.rope_index != "vectorized" or self._probing_rope or inputs.get("mm_token_type_ids") is None:
+        if self.config.rope_index != "vectorized" or inputs.get("mm_token_type_ids") is None:
             return None
-        self._probing_rope = True  # `resolve_rule` calls upstream's method, which calls this hook again
-        try:
-            rule = resolve_rule(model, type(model).get_rope_index)
-        finally:
-            self._probing_rope = False
+        rule = resolve_rule(model)  # (probes upstream's method with this controller detached: no re-entry here)
         return None if rule is None else rope_index(model, **inputs, rule=rule)
 
     # ------------------------------------------------------------------------------------------ continuing

@@ -40,7 +40,7 @@ __all__ = ["RULES", "resolve_rule", "rope_index", "upstream_rope_index"]
 #: int(seconds)` for images too, each image taking the next entry of `second_per_grid_ts`; 5.4).
 RULES = ("video_only", "video_only_int", "all_int")
 
-_RESOLVED: dict[Callable, str | None] = {}  # upstream's `get_rope_index` function -> its rule (None: none fits)
+_RESOLVED: dict[Callable, str | None] = {}  # a release's `get_rope_index` function -> its rule (None: none fits)
 
 
 def _time_interval(rule: str, modality: int, tokens_per_second: Any, seconds: Iterator) -> Any:
@@ -134,16 +134,16 @@ def _probe_inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def resolve_rule(model: torch.nn.Module, upstream: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> str | None:
-    """The rule under which `rope_index` reproduces `upstream` (the installed release's `get_rope_index`, called as
-    `upstream(model, **inputs)`) on `_probe_inputs`; None when no rule does (or the probe fails). Resolved once per
-    `upstream` function."""
-    key = getattr(upstream, "__func__", upstream)
+def resolve_rule(model: torch.nn.Module) -> str | None:
+    """The rule under which `rope_index` reproduces the installed release's own `get_rope_index` (the method of
+    `type(model)`, called through `upstream_rope_index`) on `_probe_inputs`; None when no rule does (or the probe
+    fails). Resolved once per method."""
+    key = type(model).get_rope_index
     if key not in _RESOLVED:
         rule = None
         try:
             inputs = _probe_inputs(model)
-            expected = upstream(model, **inputs)
+            expected = upstream_rope_index(model, **inputs)
         except Exception as error:  # noqa: BLE001 - any failure: the stock method runs
             logger.warning_once(f"PruneVid rope_index: probing get_rope_index failed ({error!r})")
         else:
