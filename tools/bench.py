@@ -78,7 +78,7 @@ E2E_CONFIGS = ("stock", "stock_varlen", "stock_compiled", "paper", "paper_varlen
 # target 2's configs: more timed rounds from pixels (still interleaved), since the lent hosts' round-to-round jitter
 # (6-14 ms at 64 frames) is a tenth of `fast`'s time to first token, and a round of the three costs 0.7-3 s. Each
 # timed call follows an untimed call of the same config: on the lent H200s (power-capped at 700 W) a short call
-# right after stock's long full-power prefill ran its tower 3-4% slower than after its own kind
+# right after stock's long full-power prefill ran its tower 1-4% slower than after its own kind
 # (docs/bench/h200-2026-12-05-rounds), so back to back measures the order, not the config. Each config is timed in
 # its own steady state, as a user who runs it sees it; the back-to-back rounds are reported beside.
 HEADLINE_CONFIGS, HEADLINE_ROUNDS = ("stock_compiled", "fast", "fast_no_layers"), 9

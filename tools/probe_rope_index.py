@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Probe for issue 20: upstream's `get_rope_index` against `rope_index="vectorized"` on the benchmark's prompts
 (64 and 256 frames, 448x448, the inputs on the GPU as `generate` has them): equal outputs, and the host time of each
-(synchronised, median of `--repeats`, interleaved). The model is a small random one with the released vision
-config's merge size and `tokens_per_second` (the function reads nothing else of it).
+(synchronised, median of `--repeats`, interleaved). The model is the demo's tiny one (`tiny_config`: the released
+vision config's merge size and `tokens_per_second`, all the function reads of it).
 
     python3 tools/probe_rope_index.py [--frames 64 256] [--out DIR]
 """
@@ -31,23 +31,16 @@ def main():
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
-    from transformers import Qwen2_5_VLConfig
 
     from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
+    from modeling.demo.offline import build_processor, tiny_config
     from modeling.integration import rope_index as rope
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = Qwen2_5_VLConfig(
-        text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "num_key_value_heads": 1, "rope_parameters": {"rope_type": "default", "mrope_section": [4, 6, 6]}},
-        vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
-                       "spatial_merge_size": 2, "tokens_per_second": 2},
-    )  # fmt: skip
+    config = tiny_config()  # the released vision config's merge size and tokens_per_second
     model = Qwen2_5_VLPruneVid(config, prunevid=PruneVidConfig.disabled().replace(rope_index="vectorized"))
     model = model.to(device).eval()
     inner = model.model
-    from modeling.demo.offline import build_processor
-
     processor = build_processor()
     rule = rope.resolve_rule(inner)
     report = {"torch": torch.__version__, "device": str(device), "rule": rule}

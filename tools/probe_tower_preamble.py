@@ -20,6 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -29,7 +32,8 @@ def main():
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
-    from transformers import Qwen2_5_VLConfig
+
+    from modeling.demo.offline import real_config
 
     try:
         from transformers.utils.generic import get_max_seqlen
@@ -42,7 +46,7 @@ def main():
         print(f"this transformers has no vision_utils ({error})")
         return 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    vision = Qwen2_5_VLConfig().vision_config
+    vision = real_config("7b").vision_config  # (hidden 1280; transformers' default config has 3584)
     merge, window, patch = vision.spatial_merge_size, vision.window_size, vision.patch_size
     unit = merge**2
 
