@@ -444,14 +444,15 @@ def test_backend_validation():
     reason="needs CUDA and torch.nn.attention.varlen",
 )
 @pytest.mark.parametrize("compiled", [False, True])
-def test_real_varlen_kernel_on_cuda(compiled):
+@pytest.mark.parametrize("backend", ["varlen", "auto"])
+def test_real_varlen_kernel_on_cuda(compiled, backend):
     """The real kernel, plain and compiled (the compiled tower's MLP of 60 units runs padded), about as accurate
-    as the stock bf16 tower."""
+    as the stock bf16 tower; "auto" runs the windowed blocks through the Triton kernel (`window_attention`)."""
     tower, config = make_tower(vision_intermediate_size=60)
     tower = tower.cuda()
     x = pixels(config).cuda()
     exact = run(tower, x)[0]
     tower16 = tower.to(torch.bfloat16)
     stock16 = run(tower16, x.bfloat16())[0]
-    fused16 = run(tower16, x.bfloat16(), va.VisionVarlenAttention("varlen", compile=compiled))[0]
+    fused16 = run(tower16, x.bfloat16(), va.VisionVarlenAttention(backend, compile=compiled))[0]
     assert rel(fused16, exact) <= 1.5 * rel(stock16, exact) + 1e-3

@@ -7,7 +7,8 @@
 - `stats`: `PruneVidStats`, the token counts of one batch row, and the per-token fates of each video.
 - `cache`: Stage 3 on transformers' caches (dynamic and static).
 - `compat`: every difference between the supported transformers releases that the glue meets.
-- `vision_attention`: the opt-in fused (varlen) attention of the vision tower.
+- `vision_attention`: the opt-in fused (varlen) attention of the vision tower; `window_attention`: its Triton
+  kernel for the windowed blocks.
 - `layer_graphs`: the opt-in replay of the pruned prefill's decoder layers as CUDA graphs.
 - `rope_index`: the opt-in 3-D positions of the prompt without upstream's token-by-token grouping.
 

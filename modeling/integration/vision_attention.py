@@ -47,8 +47,11 @@ kernel cannot run, the stock tower runs uncompiled, as for "varlen".
 
 Backends:
     "auto" (default): varlen_attn where it can run (torch with `torch.nn.attention.varlen`, CUDA, fp16 / bf16);
-        elsewhere the stock path, with a one-time warning naming the reason.
-    "varlen": varlen_attn or an error.
+        elsewhere the stock path, with a one-time warning naming the reason. Blocks whose segments have at most
+        128 tokens (the windowed blocks: 64) use `window_attention.segment_attention` instead, one Triton program
+        per window and head, where Triton imports (about 3x faster there than the varlen kernel, which tiles by
+        128 query rows; the same function, see that module).
+    "varlen": varlen_attn for every block, or an error.
     "reference": the same packed computation as one block-diagonal masked `sdpa` over the whole packed sequence
         (memory O(tokens^2): for tests and small inputs only). It checks the index bookkeeping of the fused path
         on any device, including the CPU.
@@ -63,6 +66,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers.utils import logging
+
+from .window_attention import segment_attention, segment_attention_unavailable_reason
 
 
 logger = logging.get_logger(__name__)
@@ -236,6 +241,7 @@ class _PackedAttention:
     def __init__(self, cu_seqlens: tuple[torch.Tensor, ...], fused, owner: VisionVarlenAttention) -> None:
         self.fused = fused
         self.block = owner.block
+        self.short_segments = fused is not None and owner.backend == "auto"  # `segment_attention` where it runs
         self.tables: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         for cu in cu_seqlens:
             lengths = cu[1:] - cu[:-1]
@@ -258,7 +264,9 @@ class _PackedAttention:
         returns [tokens, heads * head_dim], heads concatenated per token as upstream's attention output."""
         tokens = query.shape[0]
         cu32, max_len = self._table(cu_seqlens)
-        if self.fused is not None:
+        if self.short_segments and segment_attention_unavailable_reason(query, max_len) is None:
+            out = segment_attention(query, key, value, cu32, max_len, scale)  # the windowed blocks
+        elif self.fused is not None:
             out = _varlen(self.fused, query, key, value, cu32, max_len, scale)
         else:
             out = packed_reference_attention(query, key, value, cu32, scale)

@@ -1,0 +1,127 @@
+"""Attention within short packed segments as one Triton kernel: the vision tower's windowed blocks.
+
+28 of the 32 blocks of the released Qwen2.5-VL towers attend within windows of at most 64 tokens (8x8 patches).
+flash-attention's varlen kernel (the `vision_attention="varlen"` path) tiles every segment by 128 query rows, so
+with 64-token windows half of each tile is empty, and its head dimension of 80 is padded to 96: it reaches about
+40 TFLOP/s there (0.26 ms a block at 64 frames on an H200, where reading q, k, v and writing the output once
+takes about 0.07 ms: docs/bench/h200-2026-12-05-rounds/probe_window_attn.json).
+
+Here one program computes one (segment, head) whole: it loads the segment's queries, keys and values once,
+forms the `n x n` scores in fp32, takes the softmax in fp32 and multiplies the probabilities (in the input dtype,
+as flash-attention does) by the values with fp32 accumulation. The function is the same as the varlen kernel's
+and upstream's per-window `sdpa`: exact softmax attention within each segment; only the rounding differs, as
+between any two attention kernels (`tests/test_window_attention.py` checks it against `sdpa` per segment; the GPU
+test against the varlen kernel).
+
+It runs where segments have at most `MAX_SEGMENT` tokens, on CUDA, in float16 / bfloat16, with Triton importable
+(`segment_attention_unavailable_reason`); the caller (`vision_attention._PackedAttention`) uses the varlen kernel
+everywhere else, e.g. the 4 full-attention blocks (1,024 tokens per frame pair at 448x448).
+
+It is a `torch.library.custom_op`, so `torch.compile` (the `varlen_compiled` tower) keeps it as one opaque call,
+with symbolic token counts (no recompilation per video length).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:  # Triton ships with torch's CUDA wheels; elsewhere (or broken) the varlen kernel is used
+    import triton
+    import triton.language as tl
+except Exception as _error:  # noqa: BLE001
+    triton = None
+    _IMPORT_ERROR = f"{type(_error).__name__}: {_error}"
+else:
+    _IMPORT_ERROR = None
+
+# whether Triton runs kernels on the CPU (`TRITON_INTERPRET=1`: how the CPU tests run the kernel, float16 only)
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+MAX_SEGMENT = 128  # longest segment one program holds (scores n x n in registers)
+NUM_WARPS = 4  # warps per program (`tools/probe_window_attn.py` times 2 and 8: slower on an H200)
+_DTYPES = (torch.float16, torch.bfloat16)
+
+__all__ = ["MAX_SEGMENT", "segment_attention", "segment_attention_unavailable_reason"]
+
+
+def segment_attention_unavailable_reason(query: Tensor, max_len: int) -> str | None:
+    """Why :func:`segment_attention` cannot run on ``query`` (``[tokens, heads, head_dim]``) with segments of at most
+    ``max_len`` tokens, or None when it can."""
+    if triton is None:
+        return f"Triton cannot be imported ({_IMPORT_ERROR})"
+    if query.dtype not in _DTYPES:
+        return f"the kernel takes float16 or bfloat16, the input is {query.dtype}"
+    if not 0 < max_len <= MAX_SEGMENT:
+        return f"segments of up to {max_len} tokens (the kernel holds at most {MAX_SEGMENT})"
+    if query.device.type != "cuda" and not _INTERPRETED:
+        return f"the kernel runs on CUDA, the input is on {query.device.type}"
+    return None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _segment_attention_kernel(
+        Q, K, V, O, CU, scale,
+        sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, so_t, so_h,
+        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        """One (segment, head): ``O = softmax(scale * Q K^T) V`` over the segment's ``n <= BLOCK_N`` tokens."""
+        segment = tl.program_id(0)
+        head = tl.program_id(1)
+        start = tl.load(CU + segment)
+        n = tl.load(CU + segment + 1) - start
+        rows = tl.arange(0, BLOCK_N)
+        dims = tl.arange(0, BLOCK_D)
+        row_ok = rows < n
+        tile_ok = row_ok[:, None] & (dims < HEAD_DIM)[None, :]
+        token = (start + rows).to(tl.int64)[:, None]
+        q = tl.load(Q + token * sq_t + head * sq_h + dims[None, :], mask=tile_ok, other=0.0)
+        k = tl.load(K + token * sk_t + head * sk_h + dims[None, :], mask=tile_ok, other=0.0)
+        v = tl.load(V + token * sv_t + head * sv_h + dims[None, :], mask=tile_ok, other=0.0)
+        scores = tl.dot(q, tl.trans(k)) * scale  # fp32 accumulation
+        scores = tl.where(row_ok[None, :], scores, float("-inf"))  # keys past the segment's end
+        probs = tl.exp(scores - tl.max(scores, axis=1)[:, None])
+        out = tl.dot(probs.to(v.dtype), v) / tl.sum(probs, axis=1)[:, None]
+        tl.store(O + token * so_t + head * so_h + dims[None, :], out.to(O.dtype.element_ty), mask=tile_ok)
+
+
+@torch.library.custom_op("prunevid::segment_attention", mutates_args=())
+def segment_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_len: int,
+                      scale: float) -> Tensor:  # fmt: skip
+    """Softmax attention within each packed segment (what `varlen_attn(q, k, v, cu, cu, max_len, max_len)` computes
+    for segments of at most ``MAX_SEGMENT`` tokens).
+
+    Args:
+        query, key, value: ``[tokens, heads, head_dim]`` (the last dimension contiguous), float16 / bfloat16.
+        cu_seqlens: ``IntTensor[segments + 1]`` the segments' cumulative boundaries, from 0 to ``tokens``.
+        max_len: the longest segment (at most ``MAX_SEGMENT``).
+        scale: the softmax scale.
+
+    Returns:
+        ``[tokens, heads, head_dim]``, contiguous.
+    """
+    reason = segment_attention_unavailable_reason(query, max_len)
+    if reason is not None:
+        raise RuntimeError(f"segment_attention cannot run: {reason}")
+    query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+    out = query.new_empty(query.shape)
+    tokens, heads, head_dim = query.shape
+    segments = cu_seqlens.shape[0] - 1
+    if tokens == 0 or segments <= 0:
+        return out
+    _segment_attention_kernel[(segments, heads)](
+        query, key, value, out, cu_seqlens, float(scale),
+        query.stride(0), query.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_N=max(16, triton.next_power_of_2(max_len)),
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), num_warps=NUM_WARPS, num_stages=1,
+    )  # fmt: skip
+    return out
+
+
+@segment_attention.register_fake
+def _(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_len: int, scale: float) -> Tensor:
+    return query.new_empty(query.shape)

@@ -1,0 +1,150 @@
+"""The Triton kernel for the vision tower's windowed blocks (modeling/integration/window_attention.py).
+
+On the CPU the kernel runs under Triton's interpreter (`TRITON_INTERPRET=1`, in a subprocess: the flag is read when
+Triton compiles), in float16: the interpreter's `tl.dot` mishandles bfloat16, which the GPU test covers against
+flash-attention's varlen kernel. Tolerances: float16 output against fp32 attention per segment, 2e-3 absolute on
+outputs of magnitude ~1 (float16 keeps 11 bits); bfloat16 on the GPU, within 2x of the varlen kernel's own error.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import modeling.integration.vision_attention as va
+import modeling.integration.window_attention as wa
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def per_segment_attention(q, k, v, lengths, scale):
+    """fp32 softmax attention of each segment alone (upstream's per-window `sdpa`)."""
+    outs, start = [], 0
+    for n in lengths:
+        s = slice(start, start + n)
+        qs, ks, vs = (t[s].float().transpose(0, 1) for t in (q, k, v))
+        outs.append(F.scaled_dot_product_attention(qs, ks, vs, scale=scale).transpose(0, 1))
+        start += n
+    return torch.cat(outs)
+
+
+def packed(lengths, heads, head_dim, dtype, seed=0):
+    """q, k, v as the tower holds them: strided views of one `[tokens, 3, heads, head_dim]` tensor; the boundaries."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(sum(lengths), 3, heads, head_dim, generator=g).to(dtype)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    return (*qkv.unbind(1), cu)
+
+
+INTERPRETED = textwrap.dedent(
+    """
+    import torch, torch._dynamo.testing
+    import modeling.integration.window_attention as wa
+    from test_window_attention import packed, per_segment_attention
+
+    worst = 0.0
+    for lengths, heads, head_dim in [([64, 64, 37, 1, 5], 3, 80), ([128, 17], 2, 16), ([3], 1, 48), ([64] * 4, 4, 80),
+                                     ([20, 7], 2, 8), ([9], 1, 72)]:
+        q, k, v, cu = packed(lengths, heads, head_dim, torch.float16)
+        assert wa.segment_attention_unavailable_reason(q, max(lengths)) is None
+        out = wa.segment_attention(q, k, v, cu, max(lengths), 0.3)
+        assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous()
+        want = per_segment_attention(q, k, v, lengths, 0.3)
+        worst = max(worst, float((out.float() - want).abs().max()))
+    assert worst < 2e-3, worst
+
+    # schema, fake (meta) implementation and dispatch as torch checks a custom op
+    q, k, v, cu = packed([64, 9], 2, 80, torch.float16)
+    torch.library.opcheck(wa.segment_attention, (q, k, v, cu, 64, 0.3))
+
+    # under torch.compile: one opaque call, traced once for every token count (symbolic shapes)
+    counter = torch._dynamo.testing.CompileCounter()
+    fn = torch.compile(lambda q, k, v, cu, n: wa.segment_attention(q, k, v, cu, n, 0.3) * 2,
+                       backend=counter, dynamic=True, fullgraph=True)
+    for lengths in ([64, 64, 10], [64, 64, 64, 30], [64] * 7):  # (not 2 segments: cu would duck-size with qkv)
+        q, k, v, cu = packed(lengths, 2, 80, torch.float16)
+        got = fn(q, k, v, cu, 64)
+        assert float((got.float() - 2 * per_segment_attention(q, k, v, lengths, 0.3)).abs().max()) < 4e-3
+    assert counter.frame_count == 1, counter.frame_count
+    print("OK", worst)
+    """
+)
+
+
+def test_segment_attention_is_softmax_attention_per_segment_interpreted():
+    """The kernel (Triton's CPU interpreter, float16) computes each segment's softmax attention: ragged segments
+    of 1 to 128 tokens, head dims 80 (padded to 128 inside), 16 and 48, strided inputs; it passes torch's custom-op
+    checks and compiles to one graph for every token count."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0 and "OK" in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def test_unavailable_reasons():
+    """Where the kernel cannot run, the reason (the caller then uses the varlen kernel)."""
+    q = torch.zeros(4, 2, 16, dtype=torch.bfloat16)
+    if wa.triton is None:
+        assert "Triton" in wa.segment_attention_unavailable_reason(q, 4)
+        return
+    assert "float16 or bfloat16" in wa.segment_attention_unavailable_reason(q.float(), 4)
+    assert "at most 128" in wa.segment_attention_unavailable_reason(q, 129)
+    assert "at most 128" in wa.segment_attention_unavailable_reason(q, 0)
+    if not wa._INTERPRETED:
+        assert "CUDA" in wa.segment_attention_unavailable_reason(q, 4)
+        with pytest.raises(RuntimeError, match="cannot run"):
+            wa.segment_attention(q, q, q, torch.tensor([0, 4], dtype=torch.int32), 4, 1.0)
+
+
+def test_packed_attention_routes_short_segments_to_the_kernel(monkeypatch):
+    """Backend "auto": blocks whose segments have at most 128 tokens go to `segment_attention`, longer ones (the
+    full-attention blocks) to the varlen kernel; backend "varlen" sends every block to the varlen kernel."""
+    calls = []
+
+    def kernel(name):
+        def run(q, k, v, cu, *args, **kwargs):
+            calls.append(name)
+            return torch.zeros_like(q)
+        return run
+
+    monkeypatch.setattr(va, "segment_attention_unavailable_reason", lambda q, n: None if n <= 128 else "long")
+    monkeypatch.setattr(va, "segment_attention", kernel("triton"))
+    fused = (kernel("varlen"), True)
+    windows = torch.tensor([0, 64, 128, 150])
+    full = torch.tensor([0, 150])
+    q = torch.zeros(150, 2, 16, dtype=torch.bfloat16)
+    for backend, want in (("auto", ["triton", "varlen"]), ("varlen", ["varlen", "varlen"])):
+        calls.clear()
+        attention = va._PackedAttention((full, windows), fused=fused, owner=va.VisionVarlenAttention(backend))
+        for cu in (windows, full):
+            assert attention(q, q, q, cu, 0.25).shape == (150, 32)
+        assert calls == want, (backend, calls)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None
+    or wa.triton is None,
+    reason="needs CUDA, Triton and torch.nn.attention.varlen",
+)
+def test_segment_attention_on_cuda_against_the_varlen_kernel():
+    """bfloat16 on the GPU, the tower's shapes (16 heads of 80, windows of 64 with ragged ones): the kernel's error
+    against fp32 attention is within 2x (+1e-3) of flash-attention's varlen kernel's own."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    lengths = [64] * 40 + [32, 48, 1, 64, 20]
+    q, k, v, cu = (t.cuda() for t in packed(lengths, 16, 80, torch.bfloat16))
+    scale = 80**-0.5
+    want = per_segment_attention(q, k, v, lengths, scale)
+    got = wa.segment_attention(q, k, v, cu, 64, scale)
+    flash = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, 64, 64, scale=scale)
+    err, flash_err = (float((t.float() - want).abs().max()) for t in (got, flash))
+    print(f"segment_attention max abs error {err:.5f}, varlen {flash_err:.5f}")
+    assert err <= 2 * flash_err + 1e-3
