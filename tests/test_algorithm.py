@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import make_video
 from modeling.prunevid.dpc_knn import dpc_knn, merge_by_labels, pairwise_distances
 from modeling.prunevid.merge import contiguous_segments, merge_video, static_mask, temporal_segments
-from modeling.prunevid.select import attention_importance, grouped_topk
+from modeling.prunevid.select import attention_importance, grouped_topk, kept_counts
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -670,3 +670,21 @@ def test_grouped_topk_one_group_is_topk() -> None:
     assert torch.equal(keep, ref)
     with pytest.raises(ValueError):
         grouped_topk(scores, torch.zeros(4, 50, dtype=torch.long), 0.0)
+
+
+@pytest.mark.parametrize("rounding", ["floor", "ceil"])
+def test_kept_counts_is_what_the_selection_keeps(rounding):
+    """`kept_counts` (the length after Stage 2, predicted from the groups alone, read back after Stage 1) equals the
+    count of what `grouped_topk` keeps plus the non-candidates, among the valid tokens, for any scores: random rows
+    with padding, sparse and large group ids, every ratio's rounding edge."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        batch, length = int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(1, 60, (1,), generator=g))
+        spread = int(torch.randint(1, 50, (1,), generator=g))
+        group = torch.randint(-1, 8, (batch, length), generator=g) * spread
+        valid = torch.rand(batch, length, generator=g) > 0.2
+        group = torch.where(valid, group, -1)
+        scores = torch.rand(batch, length, generator=g)
+        for ratio in (0.1, 0.29, 0.4, 0.7, 1.0):
+            kept = (grouped_topk(scores, group, ratio, rounding=rounding) | (group < 0)) & valid
+            assert torch.equal(kept_counts(group, valid, ratio, rounding=rounding), kept.sum(dim=1))

@@ -16,7 +16,7 @@ import torch
 
 from conftest import make_inputs
 from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
-from modeling.integration.controller import _score_and_keep
+from modeling.integration.controller import _score_and_keep, _stage2_sizes
 from modeling.prunevid.graphs import CudaGraphs, eager
 from modeling.prunevid.merge import _frame_labels, _merge_segments, cluster_bound, merge_video
 
@@ -66,6 +66,9 @@ def test_recorded_steps_have_fixed_shapes() -> None:
     (kept,) = _score_and_keep(hidden, rows, mask, group, layer=layer, n_query=5, reduce="max", keep_ratio=0.4,
                               rounding="floor")  # fmt: skip
     assert kept.shape == (2, 30) and kept.dtype == torch.bool
+    for predict in (True, False):  # the question rows and the predicted length after Stage 2, read back together
+        (sizes,) = _stage2_sizes(rows, group, mask, keep_ratio=0.4, rounding="ceil", predict=predict)
+        assert sizes.shape == (1 + predict,)
 
 
 def test_cluster_bound_is_the_largest_count() -> None:

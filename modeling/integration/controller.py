@@ -58,7 +58,7 @@ from transformers.utils import logging
 from ..prunevid.config import PruneVidConfig
 from ..prunevid.graphs import CudaGraphs, eager
 from ..prunevid.merge import MergeResult, merge_video
-from ..prunevid.select import attention_importance, grouped_topk
+from ..prunevid.select import attention_importance, grouped_topk, kept_counts
 from .cache import StaticFit, cut_cache
 from .compat import gather, gather_rotary, layer_masks
 from .layer_graphs import LayerGraphs, layer_runs
@@ -279,8 +279,8 @@ class PruneVidController:
             next_position=next_position,
             static_room=room,
         )
-        if self.layer is not None:  # read back here, where the GPU has little queued, not at layer M behind M layers
-            self.state.query_rows = int(self.state.query.sum(dim=1).max())
+        if self.layer is not None:  # read back here, where the GPU has little queued, not behind layers 0..M
+            self._read_stage2_sizes(self.state)
         self._prefilling = True
         return inputs_embeds, position_ids, attention_mask
 
@@ -328,6 +328,18 @@ class PruneVidController:
         origin = torch.cat(parts_o)
         group = torch.cat(parts_g) if cfg.enable_stage2 else torch.full_like(origin, -1)
         return torch.cat(parts_e), origin, group, records
+
+    def _read_stage2_sizes(self, state: PrefillState) -> None:
+        """The number of question rows Stage 2 scores with and, for this class's `select`, the length of the
+        sequence after it (its quotas depend on the group sizes only), read back in one step (`runner`: one graph
+        replay on CUDA)."""
+        cfg = self.config
+        predict = getattr(self.select, "__func__", None) is PruneVidController.select  # (not a subclass's or one
+        # set on the instance: another selection keeps other counts)
+        (sizes,) = self.runner(_stage2_sizes, (state.query, state.group, state.mask), keep_ratio=cfg.keep_ratio,
+                               rounding=cfg.keep_rounding, predict=predict)  # fmt: skip
+        state.query_rows, *width = sizes.tolist()
+        state.kept_width = width[0] if width else None
 
     # ------------------------------------------------------------------------------------------ the three steps
     def merge(self, features: torch.Tensor, grid: tuple[int, int, int]) -> MergeResult:
@@ -421,7 +433,12 @@ class PruneVidController:
         state = self.state
         keep = state.keep & state.mask.bool()
         counts = keep.sum(dim=1)
-        width = int(counts.max())
+        width = state.kept_width  # (predicted after Stage 1: no read-back here, behind the layers up to M)
+        if width is None or keep.device.type == "cpu":
+            actual = int(counts.max())
+            if width is not None and width != actual:  # (checked wherever it costs nothing: every CPU test)
+                raise RuntimeError(f"PruneVid predicted {width} tokens after Stage 2, the selection kept {actual}")
+            width = actual
         index = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices[:, keep.shape[1] - width :]
         mask = (torch.arange(width, device=keep.device)[None] >= (width - counts)[:, None]).to(state.mask.dtype)
         size = None
@@ -431,7 +448,10 @@ class PruneVidController:
         position_embeddings = tuple(gather_rotary(p, index) for p in position_embeddings)
         if text_positions is not None:
             text_positions = text_positions.gather(1, index)
-        mask_mapping = layer_masks(text_model.config, hidden_states, mask, mask_mapping, cache, i)
+        # one row keeps all its `width` tokens: upstream's masks from no 2-D mask, the same masks without reading
+        # back whether an all-ones mask is all ones (the GPU still has the layers up to M queued)
+        mask_mapping = layer_masks(text_model.config, hidden_states, None if keep.shape[0] == 1 else mask,
+                                   mask_mapping, cache, i)  # fmt: skip
         state.index, state.mask_after_select = index, mask
         if self.config.enable_stage3:
             state.cache_cut, self._cut_size = True, size
@@ -582,6 +602,16 @@ class PruneVidController:
         self._refuse_media(input_ids)
         positions, masks = self._continuation(state, cache, inputs_embeds, attention_mask, position_ids)
         return inputs_embeds, positions.to(inputs_embeds.device), masks
+
+
+def _stage2_sizes(query, group, mask, *, keep_ratio, rounding, predict) -> tuple[torch.Tensor]:
+    """`PruneVidController._read_stage2_sizes`'s step (recordable): the most question rows of a row and, with
+    `predict`, the most tokens a row keeps after `_score_and_keep` (`kept_counts`)."""
+    sizes = [query.sum(dim=1).max()]
+    if predict:
+        group = torch.where(query.any(dim=1, keepdim=True), group, -1)  # no question tokens: the row keeps all
+        sizes.append(kept_counts(group, mask.bool(), keep_ratio, rounding=rounding).max())
+    return (torch.stack(sizes),)
 
 
 def _score_and_keep(hidden_states, query_rows, mask, group, *weights, layer, n_query, reduce, keep_ratio,

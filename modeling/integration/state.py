@@ -41,6 +41,8 @@ class PrefillState:
     image_tokens: list[int]  # per row: image tokens of the unpruned prompt
     static_ratio: list[float]  # per row: share of the video tokens that Stage 1 found static
     query_rows: int | None = None  # the most `query` tokens of a row (read back after Stage 1, for the scoring)
+    kept_width: int | None = None  # the most tokens a row keeps in Stage 2 (read back with `query_rows`; None: not
+    # predicted, e.g. a `select` of a subclass, so read back after the scoring)
     keep: torch.Tensor | None = None  # [B, L1] bool after the Stage-2 scoring
     index: torch.Tensor | None = None  # [B, L2] kept columns of the Stage-1 layout (left padded)
     mask_after_select: torch.Tensor | None = None  # [B, L2]

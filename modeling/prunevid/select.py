@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["QUERY_CHUNK", "ROUNDINGS", "attention_importance", "grouped_topk"]
+__all__ = ["QUERY_CHUNK", "ROUNDINGS", "attention_importance", "group_quota", "grouped_topk", "kept_counts"]
 
 ROUNDINGS = ("floor", "ceil")
 """Quota rounding of :func:`grouped_topk`: ``floor`` (the authors' ``int(alpha * n)``) or ``ceil``."""
@@ -193,18 +193,50 @@ def grouped_topk(scores: Tensor, group: Tensor, keep_ratio: float, *, rounding: 
     perm = by_score.gather(1, by_group)  # positions ordered by (group, -score, index)
     sorted_group = gkey.gather(1, perm)
 
-    pos = torch.arange(length, device=device).expand(batch, length)
-    new_run = torch.ones_like(sorted_group, dtype=torch.bool)
-    new_run[:, 1:] = sorted_group[:, 1:] != sorted_group[:, :-1]
-    run_start = torch.cummax(torch.where(new_run, pos, 0), dim=1).values
-    rank = pos - run_start
-    # group size = run length: run_end[p] = first run start after p (or L), by a reverse cumulative min
-    later_start = torch.full_like(pos, length)
-    later_start[:, :-1] = torch.where(new_run, pos, length)[:, 1:]
-    run_end = torch.cummin(later_start.flip(1), dim=1).values.flip(1)
-    size = run_end - run_start
-    exact = size.double() * keep_ratio
-    quota = (torch.floor(exact + 1e-9) if rounding == "floor" else torch.ceil(exact - 1e-9)).long()
+    _, rank, size = _runs(sorted_group)
+    quota = group_quota(size, keep_ratio, rounding)
 
     keep_sorted = (sorted_group >= 0) & (rank < quota)
     return torch.zeros(batch, length, dtype=torch.bool, device=device).scatter_(1, perm, keep_sorted)
+
+
+def group_quota(size: Tensor, keep_ratio: float, rounding: str = "floor") -> Tensor:
+    """Tokens a group of ``size`` candidates keeps (:func:`grouped_topk`'s quota): ``floor(keep_ratio * size)`` or,
+    with ``rounding="ceil"``, ``ceil(keep_ratio * size)``, on the exact product (float64, 1e-9 slack)."""
+    exact = size.double() * keep_ratio
+    return (torch.floor(exact + 1e-9) if rounding == "floor" else torch.ceil(exact - 1e-9)).long()
+
+
+def kept_counts(group: Tensor, valid: Tensor, keep_ratio: float, *, rounding: str = "floor") -> Tensor:
+    """How many valid tokens of each row Stage 2 keeps, before it scores them: the quotas depend on the group sizes
+    only, so the length after the selection is known as soon as the groups are (the caller reads it back with
+    Stage 1's counts instead of after the scoring, where the GPU has the layers up to M queued).
+
+    Args:
+        group: ``LongTensor[B, L]`` as for :func:`grouped_topk` (``-1``: not a candidate, always kept).
+        valid: ``BoolTensor[B, L]``, the tokens counted (candidates must be valid).
+
+    Returns:
+        ``LongTensor[B]``: valid non-candidates plus ``sum(group_quota(size))`` over each row's groups, i.e.
+        ``(grouped_topk(scores, group, keep_ratio) | (group < 0)) & valid`` summed per row, for any ``scores``.
+    """
+    candidate = group >= 0
+    sorted_group = torch.sort(torch.where(candidate, group, -1), dim=1).values
+    new_run, _, size = _runs(sorted_group)
+    quota = torch.where(new_run & (sorted_group >= 0), group_quota(size, keep_ratio, rounding), 0).sum(dim=1)
+    return (valid & ~candidate).sum(dim=1) + quota
+
+
+def _runs(sorted_group: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For ``[B, L]`` rows of sorted group ids: where each run of equal ids starts (bool), every position's rank in
+    its run and its run's length."""
+    batch, length = sorted_group.shape
+    pos = torch.arange(length, device=sorted_group.device).expand(batch, length)
+    new_run = torch.ones_like(sorted_group, dtype=torch.bool)
+    new_run[:, 1:] = sorted_group[:, 1:] != sorted_group[:, :-1]
+    run_start = torch.cummax(torch.where(new_run, pos, 0), dim=1).values
+    # run_end[p] = first run start after p (or L), by a reverse cumulative min
+    later_start = torch.full_like(pos, length)
+    later_start[:, :-1] = torch.where(new_run, pos, length)[:, 1:]
+    run_end = torch.cummin(later_start.flip(1), dim=1).values.flip(1)
+    return new_run, pos - run_start, run_end - run_start
