@@ -8,10 +8,15 @@ Variants (each the `block(blk)` callable of the tower's `VisionVarlenAttention`,
 * `compiled`: every block through `torch.compile(dynamic=True)`, the MLP hook off: the compiled tower before the
   hook (inductor pads the MLP's 3420 intermediate units to 3424 around the GEMMs itself, and copies the activation
   into its padded buffer once per block);
-* `padded_mlp`: the same with the hook on, i.e. today's `vision_attention="varlen_compiled"`: the MLP padded to 3424
-  in the graph (`padded_mlp`), so the activation is written padded once;
+* `padded_mlp_varlen`: the same with the hook on: the MLP padded to 3424 in the graph (`padded_mlp`), so the
+  activation is written padded once; every block's attention through the varlen kernel (backend "varlen");
+* `padded_mlp`: today's `vision_attention="varlen_compiled"`: the same with the windowed blocks' attention through
+  the Triton kernel of modeling/integration/window_attention.py (backend "auto");
 * `nopad`: inductor's `shape_padding` off, the hook off (unaligned GEMMs);
 * `*_cdt`: with inductor's `coordinate_descent_tuning` (pointwise / reduction kernels tuned).
+
+Variants other than `padded_mlp*` attend through the varlen kernel in every block, as the tower did when they were
+measured.
 
 The committed results (docs/bench/h200-2026-12-04-tower/probe_tower.json) came from the script before the hook
 existed, whose `padded_mlp` wrote the block's forward out with the same padding (this version, `--variants compiled
@@ -85,14 +90,17 @@ def main():
     # one lambda per variant: each compiled function gets a code object, so a cache of its own
     cdt = {"coordinate_descent_tuning": True}
     nopad = {"shape_padding": False}
-    variants = {  # name: (the `block` callable, the MLP hook on)
-        "compiled": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), False),
-        "compiled_cdt": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": cdt}), False),
-        "nopad": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": nopad}), False),
+    variants = {  # name: (the `block` callable, the MLP hook on, the attention backend)
+        "compiled": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), False, "varlen"),
+        "compiled_cdt": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": cdt}), False,
+                         "varlen"),
+        "nopad": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": nopad}), False, "varlen"),
         "nopad_cdt": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": {**nopad, **cdt}}),
-                      False),
-        "padded_mlp": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True),
-        "padded_mlp_cdt": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": cdt}), True),
+                      False, "varlen"),
+        "padded_mlp_varlen": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True, "varlen"),
+        "padded_mlp": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True, "auto"),
+        "padded_mlp_cdt": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": cdt}), True,
+                           "auto"),
     }
     names = args.variants or list(variants)
     unknown = sorted(set(names) - set(variants))
@@ -100,7 +108,7 @@ def main():
         raise SystemExit(f"unknown variants {unknown}; known: {list(variants)}")
 
     def use(name):
-        vision.block, pad = variants[name]
+        vision.block, pad, vision.backend = variants[name]
         for block in tower.blocks:
             block.mlp._prunevid_vision = vision if pad else None
 

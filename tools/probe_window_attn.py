@@ -10,7 +10,9 @@ medians of `--repeats` calls after warm-up, each variant's output against varlen
 * `varlen`: what the tower runs (`torch.nn.attention.varlen.varlen_attn` over `cu_seqlens`);
 * `sdpa_<backend>`: the equal windows as a batch, `[windows, heads, 64, 80]` views of the packed tensors, through
   `scaled_dot_product_attention` restricted to one backend (flash, efficient, cudnn), output made packed again;
-* `compiled_sdpa` / `compiled_math`: the same under `torch.compile` (inductor picks; and the explicit softmax).
+* `compiled_sdpa` / `compiled_math`: the same under `torch.compile` (inductor picks; and the explicit softmax);
+* `segment_attention`: the Triton kernel of modeling/integration/window_attention.py (one program per window and
+  head), what `vision_attention="varlen"` runs for these blocks since it was added.
 
     python3 tools/probe_window_attn.py [--tokens 32768 131072] [--out DIR]
 """
@@ -38,6 +40,10 @@ def main():
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.varlen import varlen_attn
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from modeling.integration import window_attention
+    from modeling.integration.window_attention import segment_attention
 
     dev, dt = torch.device("cuda"), torch.bfloat16
     H, D, W = args.heads, args.head_dim, args.window
@@ -71,6 +77,14 @@ def main():
                 with sdpa_kernel([backend]):
                     return sdpa(q, k, v)
             variants[f"sdpa_{name}"] = call
+        for warps in (4, 2, 8):
+            def triton_call(warps=warps):
+                window_attention.NUM_WARPS = warps
+                try:
+                    return segment_attention(q, k, v, cu, W, scale).reshape(T, -1)
+                finally:
+                    window_attention.NUM_WARPS = 4
+            variants["segment_attention" + ("" if warps == 4 else f"_{warps}warps")] = triton_call
         variants["compiled_sdpa"] = lambda: compiled_sdpa(q, k, v)
         variants["compiled_math"] = lambda: compiled_math(q, k, v)
         ref = variants["varlen"]().float()
