@@ -373,6 +373,11 @@ class Bench:
         from modeling.integration.vision_attention import varlen_unavailable_reason
 
         env["varlen_unavailable"] = varlen_unavailable_reason(self.device, self.dtype)
+        from modeling.integration import window_attention
+
+        probe = torch.empty(1, 1, 80, device=self.device, dtype=self.dtype)  # the windowed blocks' kernel, or why not
+        env["window_attention"] = window_attention.segment_attention_unavailable_reason(probe, 64) or (
+            f"Triton {window_attention.triton.__version__}")
         self.results["env"] = env
         self.results["command"] = " ".join(["python3", "tools/bench.py", *sys.argv[1:]])
         log(f"setup: {env}")
