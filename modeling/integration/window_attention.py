@@ -6,12 +6,14 @@ with 64-token windows half of each tile is empty, and its head dimension of 80 i
 40 TFLOP/s there (0.26 ms a block at 64 frames on an H200, where reading q, k, v and writing the output once
 takes about 0.07 ms: docs/bench/h200-2026-12-05-rounds/probe_window_attn.json).
 
-Here one program computes one (segment, head) whole: it loads the segment's queries, keys and values once,
-forms the `n x n` scores in fp32, takes the softmax in fp32 and multiplies the probabilities (in the input dtype,
-as flash-attention does) by the values with fp32 accumulation. The function is the same as the varlen kernel's
-and upstream's per-window `sdpa`: exact softmax attention within each segment; only the rounding differs, as
-between any two attention kernels (`tests/test_window_attention.py` checks it against `sdpa` per segment; the GPU
-test against the varlen kernel).
+Here one program computes one (segment, head) whole: it loads the segment's queries, keys and values once, forms
+the `n x n` scores in fp32, takes the softmax in fp32 and multiplies the probabilities (in the input dtype, as
+flash-attention does) by the values with fp32 accumulation. Measured (H200, docs/bench/h200-2026-12-05-window/):
+0.21 against the varlen kernel's 0.24 ms a block at 64 frames, 0.57 against 0.87 ms at 256 (still about 3x the
+memory floor at 64 frames); the compiled tower 90.8 -> 89.6 ms and 346.5 -> 339.0 ms. The function is the varlen
+kernel's and upstream's per-window `sdpa`: exact softmax attention within each segment; only the rounding differs,
+as between any two attention kernels (`tests/test_window_attention.py` checks it against `sdpa` per segment; the
+GPU test against the varlen kernel).
 
 It runs where segments have at most `MAX_SEGMENT` tokens, on CUDA, in float16 / bfloat16, with Triton importable
 (`segment_attention_unavailable_reason`); the caller (`vision_attention._PackedAttention`) uses the varlen kernel
