@@ -100,8 +100,9 @@ class PruneVidConfig:
     Stage 3 (Sec. 3.4): enable_stage3 cuts the KV cache of layers 0..pruning_layer to the kept tokens, so every
         layer caches the same set and decoding attends only to it. ``None`` (default) follows ``enable_stage2``;
         ``True`` without Stage 2 is turned off with a warning (there is no selection to cut the cache to).
-    vision_attention: "stock" (upstream vision tower), "varlen" (opt-in fused windowed attention and the patch
-        embedding as one matmul, GPU only; it also runs with every stage off, e.g.
+    vision_attention: "stock" (upstream vision tower), "varlen" (opt-in fused windowed attention, through a Triton
+        kernel for the windowed blocks where Triton imports, and the patch embedding as one matmul, GPU only; it
+        also runs with every stage off, e.g.
         ``PruneVidConfig.disabled().replace(vision_attention="varlen")``) or
         "varlen_compiled" (the same, each vision block through ``torch.compile(dynamic=True)``: one compile on the
         first call, 18 s for the 7B tower on an H200, then any video length without recompiling).
