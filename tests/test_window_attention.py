@@ -80,8 +80,8 @@ INTERPRETED = textwrap.dedent(
 
 def test_segment_attention_is_softmax_attention_per_segment_interpreted():
     """The kernel (Triton's CPU interpreter, float16) computes each segment's softmax attention: ragged segments
-    of 1 to 128 tokens, head dims 80 (padded to 128 inside), 16 and 48, strided inputs; it passes torch's custom-op
-    checks and compiles to one graph for every token count."""
+    of 1 to 128 tokens, head dims 8, 16, 48, 72 and 80 (padded to the next power of two inside), strided inputs; it
+    passes torch's custom-op checks and compiles to one graph for every token count."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
