@@ -11,6 +11,7 @@ for these ops, and the stack tracing slowed plain Python down: the largest gap, 
 6.4 and 24.7 ms at 64 and 256 frames with it, 3.4 and 9.9 ms without.)
 
     python3 tools/probe_gaps.py --frames 64 [--out DIR]
+    python3 tools/probe_gaps.py --frames 64 --gpu-only --min-gap-us 20   # the GPU alone: every wait, in order
 """
 
 from __future__ import annotations
@@ -61,11 +62,35 @@ def gpu_gaps(prof, min_gap_us=100.0, limit=25):
     return busy / 1e3, (merged[-1][1] - origin) / 1e3, rows
 
 
+def kernel_gaps(prof, min_gap_us=20.0, after_us=0.0, device="CUDA"):
+    """Without host events (`--gpu-only`: the profiler traces the GPU alone, the host runs at its own speed): the
+    GPU's idle intervals of at least `min_gap_us` that start `after_us` or later from the first kernel, in time
+    order, each with the kernels that end before and start after it (where in the model the GPU waited), and the
+    idle total. A kernel that ends with a gap after it and is a sync point names the host step that followed."""
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end, e.name) for e in prof.events() if e.device_type.name == device
+    )
+    if not kernels:
+        return {"gaps": [], "idle_ms": 0.0}
+    origin, rows, end, last = kernels[0][0], [], kernels[0][1], kernels[0][2]
+    idle = 0.0
+    for start, stop, name in kernels[1:]:
+        if start - end >= min_gap_us and end - origin >= after_us:
+            idle += start - end
+            rows.append({"at_ms": round((end - origin) / 1e3, 3), "gap_ms": round((start - end) / 1e3, 3),
+                         "before": last[:90], "after": name[:90]})  # fmt: skip
+        if stop > end:
+            end, last = stop, name
+    return {"gaps": rows, "idle_ms": round(idle / 1e3, 3), "span_ms": round((end - origin) / 1e3, 3)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, nargs="+", default=[64])
     ap.add_argument("--min-gap-us", type=float, default=100.0)
     ap.add_argument("--out", type=Path, default=Path("/tmp/probe-gaps"))
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="trace the GPU alone (no host events, no host slow-down): gaps in time order, kernel names")
     ap.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke test of the script)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -84,11 +109,21 @@ def main():
                 b.generate(inputs, 1)
         for name, cfg in configs.items():
             b.model.prunevid = cfg  # the plain technique: no timers inside
-            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            activities = [torch.profiler.ProfilerActivity.CUDA]
+            if not args.gpu_only or not torch.cuda.is_available():  # (on the CPU: the smoke test's host events)
+                activities.insert(0, torch.profiler.ProfilerActivity.CPU)
             with torch.profiler.profile(activities=activities) as prof:
                 t0 = b.clock.now()
                 b.generate(inputs, 1)
                 wall = b.clock.now() - t0
+            if args.gpu_only:
+                dev = "CUDA" if torch.cuda.is_available() else "CPU"
+                rec[name] = {"wall_ms": round(1e3 * wall, 2), **kernel_gaps(prof, args.min_gap_us, device=dev)}
+                print(f"[{frames}f] {name}: wall {1e3 * wall:.1f} ms, GPU idle {rec[name]['idle_ms']} ms in "
+                      f"{len(rec[name]['gaps'])} gaps >= {args.min_gap_us:.0f} us", flush=True)
+                for r in rec[name]["gaps"]:
+                    print(f"   +{r['at_ms']:8.2f} ms  gap {r['gap_ms']:6.3f}  {r['before'][:50]} -> {r['after'][:50]}")
+                continue
             busy, span, rows = gpu_gaps(prof, args.min_gap_us)
             idle = sum(r["gap_ms"] for r in rows)
             rec[name] = {"wall_ms": round(1e3 * wall, 2), "gpu_busy_ms": round(busy, 2),
