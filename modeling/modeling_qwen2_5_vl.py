@@ -299,12 +299,15 @@ class Qwen2_5_VLVisionAttention(nn.Module):
             self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
         )
         cos, sin = position_embeddings
-        query_states, key_states = apply_rotary_pos_emb_vision(query_states, key_states, cos, sin)
         # >>> prunevid:vision-varlen-attention
         if kwargs.get("prunevid_vision") is not None:
-            attn_output = kwargs["prunevid_vision"](query_states, key_states, value_states, cu_seqlens, self.scaling)
+            attn_output = kwargs["prunevid_vision"](
+                query_states, key_states, value_states, cu_seqlens, self.scaling,
+                cos=cos, sin=sin, rotary=apply_rotary_pos_emb_vision,
+            )  # fmt: skip
             return self.proj(attn_output)
         # <<< prunevid:vision-varlen-attention
+        query_states, key_states = apply_rotary_pos_emb_vision(query_states, key_states, cos, sin)
 
         query_states = query_states.transpose(0, 1).unsqueeze(0)
         key_states = key_states.transpose(0, 1).unsqueeze(0)

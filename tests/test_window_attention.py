@@ -43,11 +43,19 @@ def packed(lengths, heads, head_dim, dtype, seed=0):
     return (*qkv.unbind(1), cu)
 
 
+def rotary_tables(tokens, head_dim, seed=2):
+    """fp32 [tokens, head_dim] cos/sin tables as the tower makes them: angles repeated over the two halves."""
+    g = torch.Generator().manual_seed(seed)
+    angles = torch.rand(tokens, head_dim // 2, generator=g) * 40
+    emb = torch.cat([angles, angles], dim=-1)
+    return emb.cos(), emb.sin()
+
+
 INTERPRETED = textwrap.dedent(
     """
     import torch, torch._dynamo.testing
     import modeling.integration.window_attention as wa
-    from test_window_attention import packed, per_segment_attention
+    from test_window_attention import packed, per_segment_attention, rotary_tables
 
     worst = 0.0
     for lengths, heads, head_dim in [([64, 64, 37, 1, 5], 3, 80), ([128, 17], 2, 16), ([3], 1, 48), ([64] * 4, 4, 80),
@@ -60,9 +68,31 @@ INTERPRETED = textwrap.dedent(
         worst = max(worst, float((out.float() - want).abs().max()))
     assert worst < 2e-3, worst
 
+    # the rotary embedding inside the kernel: as upstream's function applied first (fp32, rounded back to float16)
+    from modeling.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+    rotated_worst = 0.0
+    for lengths, heads, head_dim in [([64, 64, 37, 1, 5], 3, 80), ([128, 17], 2, 16), ([9], 1, 72)]:
+        q, k, v, cu = packed(lengths, heads, head_dim, torch.float16, seed=1)
+        cos, sin = rotary_tables(sum(lengths), head_dim)
+        out = wa.segment_attention(q, k, v, cu, max(lengths), 0.3, cos, sin)
+        rq, rk = apply_rotary_pos_emb_vision(q, k, cos, sin)
+        want = per_segment_attention(rq, rk, v, lengths, 0.3)
+        rotated_worst = max(rotated_worst, float((out.float() - want).abs().max()))
+        unrotated = per_segment_attention(q, k, v, lengths, 0.3)
+        assert float((out.float() - unrotated).abs().max()) > 20 * 2e-3  # (the rotation is not a no-op here)
+    assert rotated_worst < 2e-3, rotated_worst
+    for bad in ((cos[:-1], sin[:-1]), (cos, None)):
+        try:
+            wa.segment_attention(q, k, v, cu, 9, 0.3, *bad)
+        except ValueError as error:
+            assert "cos and sin" in str(error)
+        else:
+            raise AssertionError("bad rotary tables were accepted")
+
     # schema, fake (meta) implementation and dispatch as torch checks a custom op
     q, k, v, cu = packed([64, 9], 2, 80, torch.float16)
     torch.library.opcheck(wa.segment_attention, (q, k, v, cu, 64, 0.3))
+    torch.library.opcheck(wa.segment_attention, (q, k, v, cu, 64, 0.3, *rotary_tables(73, 80)))
 
     # under torch.compile: one opaque call, traced once for every token count (symbolic shapes)
     counter = torch._dynamo.testing.CompileCounter()
@@ -73,15 +103,16 @@ INTERPRETED = textwrap.dedent(
         got = fn(q, k, v, cu, 64)
         assert float((got.float() - 2 * per_segment_attention(q, k, v, lengths, 0.3)).abs().max()) < 4e-3
     assert counter.frame_count == 1, counter.frame_count
-    print("OK", worst)
+    print("OK", worst, rotated_worst)
     """
 )
 
 
 def test_segment_attention_is_softmax_attention_per_segment_interpreted():
     """The kernel (Triton's CPU interpreter, float16) computes each segment's softmax attention: ragged segments
-    of 1 to 128 tokens, head dims 8, 16, 48, 72 and 80 (padded to the next power of two inside), strided inputs; it
-    passes torch's custom-op checks and compiles to one graph for every token count."""
+    of 1 to 128 tokens, head dims 8, 16, 48, 72 and 80 (padded to the next power of two inside), strided inputs;
+    given rotary tables, the attention of upstream's `apply_rotary_pos_emb_vision(q, k, cos, sin)` (bad tables
+    raise); it passes torch's custom-op checks and compiles to one graph for every token count."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
@@ -105,7 +136,8 @@ def test_unavailable_reasons():
 
 def test_packed_attention_routes_short_segments_to_the_kernel(monkeypatch):
     """Backend "auto": blocks whose segments have at most 128 tokens go to `segment_attention`, longer ones (the
-    full-attention blocks) to the varlen kernel; backend "varlen" sends every block to the varlen kernel."""
+    full-attention blocks) to the varlen kernel; backend "varlen" sends every block to the varlen kernel. With the
+    rotary function given, the kernel gets the tables (it rotates inside) and the varlen kernel the rotated q/k."""
     calls = []
 
     def kernel(name):
@@ -127,6 +159,33 @@ def test_packed_attention_routes_short_segments_to_the_kernel(monkeypatch):
             assert attention(q, q, q, cu, 0.25).shape == (150, 32)
         assert calls == want, (backend, calls)
 
+    # given upstream's rotary function (the hook sits before it): the kernel gets the tables and rotates inside,
+    # the varlen kernel gets `rotary`'s output
+    seen = []
+
+    def recording(name):
+        def run(q, k, v, cu, *args, **kwargs):
+            seen.append((name, q, args))
+            return torch.zeros_like(q)
+        return run
+
+    monkeypatch.setattr(va, "segment_attention", recording("triton"))
+    q = torch.randn(150, 2, 16).to(torch.bfloat16)
+    cos, sin = torch.randn(2, 150, 16).unbind(0)
+    turned = q + 1
+
+    def rotary(query, key, c, s):
+        assert c is cos and s is sin
+        return turned, turned
+
+    attention = va._PackedAttention((full, windows), fused=(recording("varlen"), True),
+                                    owner=va.VisionVarlenAttention("auto"))  # fmt: skip
+    for cu in (windows, full):
+        attention(q, q, q, cu, 0.25, cos=cos, sin=sin, rotary=rotary)
+    (k_name, k_query, k_args), (v_name, v_query, _) = seen
+    assert k_name == "triton" and k_query is q and k_args[-2] is cos and k_args[-1] is sin
+    assert v_name == "varlen" and torch.equal(v_query, turned)
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(
@@ -134,17 +193,24 @@ def test_packed_attention_routes_short_segments_to_the_kernel(monkeypatch):
     or wa.triton is None,
     reason="needs CUDA, Triton and torch.nn.attention.varlen",
 )
-def test_segment_attention_on_cuda_against_the_varlen_kernel():
+@pytest.mark.parametrize("rotary", [False, True], ids=["rotated-before", "rotary-inside"])
+def test_segment_attention_on_cuda_against_the_varlen_kernel(rotary):
     """bfloat16 on the GPU, the tower's shapes (16 heads of 80, windows of 64 with ragged ones): the kernel's error
-    against fp32 attention is within 2x (+1e-3) of flash-attention's varlen kernel's own."""
+    against fp32 attention is within 2x (+1e-3) of flash-attention's varlen kernel's own; with the rotary tables
+    given, against the attention of upstream's rotation applied first (what the varlen path computes)."""
     from torch.nn.attention.varlen import varlen_attn
+
+    from modeling.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
     lengths = [64] * 40 + [32, 48, 1, 64, 20]
     q, k, v, cu = (t.cuda() for t in packed(lengths, 16, 80, torch.bfloat16))
     scale = 80**-0.5
+    tables = tuple(t.cuda() for t in rotary_tables(sum(lengths), 80)) if rotary else ()
+    got = wa.segment_attention(q, k, v, cu, 64, scale, *tables)
+    if rotary:
+        q, k = apply_rotary_pos_emb_vision(q, k, *tables)
     want = per_segment_attention(q, k, v, lengths, scale)
-    got = wa.segment_attention(q, k, v, cu, 64, scale)
     flash = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, 64, 64, scale=scale)
     err, flash_err = (float((t.float() - want).abs().max()) for t in (got, flash))
-    print(f"segment_attention max abs error {err:.5f}, varlen {flash_err:.5f}")
+    print(f"segment_attention (rotary inside: {rotary}) max abs error {err:.5f}, varlen {flash_err:.5f}")
     assert err <= 2 * flash_err + 1e-3

@@ -14,8 +14,10 @@ Wiring (patch `vision-varlen-attention`, three guarded blocks):
   `_prunevid_vision` object (set by `Qwen2_5_VLPruneVid.prunevid = cfg`, see [`vision_attention_for`]), its
   [`VisionVarlenAttention.prepare`] returns the block kwargs with a `prunevid_vision` entry, or unchanged (the
   stock path) where the fused kernel cannot run here; it logs why, once.
-* `Qwen2_5_VLVisionAttention.forward`, after the rotary embedding: when `prunevid_vision` is in the kwargs, the
-  attention of the block is computed by it and projected by the block's own `proj`.
+* `Qwen2_5_VLVisionAttention.forward`, just before the rotary embedding: when `prunevid_vision` is in the kwargs,
+  the attention of the block is computed by it (given the rotary tables and upstream's `apply_rotary_pos_emb_vision`
+  by keyword: it applies that function, or the same rotation inside the window kernel) and projected by the block's
+  own `proj`.
 * the block loop: when `prunevid_vision` is in the kwargs, each block is called through its `block(blk)`: the block
   itself, or its compiled form (below).
 
@@ -114,6 +116,8 @@ def _warn_once(reason: str) -> None:
 
 class VisionVarlenAttention:
     """What `Qwen2_5_VLPruneVid` puts on its vision tower as `_prunevid_vision` for `vision_attention="varlen"`."""
+
+    rotary_in_kernel = True  # the windowed blocks' kernel rotates q and k itself (False: `rotary` first, as before)
 
     def __init__(self, backend: str = "auto", compile: bool | dict[str, Any] = False) -> None:
         if backend not in BACKENDS:
@@ -242,6 +246,7 @@ class _PackedAttention:
         self.fused = fused
         self.block = owner.block
         self.short_segments = fused is not None and owner.backend == "auto"  # `segment_attention` where it runs
+        self.rotary_in_kernel = owner.rotary_in_kernel
         self.tables: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         for cu in cu_seqlens:
             lengths = cu[1:] - cu[:-1]
@@ -258,15 +263,27 @@ class _PackedAttention:
         return cu32, max_len
 
     def __call__(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
-    ) -> torch.Tensor:
-        """Hook 2 (attention forward): `query`/`key`/`value` are [tokens, heads, head_dim] (rotary applied);
-        returns [tokens, heads * head_dim], heads concatenated per token as upstream's attention output."""
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor, scale: float,
+        *, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None, rotary: Any = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """Hook 2 (attention forward, before the rotary embedding): `query`/`key`/`value` are [tokens, heads,
+        head_dim], `rotary` upstream's `apply_rotary_pos_emb_vision` with its tables `cos`/`sin` [tokens, head_dim]
+        (None: `query` and `key` come rotated); returns [tokens, heads * head_dim], heads concatenated per token as
+        upstream's attention output. The windowed blocks' kernel rotates inside (the same fp32 rotation, rounded
+        back to the input dtype; the rotated copies are never written); the other paths call `rotary` first."""
         tokens = query.shape[0]
         cu32, max_len = self._table(cu_seqlens)
         if self.short_segments and segment_attention_unavailable_reason(query, max_len) is None:
-            out = segment_attention(query, key, value, cu32, max_len, scale)  # the windowed blocks
-        elif self.fused is not None:
+            tables = (None, None)
+            if rotary is not None and self.rotary_in_kernel:
+                tables = (cos, sin)
+            elif rotary is not None:
+                query, key = rotary(query, key, cos, sin)
+            out = segment_attention(query, key, value, cu32, max_len, scale, *tables)  # the windowed blocks
+            return out.reshape(tokens, -1)
+        if rotary is not None:
+            query, key = rotary(query, key, cos, sin)
+        if self.fused is not None:
             out = _varlen(self.fused, query, key, value, cu32, max_len, scale)
         else:
             out = packed_reference_attention(query, key, value, cu32, scale)

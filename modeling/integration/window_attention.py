@@ -65,12 +65,30 @@ def segment_attention_unavailable_reason(query: Tensor, max_len: int) -> str | N
 if triton is not None:
 
     @triton.jit
+    def _rotated(X, token, head, s_t, s_h, COS, SIN, sc_t, ss_t, dims, tile_ok, HEAD_DIM: tl.constexpr,
+                 ROTARY: tl.constexpr):  # fmt: skip
+        """A ``[BLOCK_N, BLOCK_D]`` tile of one head of ``X``, rotated as upstream's `apply_rotary_pos_emb_vision`
+        does where ``ROTARY`` (in fp32: ``x * cos + rotate_half(x) * sin``, then back to the input dtype)."""
+        x = tl.load(X + token * s_t + head * s_h + dims[None, :], mask=tile_ok, other=0.0)
+        if ROTARY:
+            half = HEAD_DIM // 2
+            lower = dims < half  # rotate_half(x) = cat(-x[half:], x[:half])
+            partner = tl.where(lower, dims + half, dims - half)
+            other = tl.load(X + token * s_t + head * s_h + partner[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+            cos = tl.load(COS + token * sc_t + dims[None, :], mask=tile_ok, other=0.0)
+            sin = tl.load(SIN + token * ss_t + dims[None, :], mask=tile_ok, other=0.0)
+            turned = tl.where(lower[None, :], -other, other)
+            x = (x.to(tl.float32) * cos + turned * sin).to(x.dtype)
+        return x
+
+    @triton.jit
     def _segment_attention_kernel(
-        Q, K, V, O, CU, scale,
-        sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, so_t, so_h,
-        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        Q, K, V, O, CU, COS, SIN, scale,
+        sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, so_t, so_h, sc_t, ss_t,
+        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ROTARY: tl.constexpr,
     ):  # fmt: skip
-        """One (segment, head): ``O = softmax(scale * Q K^T) V`` over the segment's ``n <= BLOCK_N`` tokens."""
+        """One (segment, head): ``O = softmax(scale * Q K^T) V`` over the segment's ``n <= BLOCK_N`` tokens, with
+        ``Q`` and ``K`` rotated first where ``ROTARY``."""
         segment = tl.program_id(0)
         head = tl.program_id(1)
         start = tl.load(CU + segment)
@@ -80,8 +98,8 @@ if triton is not None:
         row_ok = rows < n
         tile_ok = row_ok[:, None] & (dims < HEAD_DIM)[None, :]
         token = (start + rows).to(tl.int64)[:, None]
-        q = tl.load(Q + token * sq_t + head * sq_h + dims[None, :], mask=tile_ok, other=0.0)
-        k = tl.load(K + token * sk_t + head * sk_h + dims[None, :], mask=tile_ok, other=0.0)
+        q = _rotated(Q, token, head, sq_t, sq_h, COS, SIN, sc_t, ss_t, dims, tile_ok, HEAD_DIM, ROTARY)
+        k = _rotated(K, token, head, sk_t, sk_h, COS, SIN, sc_t, ss_t, dims, tile_ok, HEAD_DIM, ROTARY)
         v = tl.load(V + token * sv_t + head * sv_h + dims[None, :], mask=tile_ok, other=0.0)
         scores = tl.dot(q, tl.trans(k)) * scale  # fp32 accumulation
         scores = tl.where(row_ok[None, :], scores, float("-inf"))  # keys past the segment's end
@@ -91,16 +109,19 @@ if triton is not None:
 
 
 @torch.library.custom_op("prunevid::segment_attention", mutates_args=())
-def segment_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_len: int,
-                      scale: float) -> Tensor:  # fmt: skip
+def segment_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_len: int, scale: float,
+                      cos: Tensor | None = None, sin: Tensor | None = None) -> Tensor:  # fmt: skip
     """Softmax attention within each packed segment (what `varlen_attn(q, k, v, cu, cu, max_len, max_len)` computes
-    for segments of at most ``MAX_SEGMENT`` tokens).
+    for segments of at most ``MAX_SEGMENT`` tokens), with the rotary embedding applied to ``query`` and ``key``
+    first when ``cos`` and ``sin`` are given (as upstream's `apply_rotary_pos_emb_vision(q, k, cos, sin)`: in
+    fp32, rounded back to the input dtype; here inside the kernel, so the rotated copies are never written).
 
     Args:
         query, key, value: ``[tokens, heads, head_dim]`` (the last dimension contiguous), float16 / bfloat16.
         cu_seqlens: ``IntTensor[segments + 1]`` the segments' cumulative boundaries, from 0 to ``tokens``.
         max_len: the longest segment (at most ``MAX_SEGMENT``).
         scale: the softmax scale.
+        cos, sin: ``[tokens, head_dim]`` rotary tables (the last dimension contiguous; cast to fp32), or None.
 
     Returns:
         ``[tokens, heads, head_dim]``, contiguous.
@@ -108,22 +129,33 @@ def segment_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Ten
     reason = segment_attention_unavailable_reason(query, max_len)
     if reason is not None:
         raise RuntimeError(f"segment_attention cannot run: {reason}")
+    rotary = cos is not None or sin is not None
+    if rotary:
+        want = (query.shape[0], query.shape[-1])
+        if cos is None or sin is None or tuple(cos.shape) != want or tuple(sin.shape) != want or want[1] % 2:
+            raise ValueError(
+                f"segment_attention: cos and sin must both be [tokens, head_dim] = {list(want)} (an even head_dim), "
+                f"got {None if cos is None else list(cos.shape)} and {None if sin is None else list(sin.shape)}"
+            )
+        cos, sin = (t.float() if t.stride(-1) == 1 else t.float().contiguous() for t in (cos, sin))
     query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
     out = query.new_empty(query.shape)
     tokens, heads, head_dim = query.shape
     segments = cu_seqlens.shape[0] - 1
     if tokens == 0 or segments <= 0:
         return out
+    cos_arg, sin_arg = (cos, sin) if rotary else (query, query)  # (not read without ROTARY)
     _segment_attention_kernel[(segments, heads)](
-        query, key, value, out, cu_seqlens, float(scale),
+        query, key, value, out, cu_seqlens, cos_arg, sin_arg, float(scale),
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        out.stride(0), out.stride(1),
+        out.stride(0), out.stride(1), cos_arg.stride(0), sin_arg.stride(0),
         HEAD_DIM=head_dim, BLOCK_N=max(16, triton.next_power_of_2(max_len)),
-        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), num_warps=NUM_WARPS, num_stages=1,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), ROTARY=rotary, num_warps=NUM_WARPS, num_stages=1,
     )  # fmt: skip
     return out
 
 
 @segment_attention.register_fake
-def _(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_len: int, scale: float) -> Tensor:
+def _(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_len: int, scale: float,
+      cos: Tensor | None = None, sin: Tensor | None = None) -> Tensor:  # fmt: skip
     return query.new_empty(query.shape)
