@@ -12,7 +12,11 @@ medians of `--repeats` calls after warm-up, each variant's output against varlen
   `scaled_dot_product_attention` restricted to one backend (flash, efficient, cudnn), output made packed again;
 * `compiled_sdpa` / `compiled_math`: the same under `torch.compile` (inductor picks; and the explicit softmax);
 * `segment_attention`: the Triton kernel of modeling/integration/window_attention.py (one program per window and
-  head), what `vision_attention="varlen"` runs for these blocks since it was added.
+  head), what `vision_attention="varlen"` runs for these blocks since it was added;
+* `rotary_then_segment_attention` / `segment_attention_rotary_inside`: with the rotary embedding, q, k, v the
+  strided views of one qkv output: upstream's `apply_rotary_pos_emb_vision` compiled (one pointwise kernel, as in
+  the compiled blocks) then the kernel, against the kernel given the tables (it rotates q and k as it loads them);
+  their difference is compared with the varlen kernel on the rotated inputs.
 
     python3 tools/probe_window_attn.py [--tokens 32768 131072] [--out DIR]
 """
@@ -63,6 +67,9 @@ def main():
         s = (qb @ kb.transpose(-1, -2)).float() * scale
         return unbatch((s.softmax(-1).to(q.dtype)) @ vb)
 
+    from modeling.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    compiled_rotary = torch.compile(apply_rotary_pos_emb_vision, dynamic=True)
     compiled_sdpa = torch.compile(sdpa, dynamic=True)
     compiled_math = torch.compile(math, dynamic=True)
     report = {"torch": torch.__version__, "device": torch.cuda.get_device_name(), "shapes": {}}
@@ -85,9 +92,22 @@ def main():
                 finally:
                     window_attention.NUM_WARPS = 4
             variants["segment_attention" + ("" if warps == 4 else f"_{warps}warps")] = triton_call
+        # with the rotary embedding (the tower's blocks): upstream's rotation compiled (one fused pointwise kernel,
+        # as inside the compiled blocks) then the kernel, against the kernel rotating q and k itself; q, k, v as
+        # the strided views of one qkv projection output that the blocks hold
+        qkv = torch.randn(T, 3, H, D, device=dev, dtype=dt, generator=g)
+        qs, ks, vs = qkv.unbind(1)
+        angles = torch.rand(T, D // 2, device=dev, generator=g) * 40
+        cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+        variants["rotary_then_segment_attention"] = lambda: segment_attention(
+            *compiled_rotary(qs, ks, cos, sin), vs, cu, W, scale).reshape(T, -1)
+        variants["segment_attention_rotary_inside"] = lambda: segment_attention(
+            qs, ks, vs, cu, W, scale, cos, sin).reshape(T, -1)
         variants["compiled_sdpa"] = lambda: compiled_sdpa(q, k, v)
         variants["compiled_math"] = lambda: compiled_math(q, k, v)
         ref = variants["varlen"]().float()
+        rotated_ref = varlen_attn(*(t.contiguous() for t in (*apply_rotary_pos_emb_vision(qs, ks, cos, sin), vs)),
+                                  cu, cu, W, W, scale=scale).reshape(T, -1).float()  # fmt: skip
         rows = {}
         for name, fn in variants.items():
             try:
@@ -102,7 +122,7 @@ def main():
                     b.record()
                     torch.cuda.synchronize()
                     times.append(a.elapsed_time(b))
-                err = float((out.float() - ref).abs().max())
+                err = float((out.float() - (rotated_ref if "rotary" in name else ref)).abs().max())
                 rows[name] = {"ms": round(statistics.median(times), 4), "min_ms": round(min(times), 4),
                               "max_abs_diff_vs_varlen": err}  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - a backend that cannot run these shapes
