@@ -137,7 +137,8 @@ def test_unavailable_reasons():
 def test_packed_attention_routes_short_segments_to_the_kernel(monkeypatch):
     """Backend "auto": blocks whose segments have at most 128 tokens go to `segment_attention`, longer ones (the
     full-attention blocks) to the varlen kernel; backend "varlen" sends every block to the varlen kernel. With the
-    rotary function given, the kernel gets the tables (it rotates inside) and the varlen kernel the rotated q/k."""
+    rotary function given, the kernel gets the tables (`rotary_in_kernel`: it rotates inside) or the rotated q/k,
+    the varlen kernel the rotated q/k."""
     calls = []
 
     def kernel(name):
@@ -159,8 +160,8 @@ def test_packed_attention_routes_short_segments_to_the_kernel(monkeypatch):
             assert attention(q, q, q, cu, 0.25).shape == (150, 32)
         assert calls == want, (backend, calls)
 
-    # given upstream's rotary function (the hook sits before it): the kernel gets the tables and rotates inside,
-    # the varlen kernel gets `rotary`'s output
+    # given upstream's rotary function (the hook sits before it): the kernel gets the tables and rotates inside
+    # (`rotary_in_kernel`) or gets `rotary`'s output, as the varlen kernel does
     seen = []
 
     def recording(name):
@@ -178,13 +179,19 @@ def test_packed_attention_routes_short_segments_to_the_kernel(monkeypatch):
         assert c is cos and s is sin
         return turned, turned
 
-    attention = va._PackedAttention((full, windows), fused=(recording("varlen"), True),
-                                    owner=va.VisionVarlenAttention("auto"))  # fmt: skip
-    for cu in (windows, full):
-        attention(q, q, q, cu, 0.25, cos=cos, sin=sin, rotary=rotary)
-    (k_name, k_query, k_args), (v_name, v_query, _) = seen
-    assert k_name == "triton" and k_query is q and k_args[-2] is cos and k_args[-1] is sin
-    assert v_name == "varlen" and torch.equal(v_query, turned)
+    for inside in (True, False):
+        seen.clear()
+        owner = va.VisionVarlenAttention("auto")
+        owner.rotary_in_kernel = inside
+        attention = va._PackedAttention((full, windows), fused=(recording("varlen"), True), owner=owner)
+        for cu in (windows, full):
+            attention(q, q, q, cu, 0.25, cos=cos, sin=sin, rotary=rotary)
+        (k_name, k_query, k_args), (v_name, v_query, _) = seen
+        assert k_name == "triton" and v_name == "varlen" and torch.equal(v_query, turned)
+        if inside:
+            assert k_query is q and k_args[-2] is cos and k_args[-1] is sin
+        else:
+            assert torch.equal(k_query, turned) and k_args[-2:] == (None, None)
 
 
 @pytest.mark.gpu

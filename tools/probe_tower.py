@@ -11,10 +11,10 @@ Variants (each the `block(blk)` callable of the tower's `VisionVarlenAttention`,
 * `padded_mlp_varlen`: the same with the hook on: the MLP padded to 3424 in the graph (`padded_mlp`), so the
   activation is written padded once; every block's attention through the varlen kernel (backend "varlen");
 * `padded_mlp`: today's `vision_attention="varlen_compiled"`: the same with the windowed blocks' attention through
-  the Triton kernel of modeling/integration/window_attention.py (backend "auto"), which applies the rotary
-  embedding itself;
-* `padded_mlp_rotary_outside`: the same with the rotation computed in the graph before that kernel
-  (`rotary_in_kernel = False`: the tower of 2026-12-05 before the rotation moved into the kernel);
+  the Triton kernel of modeling/integration/window_attention.py (backend "auto"), given q and k rotated (upstream's
+  rotation, one fused pointwise kernel in the graph);
+* `padded_mlp_rotary_inside`: the same with that kernel rotating q and k itself as it loads them
+  (`VisionVarlenAttention.rotary_in_kernel = True`): the rotated copies are never written;
 * `nopad`: inductor's `shape_padding` off, the hook off (unaligned GEMMs);
 * `*_cdt`: with inductor's `coordinate_descent_tuning` (pointwise / reduction kernels tuned).
 
@@ -101,9 +101,8 @@ def main():
         "nopad_cdt": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": {**nopad, **cdt}}),
                       False, "varlen"),
         "padded_mlp_varlen": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True, "varlen"),
-        "padded_mlp_rotary_outside": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True,
-                                      "auto"),
         "padded_mlp": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True, "auto"),
+        "padded_mlp_rotary_inside": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True, "auto"),
         "padded_mlp_cdt": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": cdt}), True,
                            "auto"),
     }
@@ -114,7 +113,7 @@ def main():
 
     def use(name):
         vision.block, pad, vision.backend = variants[name]
-        vision.rotary_in_kernel = name != "padded_mlp_rotary_outside"
+        vision.rotary_in_kernel = name == "padded_mlp_rotary_inside"
         for block in tower.blocks:
             block.mlp._prunevid_vision = vision if pad else None
 

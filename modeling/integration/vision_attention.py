@@ -117,7 +117,9 @@ def _warn_once(reason: str) -> None:
 class VisionVarlenAttention:
     """What `Qwen2_5_VLPruneVid` puts on its vision tower as `_prunevid_vision` for `vision_attention="varlen"`."""
 
-    rotary_in_kernel = True  # the windowed blocks' kernel rotates q and k itself (False: `rotary` first, as before)
+    # whether the windowed blocks' kernel rotates q and k itself (True) or gets them rotated by upstream's function
+    # (False, the default until the fused rotation is measured on a GPU: tools/probe_tower.py, docs/bench/README.md)
+    rotary_in_kernel = False
 
     def __init__(self, backend: str = "auto", compile: bool | dict[str, Any] = False) -> None:
         if backend not in BACKENDS:
@@ -269,8 +271,9 @@ class _PackedAttention:
         """Hook 2 (attention forward, before the rotary embedding): `query`/`key`/`value` are [tokens, heads,
         head_dim], `rotary` upstream's `apply_rotary_pos_emb_vision` with its tables `cos`/`sin` [tokens, head_dim]
         (None: `query` and `key` come rotated); returns [tokens, heads * head_dim], heads concatenated per token as
-        upstream's attention output. The windowed blocks' kernel rotates inside (the same fp32 rotation, rounded
-        back to the input dtype; the rotated copies are never written); the other paths call `rotary` first."""
+        upstream's attention output. With `rotary_in_kernel` the windowed blocks' kernel rotates inside (the same
+        fp32 rotation, rounded back to the input dtype; the rotated copies are never written); otherwise, and on
+        every other path, `rotary` runs first."""
         tokens = query.shape[0]
         cu32, max_len = self._table(cu_seqlens)
         if self.short_segments and segment_attention_unavailable_reason(query, max_len) is None:
