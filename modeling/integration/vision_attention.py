@@ -276,17 +276,15 @@ class _PackedAttention:
         every other path, `rotary` runs first."""
         tokens = query.shape[0]
         cu32, max_len = self._table(cu_seqlens)
-        if self.short_segments and segment_attention_unavailable_reason(query, max_len) is None:
-            tables = (None, None)
-            if rotary is not None and self.rotary_in_kernel:
-                tables = (cos, sin)
-            elif rotary is not None:
-                query, key = rotary(query, key, cos, sin)
-            out = segment_attention(query, key, value, cu32, max_len, scale, *tables)  # the windowed blocks
-            return out.reshape(tokens, -1)
-        if rotary is not None:
+        windowed = self.short_segments and segment_attention_unavailable_reason(query, max_len) is None
+        tables = (None, None)
+        if rotary is not None and windowed and self.rotary_in_kernel:
+            tables = (cos, sin)
+        elif rotary is not None:
             query, key = rotary(query, key, cos, sin)
-        if self.fused is not None:
+        if windowed:
+            out = segment_attention(query, key, value, cu32, max_len, scale, *tables)  # the windowed blocks
+        elif self.fused is not None:
             out = _varlen(self.fused, query, key, value, cu32, max_len, scale)
         else:
             out = packed_reference_attention(query, key, value, cu32, scale)
