@@ -28,24 +28,37 @@ sys.path.insert(0, str(ROOT / "tools"))
 import bench  # noqa: E402
 
 
+def idle_intervals(events, device="CUDA"):
+    """The GPU's idle intervals in one profiled call, from its kernels (events on `device`): (first kernel start,
+    busy us, last kernel end, [(idle from, idle to, the kernel that ended before, the one that starts after)] in
+    time order), overlapping kernels merged; None without kernels."""
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in events if e.device_type.name == device)
+    if not kernels:
+        return None
+    origin, end, last = kernels[0]
+    busy, idle = end - origin, []
+    for start, stop, name in kernels[1:]:
+        if start > end:
+            idle.append((end, start, last, name))
+            busy += stop - start
+            end, last = stop, name
+        elif stop > end:
+            busy += stop - end
+            end, last = stop, name
+    return origin, busy, end, idle
+
+
 def gpu_gaps(prof, min_gap_us=100.0, limit=25):
     """(GPU-busy ms, first-to-last kernel span ms, [gap rows]) of one profiled call; each row: start (ms from the
     first kernel), length (ms), the host ops overlapping the gap (name, overlap ms; nested ops count in each of their
     parents too)."""
     events = list(prof.events())
-    kernels = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type.name == "CUDA")
-    if not kernels:
+    found = idle_intervals(events)
+    if found is None:
         return 0.0, 0.0, []
-    merged = [list(kernels[0])]
-    for start, end in kernels[1:]:
-        if start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    busy = sum(end - start for start, end in merged)
-    origin = merged[0][0]
+    origin, busy, last_end, idle = found
     cpu = [e for e in events if e.device_type.name == "CPU"]
-    gaps = [(a[1], b[0]) for a, b in zip(merged, merged[1:]) if b[0] - a[1] >= min_gap_us]
+    gaps = [(a, b) for a, b, _, _ in idle if b - a >= min_gap_us]
     gaps.sort(key=lambda g: g[0] - g[1])
     rows = []
     for start, end in gaps[:limit]:
@@ -59,29 +72,22 @@ def gpu_gaps(prof, min_gap_us=100.0, limit=25):
             "at_ms": round((start - origin) / 1e3, 3), "gap_ms": round((end - start) / 1e3, 3),
             "host_ops": [(name[:70], round(o / 1e3, 3)) for name, o in top],
         })  # fmt: skip
-    return busy / 1e3, (merged[-1][1] - origin) / 1e3, rows
+    return busy / 1e3, (last_end - origin) / 1e3, rows
 
 
-def kernel_gaps(prof, min_gap_us=20.0, after_us=0.0, device="CUDA"):
+def kernel_gaps(prof, min_gap_us=20.0, device="CUDA"):
     """Without host events (`--gpu-only`: the profiler traces the GPU alone, the host runs at its own speed): the
-    GPU's idle intervals of at least `min_gap_us` that start `after_us` or later from the first kernel, in time
-    order, each with the kernels that end before and start after it (where in the model the GPU waited), and the
-    idle total. A kernel that ends with a gap after it and is a sync point names the host step that followed."""
-    kernels = sorted(
-        (e.time_range.start, e.time_range.end, e.name) for e in prof.events() if e.device_type.name == device
-    )
-    if not kernels:
-        return {"gaps": [], "idle_ms": 0.0}
-    origin, rows, end, last = kernels[0][0], [], kernels[0][1], kernels[0][2]
-    idle = 0.0
-    for start, stop, name in kernels[1:]:
-        if start - end >= min_gap_us and end - origin >= after_us:
-            idle += start - end
-            rows.append({"at_ms": round((end - origin) / 1e3, 3), "gap_ms": round((start - end) / 1e3, 3),
-                         "before": last[:90], "after": name[:90]})  # fmt: skip
-        if stop > end:
-            end, last = stop, name
-    return {"gaps": rows, "idle_ms": round(idle / 1e3, 3), "span_ms": round((end - origin) / 1e3, 3)}
+    GPU's idle intervals of at least `min_gap_us`, in time order, each with the kernels that end before and start
+    after it (where in the model the GPU waited), their total and the first-to-last kernel span."""
+    found = idle_intervals(prof.events(), device)
+    if found is None:
+        return {"gaps": [], "idle_ms": 0.0, "span_ms": 0.0}
+    origin, _, last_end, idle = found
+    waits = [(a, b, before, after) for a, b, before, after in idle if b - a >= min_gap_us]
+    rows = [{"at_ms": round((a - origin) / 1e3, 3), "gap_ms": round((b - a) / 1e3, 3), "before": before[:90],
+             "after": after[:90]} for a, b, before, after in waits]  # fmt: skip
+    return {"gaps": rows, "idle_ms": round(sum(b - a for a, b, _, _ in waits) / 1e3, 3),
+            "span_ms": round((last_end - origin) / 1e3, 3)}  # fmt: skip
 
 
 def main():

@@ -98,7 +98,8 @@ def main():
         qkv = torch.randn(T, 3, H, D, device=dev, dtype=dt, generator=g)
         qs, ks, vs = qkv.unbind(1)
         angles = torch.rand(T, D // 2, device=dev, generator=g) * 40
-        cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+        emb = torch.cat([angles, angles], -1)
+        cos, sin = emb.cos(), emb.sin()
         variants["rotary_then_segment_attention"] = lambda: segment_attention(
             *compiled_rotary(qs, ks, cos, sin), vs, cu, W, scale).reshape(T, -1)
         variants["segment_attention_rotary_inside"] = lambda: segment_attention(
