@@ -117,9 +117,9 @@ def _warn_once(reason: str) -> None:
 class VisionVarlenAttention:
     """What `Qwen2_5_VLPruneVid` puts on its vision tower as `_prunevid_vision` for `vision_attention="varlen"`."""
 
-    # whether the windowed blocks' kernel rotates q and k itself (True) or gets them rotated by upstream's function
-    # (False, the default until the fused rotation is measured on a GPU: tools/probe_tower.py, docs/bench/README.md)
-    rotary_in_kernel = False
+    # whether the windowed blocks' kernel rotates q and k itself (True: the compiled tower 104.7 -> 100.2 ms at 64
+    # frames, 420.7 -> 381.1 at 256, same error, H100, docs/bench/README.md) or gets them rotated by upstream's function
+    rotary_in_kernel = True
 
     def __init__(self, backend: str = "auto", compile: bool | dict[str, Any] = False) -> None:
         if backend not in BACKENDS:
