@@ -10,10 +10,9 @@ Variants (each the `block(blk)` callable of the tower's `VisionVarlenAttention`,
   into its padded buffer once per block);
 * `padded_mlp_varlen`: the same with the hook on: the MLP padded to 3424 in the graph (`padded_mlp`), so the
   activation is written padded once; every block's attention through the varlen kernel (backend "varlen");
-* `padded_mlp`: `vision_attention="varlen_compiled"` before the rotation moved into the kernel:
-  the same with the windowed blocks' attention through
-  the Triton kernel of modeling/integration/window_attention.py (backend "auto"), given q and k rotated (upstream's
-  rotation, one fused pointwise kernel in the graph);
+* `padded_mlp`: `vision_attention="varlen_compiled"` before the rotation moved into the kernel: the same with the
+  windowed blocks' attention through the Triton kernel of modeling/integration/window_attention.py (backend
+  "auto"), given q and k rotated (upstream's rotation, one fused pointwise kernel in the graph);
 * `padded_mlp_rotary_inside`: the same with that kernel rotating q and k itself as it loads them
   (`VisionVarlenAttention.rotary_in_kernel = True`, the default now): the rotated copies are never written;
 * `nopad`: inductor's `shape_padding` off, the hook off (unaligned GEMMs);
