@@ -28,32 +28,12 @@ sys.path.insert(0, str(ROOT / "tools"))
 import bench  # noqa: E402
 
 
-def idle_intervals(events, device="CUDA"):
-    """The GPU's idle intervals in one profiled call, from its kernels (events on `device`): (first kernel start,
-    busy us, last kernel end, [(idle from, idle to, the kernel that ended before, the one that starts after)] in
-    time order), overlapping kernels merged; None without kernels."""
-    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in events if e.device_type.name == device)
-    if not kernels:
-        return None
-    origin, end, last = kernels[0]
-    busy, idle = end - origin, []
-    for start, stop, name in kernels[1:]:
-        if start > end:
-            idle.append((end, start, last, name))
-            busy += stop - start
-            end, last = stop, name
-        elif stop > end:
-            busy += stop - end
-            end, last = stop, name
-    return origin, busy, end, idle
-
-
 def gpu_gaps(prof, min_gap_us=100.0, limit=25):
     """(GPU-busy ms, first-to-last kernel span ms, [gap rows]) of one profiled call; each row: start (ms from the
     first kernel), length (ms), the host ops overlapping the gap (name, overlap ms; nested ops count in each of their
     parents too)."""
     events = list(prof.events())
-    found = idle_intervals(events)
+    found = bench.idle_intervals(events)
     if found is None:
         return 0.0, 0.0, []
     origin, busy, last_end, idle = found
@@ -79,7 +59,7 @@ def kernel_gaps(prof, min_gap_us=20.0, device="CUDA"):
     """Without host events (`--gpu-only`: the profiler traces the GPU alone, the host runs at its own speed): the
     GPU's idle intervals of at least `min_gap_us`, in time order, each with the kernels that end before and start
     after it (where in the model the GPU waited), their total and the first-to-last kernel span."""
-    found = idle_intervals(prof.events(), device)
+    found = bench.idle_intervals(prof.events(), device)
     if found is None:
         return {"gaps": [], "idle_ms": 0.0, "span_ms": 0.0}
     origin, _, last_end, idle = found
