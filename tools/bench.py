@@ -58,7 +58,6 @@ import argparse
 import contextlib
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -491,7 +490,6 @@ class Bench:
     def run_frames(self, frames):
         from modeling.integration.compat import cache_of
 
-        torch = self.torch
         args = self.args
         size = args.size
         t_begin = self.elapsed()
