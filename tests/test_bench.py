@@ -196,3 +196,20 @@ def test_the_ceiling_of_target_2_is_the_ratio_of_gpu_busy_times():
     markdown = bench.markdown({"per_frames": {"64": rec}, "targets": list(rows.values())})
     assert "GPU busy in one profiled call from pixels (kernels merged) of its wall time, ms: stock_compiled 420.0 " \
            "of 460.0; fast 120.0 of 160.0." in markdown
+
+
+def test_probe_gaps_splits_busy_and_idle_time_by_phase_between_its_markers():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import probe_gaps
+
+    spin = probe_gaps.MARKER["CUDA"]
+    events = [kernel(0, 5), kernel(6, 8, spin), kernel(9, 20), kernel(22, 23, spin), kernel(25, 30),
+              kernel(31, 32, spin), kernel(33, 40), kernel(41, 42, spin), kernel(50, 60)]  # fmt: skip
+    table = probe_gaps.phase_table(events, small_us=5)
+    assert list(table) == list(probe_gaps.PHASES)
+    tower, after = table["tower"], table["after it"]
+    assert tower["span_ms"] * 1e3 == pytest.approx(16) and tower["idle_ms"] * 1e3 == pytest.approx(3)
+    assert tower["idle_in_small_gaps_ms"] == tower["idle_ms"] and tower["kernels"] == 1
+    assert after["idle_ms"] * 1e3 == pytest.approx(8) and after["idle_in_small_gaps_ms"] == 0  # one 8-us wait
+    assert sum(row["busy_ms"] + row["idle_ms"] for row in table.values()) * 1e3 == pytest.approx(60)
+    assert probe_gaps.phase_table(events[:-2]) is None  # three markers: no phases

@@ -12,6 +12,7 @@ for these ops, and the stack tracing slowed plain Python down: the largest gap, 
 
     python3 tools/probe_gaps.py --frames 64 [--out DIR]
     python3 tools/probe_gaps.py --frames 64 --gpu-only --min-gap-us 20   # the GPU alone: every wait, in order
+    python3 tools/probe_gaps.py --frames 64 --gpu-only --phases          # and busy / idle per phase of the call
 """
 
 from __future__ import annotations
@@ -70,6 +71,50 @@ def kernel_gaps(prof, min_gap_us=20.0, device="CUDA"):
             "span_ms": round((last_end - origin) / 1e3, 3)}  # fmt: skip
 
 
+PHASES = ("before the tower", "tower", "tower -> language model", "language model", "after it")
+MARKER = {"CUDA": "spin_kernel", "CPU": "probe_gaps_marker"}  # (torch.cuda._sleep's kernel; on the CPU a range)
+
+
+def mark_phases(model, device):
+    """Hooks that put a marker on the device's timeline before and after the vision tower and the language model
+    (on CUDA a 1-cycle `torch.cuda._sleep`, one tiny kernel); returns their handles."""
+    import torch
+
+    def marker(*_):
+        if device.type == "cuda":
+            torch.cuda._sleep(1)
+        else:
+            with torch.profiler.record_function(MARKER["CPU"]):
+                pass
+
+    return [hook(marker) for module in (model.model.visual, model.model.language_model)
+            for hook in (module.register_forward_pre_hook, module.register_forward_hook)]  # fmt: skip
+
+
+def phase_table(events, device="CUDA", small_us=20.0):
+    """Per phase of one profiled call (between the markers of `mark_phases`): its span on the device's timeline, the
+    kernels' busy time (merged), the idle time, the part of it in gaps shorter than `small_us` (launch-bound
+    stretches: many tiny kernels) and the kernel count, in ms. None unless exactly four markers were seen."""
+    kernels = [e for e in events if e.device_type.name == device]
+    marks = sorted(e.time_range.start for e in kernels if e.name == MARKER[device])
+    found = bench.idle_intervals(kernels, device)
+    if len(marks) != 4 or found is None:
+        return None
+    origin, _, last_end, idle = found
+    bounds = [origin, *marks, last_end]
+    table = {}
+    for phase, lo, hi in zip(PHASES, bounds, bounds[1:]):
+        parts = [(min(b, hi) - max(a, lo), b - a) for a, b, _, _ in idle if b > lo and a < hi]
+        idle_us = sum(part for part, _ in parts)
+        table[phase] = {
+            "span_ms": round((hi - lo) / 1e3, 3), "busy_ms": round((hi - lo - idle_us) / 1e3, 3),
+            "idle_ms": round(idle_us / 1e3, 3),
+            "idle_in_small_gaps_ms": round(sum(part for part, gap in parts if gap < small_us) / 1e3, 3),
+            "kernels": sum(1 for e in kernels if lo <= e.time_range.start < hi and e.name != MARKER[device]),
+        }  # fmt: skip
+    return table
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, nargs="+", default=[64])
@@ -77,6 +122,9 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("/tmp/probe-gaps"))
     ap.add_argument("--gpu-only", action="store_true",
                     help="trace the GPU alone (no host events, no host slow-down): gaps in time order, kernel names")
+    ap.add_argument("--phases", action="store_true",
+                    help="with --gpu-only: busy and idle time per phase (before the tower, tower, tower -> language "
+                         "model, language model, after it), from marker kernels the probe puts on the timeline")
     ap.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke test of the script)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -93,8 +141,11 @@ def main():
             for cfg in configs.values():
                 b.model.prunevid = cfg
                 b.generate(inputs, 1)
+        handles = mark_phases(b.model, b.device) if args.phases else []
         for name, cfg in configs.items():
             b.model.prunevid = cfg  # the plain technique: no timers inside
+            if args.phases:
+                b.generate(inputs, 1)  # (right after a call of the same config, with the markers on)
             activities = [torch.profiler.ProfilerActivity.CUDA]
             if not args.gpu_only or not torch.cuda.is_available():  # (on the CPU: the smoke test's host events)
                 activities.insert(0, torch.profiler.ProfilerActivity.CPU)
@@ -105,6 +156,10 @@ def main():
             if args.gpu_only:
                 dev = "CUDA" if torch.cuda.is_available() else "CPU"
                 rec[name] = {"wall_ms": round(1e3 * wall, 2), **kernel_gaps(prof, args.min_gap_us, device=dev)}
+                if args.phases:
+                    rec[name]["phases"] = phase_table(prof.events(), dev)
+                    for phase, row in (rec[name]["phases"] or {}).items():
+                        print(f"   {phase:24s} {row}", flush=True)
                 print(f"[{frames}f] {name}: wall {1e3 * wall:.1f} ms, GPU idle {rec[name]['idle_ms']} ms in "
                       f"{len(rec[name]['gaps'])} gaps >= {args.min_gap_us:.0f} us", flush=True)
                 for r in rec[name]["gaps"]:
@@ -118,6 +173,8 @@ def main():
                   f"{span:.1f} ms; {len(rows)} gaps >= {args.min_gap_us:.0f} us listed, {idle:.1f} ms", flush=True)
             for r in rows[:12]:
                 print(f"   +{r['at_ms']:8.2f} ms  gap {r['gap_ms']:6.2f} ms  {r['host_ops'][:4]}", flush=True)
+        for handle in handles:
+            handle.remove()
         (args.out / "probe_gaps.json").write_text(json.dumps(report, indent=1, default=str))
         del inputs
         b.free()
