@@ -202,7 +202,7 @@ def test_probe_gaps_splits_busy_and_idle_time_by_phase_between_its_markers():
     sys.path.insert(0, str(ROOT / "tools"))
     import probe_gaps
 
-    spin = probe_gaps.MARKER["CUDA"]
+    spin = f"at::cuda::(anonymous namespace)::{probe_gaps.MARKER['CUDA']}(long)"  # (the name CUPTI gives it)
     events = [kernel(0, 5), kernel(6, 8, spin), kernel(9, 20), kernel(22, 23, spin), kernel(25, 30),
               kernel(31, 32, spin), kernel(33, 40), kernel(41, 42, spin), kernel(50, 60)]  # fmt: skip
     table = probe_gaps.phase_table(events, small_us=5)

@@ -72,7 +72,7 @@ def kernel_gaps(prof, min_gap_us=20.0, device="CUDA"):
 
 
 PHASES = ("before the tower", "tower", "tower -> language model", "language model", "after it")
-MARKER = {"CUDA": "spin_kernel", "CPU": "probe_gaps_marker"}  # (torch.cuda._sleep's kernel; on the CPU a range)
+MARKER = {"CUDA": "spin_kernel", "CPU": "probe_gaps_marker"}  # in the names of torch.cuda._sleep's kernel; a CPU range
 
 
 def mark_phases(model, device):
@@ -96,7 +96,7 @@ def phase_table(events, device="CUDA", small_us=20.0):
     kernels' busy time (merged), the idle time, the part of it in gaps shorter than `small_us` (launch-bound
     stretches: many tiny kernels) and the kernel count, in ms. None unless exactly four markers were seen."""
     kernels = [e for e in events if e.device_type.name == device]
-    marks = sorted(e.time_range.start for e in kernels if e.name == MARKER[device])
+    marks = sorted(e.time_range.start for e in kernels if MARKER[device] in e.name)
     found = bench.idle_intervals(kernels, device)
     if len(marks) != 4 or found is None:
         return None
@@ -110,7 +110,7 @@ def phase_table(events, device="CUDA", small_us=20.0):
             "span_ms": round((hi - lo) / 1e3, 3), "busy_ms": round((hi - lo - idle_us) / 1e3, 3),
             "idle_ms": round(idle_us / 1e3, 3),
             "idle_in_small_gaps_ms": round(sum(part for part, gap in parts if gap < small_us) / 1e3, 3),
-            "kernels": sum(1 for e in kernels if lo <= e.time_range.start < hi and e.name != MARKER[device]),
+            "kernels": sum(1 for e in kernels if lo <= e.time_range.start < hi and MARKER[device] not in e.name),
         }  # fmt: skip
     return table
 
