@@ -275,7 +275,7 @@ class PruneVidConfig:
         the stock bf16 tower's output on an H200, 0.015 for the uncompiled varlen tower), and Stage 1's clusters can
         differ a little with them (an earlier H200 run: 3,821 tokens after Stage 1 at 256 frames instead of 3,678;
         the same 3,678 in the runs of docs/bench/h200-2026-12-04-padded-mlp*). Its one-time costs: compiling the
-        vision blocks on the first video (16-19 s for the 7B tower on an H200; none later for other lengths), and
+        vision blocks on the first video (7-28 s for the 7B tower on an H200; none later for other lengths), and
         recording a graph for each video shape or prompt length that comes again (about two eager calls). Where the
         fused kernel cannot run (CPU, fp32, old torch) the stock tower runs, uncompiled, with a warning; on the CPU
         the graphs are not used."""
