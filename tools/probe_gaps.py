@@ -12,7 +12,7 @@ for these ops, and the stack tracing slowed plain Python down: the largest gap, 
 
     python3 tools/probe_gaps.py --frames 64 [--out DIR]
     python3 tools/probe_gaps.py --frames 64 --gpu-only --min-gap-us 20   # the GPU alone: every wait, in order
-    python3 tools/probe_gaps.py --frames 64 --gpu-only --phases          # and busy / idle per phase of the call
+    python3 tools/probe_gaps.py --frames 64 --phases          # the GPU alone: busy / idle per phase of the call
 """
 
 from __future__ import annotations
@@ -123,10 +123,11 @@ def main():
     ap.add_argument("--gpu-only", action="store_true",
                     help="trace the GPU alone (no host events, no host slow-down): gaps in time order, kernel names")
     ap.add_argument("--phases", action="store_true",
-                    help="with --gpu-only: busy and idle time per phase (before the tower, tower, tower -> language "
+                    help="(implies --gpu-only) busy and idle time per phase (before the tower, tower, tower -> language "
                          "model, language model, after it), from marker kernels the probe puts on the timeline")
     ap.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke test of the script)")
     args = ap.parse_args()
+    args.gpu_only = args.gpu_only or args.phases  # (the phases come from the GPU's own timeline)
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
 
