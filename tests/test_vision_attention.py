@@ -301,6 +301,98 @@ def test_model_with_varlen_on_cpu_is_bitwise_stock(monkeypatch):
     assert torch.equal(got.last_hidden_state, want.last_hidden_state)
 
 
+OTHER_GRID = torch.tensor([[3, 8, 12]])  # another video: another preamble
+
+
+@pytest.fixture
+def uncached(monkeypatch):
+    """Run with `preamble` off, as on a release whose tower takes no precomputed tables."""
+
+    def off():
+        monkeypatch.setattr(va, "preamble_functions", lambda tower_class: None)
+
+    return off
+
+
+def count_calls(monkeypatch, owner, name):
+    calls = []
+    original = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+def test_preamble_is_the_same_tower_and_computed_once_per_grid(monkeypatch, uncached):
+    """`VisionVarlenAttention.preamble` (the tower's forward pre-hook): upstream's grid tables computed once per
+    grid by upstream's own functions and passed as precomputed kwargs; the tower's output is the one computed
+    without them, bit for bit (fp32, "reference" packed path), over two grids and repeats."""
+    tower, config = make_tower(depth=4)
+    x = pixels(config)
+    other = torch.randn(int(OTHER_GRID.prod(-1).sum()), x.shape[1], generator=torch.Generator().manual_seed(2))
+    vision = va.VisionVarlenAttention(backend="reference")
+    supported = va.preamble_functions(type(tower)) is not None
+    computed = count_calls(monkeypatch, va._Preamble, "compute")
+    tables = count_calls(monkeypatch, va, "_boundary_table")
+
+    def both(attention):
+        first = run(tower, x, attention)
+        va.attach(tower, attention)
+        try:
+            with torch.no_grad():
+                out = tower(other, OTHER_GRID)  # the grid passed by position
+        finally:
+            va.attach(tower, None)
+        return first, (out.pooler_output, out.last_hidden_state)
+
+    got = [both(vision) for _ in range(3)]
+    n_computed, n_tables = len(computed), len(tables)
+    uncached()
+    want = both(va.VisionVarlenAttention(backend="reference"))
+    for outputs in got:
+        for g, w in zip(outputs, want):
+            assert torch.equal(g[0], w[0]) and torch.equal(g[1], w[1])
+    if supported:  # transformers with `vision_utils` (5.2x): two grids, each computed once, then reused
+        assert n_computed == 2 and len(vision._preambles) == 2
+        assert n_tables == 4  # two boundary tables per grid, made with the preamble: no read-back per call after it
+    else:
+        assert n_computed == 0 and not vision._preambles
+    assert not tower._forward_pre_hooks  # `attach(tower, None)` took the hook off
+
+
+def test_preamble_respects_the_callers_tables_and_stays_bounded():
+    """Tables the caller passed (upstream's `video_cu_seqlens` & co.) win: no preamble is filled in; the cache
+    keeps `max_preambles` grids; `attach` registers one hook however often it is called; off the fused path
+    (the CPU with backend "auto") nothing is filled in."""
+    tower, config = make_tower(depth=2)
+    if va.preamble_functions(type(tower)) is None:
+        pytest.skip("this transformers' tower takes no precomputed tables (before transformers.vision_utils)")
+    x = pixels(config)
+    vision = va.VisionVarlenAttention(backend="reference")
+    va.attach(tower, vision)
+    va.attach(tower, vision)
+    try:
+        assert len(tower._forward_pre_hooks) == 1
+        cu = va._Preamble.compute(va.preamble_functions(type(tower)), tower, GRID).kwargs["cu_seqlens"]
+        assert vision.preamble(tower, GRID, {"cu_seqlens": cu}) == {"cu_seqlens": cu}
+        with torch.no_grad():
+            tower(x, grid_thw=GRID, cu_seqlens=cu)
+        assert not vision._preambles
+        vision.max_preambles = 1
+        for grid in (GRID, OTHER_GRID, GRID):
+            filled = vision.preamble(tower, grid, {})
+            assert set(filled) >= {"position_ids", "cu_seqlens", "window_index", "cu_window_seqlens"}
+        assert len(vision._preambles) == 1 and next(iter(vision._preambles))[0] == tuple(map(tuple, GRID.tolist()))
+        assert va.VisionVarlenAttention().preamble(tower, GRID, {}) == {}  # "auto" on the CPU: the stock tower
+    finally:
+        va.attach(tower, None)
+    assert not tower._forward_pre_hooks and tower._prunevid_preamble_hook is None
+    assert va.preamble_functions(torch.nn.Linear) is None  # a forward that calls none of upstream's functions
+
+
 # A custom op with varlen_attn's arguments (as torch registers varlen_attn): dynamo traces it with symbolic sizes.
 @torch.library.custom_op("prunevid_test::varlen_attn", mutates_args=())
 def _op_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
@@ -456,3 +548,27 @@ def test_real_varlen_kernel_on_cuda(compiled, backend):
     stock16 = run(tower16, x.bfloat16())[0]
     fused16 = run(tower16, x.bfloat16(), va.VisionVarlenAttention(backend, compile=compiled))[0]
     assert rel(fused16, exact) <= 1.5 * rel(stock16, exact) + 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
+    reason="needs CUDA and torch.nn.attention.varlen",
+)
+def test_preamble_on_cuda_is_the_same_tower(monkeypatch):
+    """On the fused path of the GPU (the grid on the GPU, as `generate` passes it), the tower with its preamble
+    filled in computes what it computes without, bit for bit (the same kernels on the same tables)."""
+    tower, config = make_tower(vision_intermediate_size=60)
+    tower = tower.cuda().to(torch.bfloat16)
+    x = pixels(config).cuda().bfloat16()
+    vision = va.VisionVarlenAttention("auto")
+    va.attach(tower, vision)
+    try:
+        with torch.no_grad():
+            got = [tower(x, grid_thw=GRID.cuda()).pooler_output for _ in range(2)]
+    finally:
+        va.attach(tower, None)
+    assert len(vision._preambles) == (va.preamble_functions(type(tower)) is not None)
+    monkeypatch.setattr(va, "preamble_functions", lambda tower_class: None)
+    want = run(tower, x, va.VisionVarlenAttention("auto"))[0]
+    assert all(torch.equal(g, want) for g in got)

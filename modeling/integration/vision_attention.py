@@ -38,6 +38,11 @@ pointwise kernels become 4.9 (`tools/probe_tower.py`, docs/bench/h200-2026-12-04
 same: the extra units are `silu(0 + 0) * (0 + 0) = 0` and meet zero columns of `down_proj`; the rounding is that of
 inductor's own padding.
 
+The tower's preamble (no patch: a forward pre-hook on the tower, registered by `attach`): upstream's tables that
+depend on `grid_thw` alone (rotary positions, `cu_seqlens`, the window permutation and its boundaries) are computed
+once per grid by upstream's own functions and handed back to it as precomputed kwargs, upstream's mechanism for them
+([`VisionVarlenAttention.preamble`]); where the fused path runs and the release takes them.
+
 Compiled blocks (`vision_attention="varlen_compiled"`): where the fused
 path runs, every block is called through `torch.compile(..., dynamic=True)`, so the norms, rotary embedding, MLP
 and residual adds of a block become a few fused kernels around the varlen call. The blocks share one compiled graph
@@ -63,7 +68,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+import sys
+from collections import OrderedDict
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +127,8 @@ class VisionVarlenAttention:
     # whether the windowed blocks' kernel rotates q and k itself (True: the compiled tower 104.7 -> 100.2 ms at 64
     # frames, 420.7 -> 381.1 at 256, same error, H100, docs/bench/README.md) or gets them rotated by upstream's function
     rotary_in_kernel = True
+    # towers' preambles kept (`preamble`): one per video / image grid, least recently used first out
+    max_preambles = 16
 
     def __init__(self, backend: str = "auto", compile: bool | dict[str, Any] = False) -> None:
         if backend not in BACKENDS:
@@ -130,6 +139,7 @@ class VisionVarlenAttention:
         self.compile_options = None  # torch.compile's keywords for the blocks (None: not compiled)
         if compile is not False:
             self.compile_options = {"dynamic": True, **(compile if isinstance(compile, dict) else {})}
+        self._preambles: OrderedDict[tuple, _Preamble] = OrderedDict()
 
     def __repr__(self) -> str:
         compiled = "" if self.compile_options is None else f", compile={self.compile_options!r}"
@@ -148,8 +158,9 @@ class VisionVarlenAttention:
         """Hook 1 (tower forward, before the blocks): the block kwargs, with a `prunevid_vision` entry when the
         fused path runs for this call. `cu_seqlens` are the segment boundaries the blocks will pass (full and
         windowed); their lengths are read to the host once here, not once per block."""
+        known = [table for entry in self._preambles.values() for table in entry.tables]
         if self.backend == "reference":
-            return {**kwargs, "prunevid_vision": _PackedAttention(cu_seqlens, fused=None, owner=self)}
+            return {**kwargs, "prunevid_vision": _PackedAttention(cu_seqlens, fused=None, owner=self, known=known)}
         reason = varlen_unavailable_reason(hidden_states.device, hidden_states.dtype)
         if reason is not None:
             if self.backend == "varlen":
@@ -157,7 +168,43 @@ class VisionVarlenAttention:
             _warn_once(reason)
             return kwargs
         fused, _ = _load_varlen()
-        return {**kwargs, "prunevid_vision": _PackedAttention(cu_seqlens, fused=fused, owner=self)}
+        return {**kwargs, "prunevid_vision": _PackedAttention(cu_seqlens, fused=fused, owner=self, known=known)}
+
+    def preamble(self, tower: torch.nn.Module, grid_thw: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Hook 0 (a forward pre-hook on the tower, see `attach`): the tower's kwargs with its preamble filled in
+        from a cache, one entry per grid; `kwargs` unchanged where this does not apply.
+
+        Upstream's tower forward starts with tables that depend on `grid_thw` alone: the rotary positions, the
+        full-attention boundaries `cu_seqlens`, the window permutation `window_index` and `cu_window_seqlens` (and
+        their maximum lengths where flash-attention wants them), computed by `transformers.vision_utils`' `get_*`
+        functions on the host, with several reads of the grid from the GPU, while the GPU waits: 1.5-4.5 ms of
+        idle GPU per call at 64 frames (docs/bench/h200-2026-12-05-ceiling/h100-phases). Those functions take
+        precomputed tables from the tower's kwargs (upstream's own mechanism, `video_cu_seqlens` & co. from
+        `generate`): here they are computed once per grid by the same functions with the same arguments, and
+        passed that way, so the tower computes exactly what it computes without them; `prepare` then also finds
+        the boundaries' maximum lengths on the host (no read-back per call). One read of the grid remains (the
+        key).
+
+        Applies only where the fused path runs (as in `prepare`), on releases whose tower forward takes the
+        precomputed tables (`preamble_functions`), and when the caller passed none of them itself.
+        """
+        functions = preamble_functions(type(tower))
+        if functions is None or any(key in kwargs for key in _PREAMBLE_KEYS) or not isinstance(grid_thw, torch.Tensor):
+            return kwargs
+        weight = tower.patch_embed.proj.weight
+        if self.backend != "reference" and varlen_unavailable_reason(weight.device, weight.dtype) is not None:
+            return kwargs  # (`prepare` warns, or raises for backend "varlen")
+        merge, window, patch = tower.spatial_merge_size, tower.window_size, tower.patch_size
+        key = (tuple(map(tuple, grid_thw.tolist())), grid_thw.device, grid_thw.dtype, merge, window, patch,
+               tower.config._attn_implementation)  # fmt: skip
+        entry = self._preambles.get(key)
+        if entry is None:
+            entry = self._preambles[key] = _Preamble.compute(functions, tower, grid_thw)
+            while len(self._preambles) > self.max_preambles:
+                self._preambles.popitem(last=False)
+        else:
+            self._preambles.move_to_end(key)
+        return {**kwargs, **entry.kwargs}
 
     def patch_embed(self, module: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor | None:
         """Hook 0 (`Qwen2_5_VisionPatchEmbed.forward`): the patch embedding `[patches, embed_dim]` as one matmul,
@@ -218,11 +265,79 @@ def padded_mlp(module: torch.nn.Module, hidden_states: torch.Tensor, multiple: i
 
 def attach(tower: torch.nn.Module, vision: VisionVarlenAttention | None) -> None:
     """Set `vision` (None: the stock tower) as `_prunevid_vision` on the tower and on every module with a hook: its
-    `patch_embed` and every block's `mlp`. Plain attributes: not in the state_dict."""
+    `patch_embed` and every block's `mlp`. Plain attributes: not in the state_dict. With `vision`, the tower also
+    gets a forward pre-hook (`VisionVarlenAttention.preamble`); None removes it."""
     tower._prunevid_vision = vision
+    handle = getattr(tower, "_prunevid_preamble_hook", None)
+    if vision is None and handle is not None:
+        handle.remove()
+        tower._prunevid_preamble_hook = None
+    elif vision is not None and handle is None:
+        tower._prunevid_preamble_hook = tower.register_forward_pre_hook(_preamble_hook, with_kwargs=True)
     tower.patch_embed._prunevid_vision = vision
     for block in tower.blocks:
         block.mlp._prunevid_vision = vision
+
+
+# the tables `preamble` fills in, as upstream's `get_*` functions pop them from the tower's kwargs
+_PREAMBLE_KEYS = ("position_ids", "cu_seqlens", "max_seqlen", "window_index", "cu_window_seqlens", "max_window_seqlen")
+_PREAMBLE_FUNCTIONS = ("get_vision_position_ids", "get_vision_attention_seqlens", "get_vision_window_index",
+                       "get_max_seqlen")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=None)
+def preamble_functions(tower_class: type) -> tuple[Any, ...] | None:
+    """Upstream's preamble functions as the tower forward of `tower_class` calls them (from its module), or None
+    where that forward does not call all of them or one of them takes no precomputed `kwargs` (releases before
+    `transformers.vision_utils`): there `VisionVarlenAttention.preamble` leaves the tower as it is."""
+    namespace = vars(sys.modules[tower_class.__module__]) if tower_class.__module__ in sys.modules else {}
+    functions = tuple(namespace.get(name) for name in _PREAMBLE_FUNCTIONS)
+    try:
+        if not all(callable(f) and "kwargs" in inspect.signature(f).parameters for f in functions):
+            return None
+        source = inspect.getsource(tower_class.forward)  # (follows the decorators' `__wrapped__`)
+    except (OSError, TypeError, ValueError):
+        return None
+    return functions if all(f"{name}(" in source for name in _PREAMBLE_FUNCTIONS) else None
+
+
+class _Preamble(NamedTuple):
+    """One grid's preamble: the tower kwargs upstream's functions pop, and the boundaries' tables for `prepare`."""
+
+    kwargs: dict[str, Any]
+    tables: list[tuple[torch.Tensor, torch.Tensor, int]]
+
+    @classmethod
+    def compute(cls, functions: tuple[Any, ...], tower: torch.nn.Module, grid_thw: torch.Tensor) -> "_Preamble":
+        """The calls of upstream's tower forward, with its arguments (and no precomputed kwargs)."""
+        position_ids_fn, seqlens_fn, window_fn, max_seqlen_fn = functions
+        merge = tower.spatial_merge_size
+        kwargs = {"position_ids": position_ids_fn(grid_thw, merge)}
+        kwargs["cu_seqlens"], max_seqlen = seqlens_fn(grid_thw, tower.config)
+        kwargs["window_index"], kwargs["cu_window_seqlens"] = window_fn(
+            grid_thw, spatial_merge_size=merge, window_size=tower.window_size, patch_size=tower.patch_size
+        )
+        max_window_seqlen = max_seqlen_fn(kwargs["cu_window_seqlens"], tower.config, kwarg_name="max_window_seqlen")
+        for name, value in (("max_seqlen", max_seqlen), ("max_window_seqlen", max_window_seqlen)):
+            if value is not None:  # (None: upstream derives None again, without reading anything back)
+                kwargs[name] = value
+        return cls(kwargs, [_boundary_table(kwargs[name]) for name in ("cu_seqlens", "cu_window_seqlens")])
+
+
+def _preamble_hook(tower: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
+    """The tower's forward pre-hook (`attach`): `VisionVarlenAttention.preamble` for its `grid_thw`."""
+    vision = getattr(tower, "_prunevid_vision", None)
+    grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+    if vision is None or grid_thw is None:
+        return None
+    filled = vision.preamble(tower, grid_thw, kwargs)
+    return None if filled is kwargs else (args, filled)
+
+
+def _boundary_table(cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`(cu, cu as contiguous int32, longest segment)` for the kernels (one read-back)."""
+    lengths = cu[1:] - cu[:-1]
+    return cu, cu.to(torch.int32).contiguous(), int(lengths.max()) if lengths.numel() else 0
 
 
 def _is_patch_conv(proj: Any) -> bool:
@@ -244,16 +359,16 @@ def _is_patch_conv(proj: Any) -> bool:
 class _PackedAttention:
     """One tower call's packed attention: the segment tables, prepared once, and the kernel call per block."""
 
-    def __init__(self, cu_seqlens: tuple[torch.Tensor, ...], fused, owner: VisionVarlenAttention) -> None:
+    def __init__(self, cu_seqlens: tuple[torch.Tensor, ...], fused, owner: VisionVarlenAttention,
+                 known: list[tuple[torch.Tensor, torch.Tensor, int]] = ()) -> None:  # fmt: skip
         self.fused = fused
         self.block = owner.block
         self.short_segments = fused is not None and owner.backend == "auto"  # `segment_attention` where it runs
         self.rotary_in_kernel = owner.rotary_in_kernel
         self.tables: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         for cu in cu_seqlens:
-            lengths = cu[1:] - cu[:-1]
-            max_len = int(lengths.max()) if lengths.numel() else 0
-            self.tables.append((cu, cu.to(torch.int32).contiguous(), max_len))
+            table = next((t for t in known if t[0] is cu), None)  # a preamble's (`VisionVarlenAttention.preamble`)
+            self.tables.append(table if table is not None else _boundary_table(cu))
 
     def _table(self, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int]:
         for original, cu32, max_len in self.tables:
@@ -352,4 +467,4 @@ def vision_attention_for(config: Any) -> VisionVarlenAttention | None:
 
 
 __all__ = ["BACKENDS", "VisionVarlenAttention", "attach", "compiled_block_runner", "packed_reference_attention",
-           "padded_mlp", "varlen_unavailable_reason", "vision_attention_for"]  # fmt: skip
+           "padded_mlp", "preamble_functions", "varlen_unavailable_reason", "vision_attention_for"]  # fmt: skip
