@@ -213,3 +213,25 @@ def test_probe_gaps_splits_busy_and_idle_time_by_phase_between_its_markers():
     assert after["idle_ms"] * 1e3 == pytest.approx(8) and after["idle_in_small_gaps_ms"] == 0  # one 8-us wait
     assert sum(row["busy_ms"] + row["idle_ms"] for row in table.values()) * 1e3 == pytest.approx(60)
     assert probe_gaps.phase_table(events[:-2]) is None  # three markers: no phases
+
+
+def test_target_2_on_new_videos_is_reported_beside_it():
+    """Stock's best and fast on videos no call has seen: their ratio of medians in the targets table (reported, no
+    goal) and every timed call in bench.md."""
+    full, pruned = stats(110, 100, 100, 100, None), stats(110, 100, 40, 10, 1)
+    results = {"stock": result(1.0, 0.4, full), "stock_compiled": result(0.45, 0.4, full),
+               "fast": result(0.15, 0.1, pruned)}  # fmt: skip
+    bench.add_ratios(results, {name: bench.configs()[name] for name in results}, TEXT)
+    for c in results.values():
+        c.update(vision_s=0.1, prefill_call_s=0.04, ttft_derived_s=0.14, prunevid_overhead_s=0.0)
+        c["stats"] = {**c["stats"], "after_stage2": 10, "kv_cache_tokens": 20}
+    for name, runs in (("stock_compiled", [0.44, 0.46, 0.45]), ("fast", [0.2, 0.15, 0.18])):
+        results[name].update(ttft_new_videos_s=bench.median(runs), ttft_new_videos_runs_s=runs)
+    rows = {t["target"]: t for t in bench.targets({"per_frames": {"64": {"configs": results}}})}
+    new = rows["ttft_same_tower_new_videos_64f"]
+    assert new["measured"] == pytest.approx(0.45 / 0.18) and new["goal"] is None and new["met"] is None
+    assert rows["ttft_same_tower_new_videos_256f"]["measured"] is None
+    rec = {"visual_tokens": 100, "patches": 400, "prompt_tokens": 110, "vision_s": {}, "configs": results}
+    markdown = bench.markdown({"per_frames": {"64": rec}, "targets": list(rows.values())})
+    assert "on videos no call had seen (same shape, new content), ms: stock_compiled 440.0, 460.0, 450.0; fast " \
+           "200.0, 150.0, 180.0." in markdown
