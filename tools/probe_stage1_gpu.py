@@ -4,9 +4,11 @@
 Synthetic 16x16-token frames of width 3584 (Qwen2.5-VL-7B), four scenes, half the locations dynamic; 32 and 128
 temporal patches (64 and 256 frames). No model is built: about 30 s on an H200. With ``--model``: the features of
 the bench's clip from the 7B random-weight bench model's tower instead, and first `fast()`'s Stage 1 inside whole
-prefills (timed as in tools/bench.py, and its kernels).
+prefills (timed as in tools/bench.py, and its kernels). With ``--compiled``: also the two fixed-shape steps
+compiled by inductor (``torch.compile``, then replayed as CUDA graphs like the eager ones), their time, and whether
+their outputs equal the eager steps' bit for bit (an experiment: PruneVid records the eager steps).
 
-    python3 tools/probe_stage1_gpu.py [--model]
+    python3 tools/probe_stage1_gpu.py [--model] [--compiled]
 """
 
 from __future__ import annotations
@@ -25,6 +27,28 @@ from modeling.prunevid.merge import merge_video  # noqa: E402
 from probe_prefill import kernel_table  # noqa: E402
 
 SETTINGS = dict(tau=0.8, temporal_segment_ratio=0.25, cluster_ratio=0.5, k=7, min_tokens_to_cluster=14)
+
+
+class CompiledSteps:
+    """A runner (see modeling/prunevid/graphs.py) that runs each step through ``torch.compile(dynamic=False)``, the
+    compiled step replayed as a CUDA graph."""
+
+    def __init__(self) -> None:
+        self.graphs = CudaGraphs()
+        self.compiled = {}
+
+    def __call__(self, fn, inputs, *, fixed=(), **options):
+        if fn not in self.compiled:
+            self.compiled[fn] = torch.compile(fn, dynamic=False)
+        return self.graphs(self.compiled[fn], inputs, fixed=fixed, **options)
+
+
+def same(a, b) -> bool:
+    """Whether two `MergeResult`s are equal bit for bit."""
+    return a.segments == b.segments and all(
+        torch.equal(getattr(a, name), getattr(b, name))
+        for name in ("features", "source", "group", "is_static", "assignment", "static_mask")
+    )
 
 
 def inputs(t: int, h: int = 16, w: int = 16, c: int = 3584, seed: int = 0):
@@ -99,9 +123,17 @@ def main() -> None:
                 print(f"   {spent:7.3f} ms {count:4d}  {kernel}")
         else:
             x, grid = inputs(t)
-        for name, run in (("eager", {}), ("graphs", {"runner": CudaGraphs()})):
+        variants = [("eager", {}), ("graphs", {"runner": CudaGraphs()})]
+        if "--compiled" in sys.argv:
+            variants.append(("compiled", {"runner": CompiledSteps()}))
+        reference = merge_video(x, grid, **SETTINGS)
+        for name, run in variants:
+            start = time.perf_counter()
             for _ in range(3):
                 merge_video(x, grid, **SETTINGS, **run)
+            torch.cuda.synchronize()
+            if name == "compiled":
+                print(f"T={t} compiled: warm-up (compiles) {time.perf_counter() - start:.1f} s")
             times = []
             for _ in range(5):
                 torch.cuda.synchronize()
@@ -110,12 +142,22 @@ def main() -> None:
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
             print(f"T={t} {name}: {1e3 * sorted(times)[2]:.2f} ms; segments {len(res.segments)}, "
-                  f"out {res.features.shape[0]}")  # fmt: skip
+                  f"out {res.features.shape[0]}; equal to eager: {same(res, reference)}")  # fmt: skip
+            if name == "compiled":
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    merge_video(x, grid, **SETTINGS, **run)
+                    torch.cuda.synchronize()
+                total, top = kernel_table(prof, 12)
+                count = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+                print(f"T={t} compiled, replayed: kernels {total:.2f} ms in {count} kernels")
+                for kernel, spent, count in top:
+                    print(f"   {spent:7.3f} ms {count:4d}  {kernel}")
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             merge_video(x, grid, **SETTINGS)
             torch.cuda.synchronize()
         total, top = kernel_table(prof, 22)
-        print(f"T={t} eager kernels: {total:.2f} ms")
+        count = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+        print(f"T={t} eager kernels: {total:.2f} ms in {count} kernels")
         for kernel, spent, count in top:
             print(f"   {spent:7.3f} ms {count:4d}  {kernel}")
 
