@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""GPU probe for issue 20: the time to first token of videos no call has seen (7B architecture, random weights).
+
+`tools/bench.py`'s headline rounds repeat one video. A stream of different clips of one shape changes what Stage 1
+keeps (its output length `L1`, and after Stage 2 `L2`), so whatever is made per shape is made again: CUDA graphs
+keyed on those lengths, the replayed layers' buckets, and, in the attention of the language model, any kernel plan
+built per sequence length. Here, after a warm-up on the bench clip, each config meets `--videos` new clips (the
+bench clip's generator with other seeds), each timed three times in a row (first sight, then twice more), and one
+more new clip under torch.profiler (host and GPU): the host operations that took longest.
+
+    python3 tools/probe_new_videos.py [--frames 64] [--videos 4] [--configs fast stock_compiled] [--out DIR]
+    python3 tools/probe_new_videos.py --quick --frames 8 --videos 1   # CPU smoke test
+
+`--sdpa-backends flash efficient` runs every call inside `torch.nn.attention.sdpa_kernel` with those backends only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import bench  # noqa: E402
+
+
+def backends_context(names):
+    """`sdpa_kernel` with the named backends only (none named: no restriction)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not names:
+        return contextlib.nullcontext()
+    table = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}  # fmt: skip
+    return sdpa_kernel([table[n] for n in names])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=64)
+    ap.add_argument("--videos", type=int, default=4)
+    ap.add_argument("--configs", nargs="+", default=["fast", "stock_compiled"])
+    ap.add_argument("--sdpa-backends", nargs="*", default=[])
+    ap.add_argument("--first-seed", type=int, default=100)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/probe-new-videos"))
+    ap.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke test of the script)")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    b = bench.Bench(bench.parse_args(["--out", str(args.out / "bench")] + (["--quick"] if args.quick else [])))
+    b.setup()
+    size = b.args.size
+    main_clip = bench.make_inputs(b.processor, args.frames, size, b.device, b.dtype, seed=0)
+    report = {"env": b.results["env"], "command": " ".join(["python3", "tools/probe_new_videos.py", *sys.argv[1:]])}
+    seed = args.first_seed
+    with backends_context(args.sdpa_backends):
+        for name in args.configs:
+            for _ in range(3):
+                b.ttft(main_clip, name)
+            rows = []
+            for _ in range(args.videos):
+                clip = bench.make_inputs(b.processor, args.frames, size, b.device, b.dtype, seed=seed)
+                seed += 1
+                times = [round(1e3 * b.ttft(clip, name)[0], 1) for _ in range(3)]
+                stats = b.model.prunevid_stats
+                lengths = (stats[0].after_stage1, stats[0].after_stage2) if stats else None
+                rows.append({"seed": seed - 1, "ttft_ms": times, "after_stage1_stage2": lengths})
+                print(f"[{name}] new clip (seed {seed - 1}): TTFT ms {times} (first sight, then repeats); "
+                      f"tokens after Stage 1 / 2: {lengths}", flush=True)  # fmt: skip
+            clip = bench.make_inputs(b.processor, args.frames, size, b.device, b.dtype, seed=seed)
+            seed += 1
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if b.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            b.set_prunevid(b.configs[name])
+            with torch.profiler.profile(activities=activities) as prof:
+                b.generate(clip, 1, timed=False)
+            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70)
+            print(f"[{name}] one more new clip under the profiler, host operations by self time:\n{table}", flush=True)
+            report[name] = {"new_clips": rows, "profile_top": table}
+    (args.out / "probe_new_videos.json").write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
