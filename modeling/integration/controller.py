@@ -20,7 +20,8 @@ The vendored `modeling_qwen2_5_vl.py` calls into one controller (attached as `_p
       Sec. 3.4) cuts the cache of layers 0..M to the same tokens;
     - continuing without Stage 3: switches to the mask of the shorter cache from layer M+1 on.
 * `layer_call` (patch `replay-layers`), right after: what the loop calls as decoder layer i; the layer itself, or with
-  `layer_graphs` in a pruned prefill the layers around M replayed as CUDA graphs (`layer_graphs.LayerGraphs`).
+  `layer_graphs` in a pruned prefill the layers around M replayed as CUDA graphs (`layer_graphs.LayerGraphs`); in a
+  pruned prefill without attention kernels planned per sequence length (`prefill_attention`).
 * `rope_index` (patch `rope-index`), at the top of `get_rope_index`: with `rope_index="vectorized"` the prompt's 3-D
   positions without upstream's token-by-token grouping (`rope_index.rope_index`), else None.
 
@@ -61,7 +62,8 @@ from ..prunevid.merge import MergeResult, merge_video
 from ..prunevid.select import attention_importance, grouped_topk, kept_counts
 from .cache import StaticFit, cut_cache
 from .compat import gather, gather_rotary, layer_masks
-from .layer_graphs import LayerGraphs, layer_runs
+from .layer_graphs import LayerGraphs, layer_runs, passthrough
+from .prefill_attention import without_length_plans
 from .rope_index import resolve_rule, rope_index
 from .state import PrefillState, VideoRecord, grids_from_positions, left_pad, left_pad_like, row_runs, runs
 from .stats import PruneVidStats, prefill_stats, video_fates
@@ -460,10 +462,14 @@ class PruneVidController:
     # ------------------------------------------------------------------------------------------ hook 3
     def layer_call(self, text_model, i, decoder_layer):
         """What the text model's loop calls as decoder layer `i`: the layer, or in a pruned prefill with
-        `layer_graphs` its run of layers replayed as one CUDA graph (`LayerGraphs.layer`)."""
-        if self.layer_graphs is None or not self._prefilling:
+        `layer_graphs` its run of layers replayed as one CUDA graph (`LayerGraphs.layer`); in a pruned prefill either
+        runs with `sdpa` kept off kernels planned per sequence length (`prefill_attention`: its length follows
+        the video's content)."""
+        if not self._prefilling:
             return decoder_layer
-        return self.layer_graphs.layer(text_model, i, decoder_layer, self.layer_runs)
+        if self.layer_graphs is not None:
+            decoder_layer = self.layer_graphs.layer(text_model, i, decoder_layer, self.layer_runs)
+        return decoder_layer if decoder_layer is passthrough else without_length_plans(decoder_layer)
 
     # ------------------------------------------------------------------------------------------ hook 4
     def rope_index(self, model: torch.nn.Module, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -43,7 +43,7 @@ from .compat import CACHE_KWARG, recording_outputs, with_cache
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["LayerGraphs", "bucket", "layer_runs", "pad_mask", "pad_rows"]
+__all__ = ["LayerGraphs", "bucket", "layer_runs", "pad_mask", "pad_rows", "passthrough"]
 
 # keyword arguments of a decoder layer call that a replay reproduces (the text positions only serve flash
 # attention's packed sequences, which never replays); any other one with a value keeps the layers eager
@@ -114,7 +114,8 @@ def _replay_layers(hidden: Tensor, cos: Tensor, sin: Tensor, *rest: Tensor, laye
     return (hidden, *collect.states)
 
 
-def _passthrough(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+def passthrough(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    """What runs in place of a layer that the run before it has computed already."""
     return hidden_states
 
 
@@ -151,7 +152,7 @@ class LayerGraphs:
         if i == 0:
             self._done_until = 0
         if i < self._done_until:
-            return _passthrough
+            return passthrough
         for start, end in runs:
             if start == i:
                 return functools.partial(self._run, text_model, start, end, decoder_layer)
