@@ -34,11 +34,11 @@ CUDA-synchronised):
   (end to end from pixels: tower + prefill + first token, with no timer inside; measured for `E2E_CONFIGS` back
   to back, target 2's configs stock_compiled / fast / fast_no_layers over `HEADLINE_ROUNDS` interleaved rounds, each
   timed call right after an untimed one of the same config (the back-to-back value reported beside), derived as
-  tower + prefill for the others); the same two headline configs on `NEW_VIDEOS` videos of the same shape that no
-  call has seen (each timed call after an untimed one of the same config on the main video); target 2's ceiling: the GPU-busy time of one call from pixels of each of those
-  three configs under torch.profiler (the kernels' intervals merged: the time to first token if the GPU never waited
-  for the host); the LLM layers' achieved TFLOP/s (`prefill_flops`); decode ms/token (median
-  step of a 16-token greedy continuation); peak GPU memory;
+  tower + prefill for the others); stock_compiled and fast on `NEW_VIDEOS` videos of the same shape that no call
+  has seen (each timed call after an untimed one of the same config on the main video); target 2's ceiling: the
+  GPU-busy time of one call from pixels of each of those three configs under torch.profiler (the kernels' intervals
+  merged: the time to first token if the GPU never waited for the host); the LLM layers' achieved TFLOP/s
+  (`prefill_flops`); decode ms/token (median step of a 16-token greedy continuation); peak GPU memory;
   KV-cache bytes after prefill; tokens per stage (`model.prunevid_stats`); the time in PruneVid's own code: Stage 1
   (`PruneVidController.before_language_model`, prefill calls) and the Stage 2 scoring (`PruneVidController.select`),
   timed by a technique subclass (`timed_technique`) set through `model.prunevid`,
