@@ -12,6 +12,8 @@ more new clip under torch.profiler (host and GPU): the host operations that took
     python3 tools/probe_new_videos.py --quick --frames 8 --videos 1   # CPU smoke test
 
 `--sdpa-backends flash efficient` runs every call inside `torch.nn.attention.sdpa_kernel` with those backends only.
+`--calls-per-clip 1 --graph-slots 6 48` instead: a stream of clips, each called once, once per number of graphs the
+replayed layers may keep (`LayerGraphs`' `CudaGraphs(max_graphs=...)`; `fast()` keeps 6), in that order.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def main(argv=None):
     ap.add_argument("--configs", nargs="+", default=["fast", "stock_compiled"])
     ap.add_argument("--sdpa-backends", nargs="*", default=[])
     ap.add_argument("--first-seed", type=int, default=100)
+    ap.add_argument("--calls-per-clip", type=int, default=3)
+    ap.add_argument("--graph-slots", type=int, nargs="*", default=[])
     ap.add_argument("--out", type=Path, default=Path("/tmp/probe-new-videos"))
     ap.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke test of the script)")
     args = ap.parse_args(argv)
@@ -59,6 +63,9 @@ def main(argv=None):
     main_clip = bench.make_inputs(b.processor, args.frames, size, b.device, b.dtype, seed=0)
     report = {"env": b.results["env"], "command": " ".join(["python3", "tools/probe_new_videos.py", *sys.argv[1:]])}
     seed = args.first_seed
+    if args.graph_slots:
+        stream(b, args, main_clip, report)
+        return
     with backends_context(args.sdpa_backends):
         for name in args.configs:
             for _ in range(3):
@@ -67,7 +74,7 @@ def main(argv=None):
             for _ in range(args.videos):
                 clip = bench.make_inputs(b.processor, args.frames, size, b.device, b.dtype, seed=seed)
                 seed += 1
-                times = [round(1e3 * b.ttft(clip, name)[0], 1) for _ in range(3)]
+                times = [round(1e3 * b.ttft(clip, name)[0], 1) for _ in range(args.calls_per_clip)]
                 stats = b.model.prunevid_stats
                 lengths = (stats[0].after_stage1, stats[0].after_stage2) if stats else None
                 rows.append({"seed": seed - 1, "ttft_ms": times, "after_stage1_stage2": lengths})
@@ -84,6 +91,28 @@ def main(argv=None):
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70)
             print(f"[{name}] one more new clip under the profiler, host operations by self time:\n{table}", flush=True)
             report[name] = {"new_clips": rows, "profile_top": table}
+    (args.out / "probe_new_videos.json").write_text(json.dumps(report, indent=1))
+
+
+def stream(b, args, main_clip, report):
+    """`fast` on a stream of `--videos` new clips, each called once, for each number of layer graphs kept: the same
+    clips (seeds) for each, after a warm-up on the main clip."""
+    from modeling.integration.layer_graphs import LayerGraphs
+    from modeling.prunevid.graphs import CudaGraphs
+
+    clips = [bench.make_inputs(b.processor, args.frames, b.args.size, b.device, b.dtype, seed=args.first_seed + i)
+             for i in range(args.videos)]  # fmt: skip
+    for slots in args.graph_slots:
+        b.model._prunevid_layer_graphs = LayerGraphs(runner=CudaGraphs(max_graphs=slots))
+        for _ in range(3):
+            b.ttft(main_clip, "fast")
+        runner = b.model.prunevid_technique.layer_graphs.runner
+        times = [round(1e3 * b.ttft(clip, "fast")[0], 1) for clip in clips]
+        row = {"ttft_ms": times, "median_ms": bench.median(times), "recorded": runner.recorded,
+               "replayed": runner.replayed}  # fmt: skip
+        print(f"[fast, {slots} layer graphs] stream of {len(clips)} new clips: TTFT ms {times}; median "
+              f"{row['median_ms']:.1f}; layer graphs recorded {runner.recorded}, replayed {runner.replayed}", flush=True)
+        report[f"stream_{slots}"] = row
     (args.out / "probe_new_videos.json").write_text(json.dumps(report, indent=1))
 
 
