@@ -148,6 +148,7 @@ def test_merge_replay_equals_eager(dtype) -> None:
             assert runner.recorded == 2  # the same video again: both steps replayed, nothing recorded
     assert runner.replayed == 2 * len(cases)  # every step of every call ran as a replay
     assert len(runner._graphs) == 2  # least recently used first out
+    assert runner.warmups == runner.recorded  # recorded at first sight: each warmed up on a side stream first
 
 
 @pytest.mark.gpu
@@ -196,6 +197,7 @@ def test_generate_with_graphs_equals_eager(checkpoints, processor) -> None:
             if call == 0:  # a signature's first call runs eagerly; its second records it
                 assert runner.recorded == runner.replayed == 0
     assert runner.recorded > 0 and runner.replayed == 2 * runner.recorded
+    assert runner.warmups == 0  # each signature ran eagerly before its recording: no second warm-up run
 
 
 @pytest.mark.gpu

@@ -225,6 +225,7 @@ def test_replayed_runs_equal_the_layers_on_gpu(checkpoints, processor, case):
     assert graphs.replayed_runs == 4 * runs
     # call 1 runs eagerly, call 2 records (its result is the graph's first replay), calls 3 and 4 replay
     assert graphs.runner.recorded == runs and graphs.runner.replayed == 3 * runs
+    assert graphs.runner.warmups == 0  # call 1 ran each run eagerly: the recording needs no warm-up run
     # the cache owns its keys and values (not views of the graphs' output buffers, which the next replay rewrites)
     with torch.no_grad():
         kept = cache_of(model.generate(**inputs, do_sample=False, max_new_tokens=1, return_dict_in_generate=True))

@@ -12,6 +12,8 @@ more new clip under torch.profiler (host and GPU): the host operations that took
     python3 tools/probe_new_videos.py --quick --frames 8 --videos 1   # CPU smoke test
 
 `--sdpa-backends flash efficient` runs every call inside `torch.nn.attention.sdpa_kernel` with those backends only.
+`--ab-warm-up`: every other new clip with `CudaGraphs.warm_up_again = True` (the recordings at its second call warm
+up with an eager run on a side stream first, as before the eleventh step), the others without.
 `--calls-per-clip 1 --graph-slots 6 48` instead: a stream of clips, each called once, once per number of graphs the
 replayed layers may keep (`LayerGraphs`' `CudaGraphs(max_graphs=...)`; `fast()` keeps 6), in that order.
 """
@@ -50,12 +52,15 @@ def main(argv=None):
     ap.add_argument("--sdpa-backends", nargs="*", default=[])
     ap.add_argument("--first-seed", type=int, default=100)
     ap.add_argument("--calls-per-clip", type=int, default=3)
+    ap.add_argument("--ab-warm-up", action="store_true")
     ap.add_argument("--graph-slots", type=int, nargs="*", default=[])
     ap.add_argument("--out", type=Path, default=Path("/tmp/probe-new-videos"))
     ap.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke test of the script)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
+
+    from modeling.prunevid.graphs import CudaGraphs
 
     b = bench.Bench(bench.parse_args(["--out", str(args.out / "bench")] + (["--quick"] if args.quick else [])))
     b.setup()
@@ -71,15 +76,19 @@ def main(argv=None):
             for _ in range(3):
                 b.ttft(main_clip, name)
             rows = []
-            for _ in range(args.videos):
+            for i in range(args.videos):
                 clip = bench.make_inputs(b.processor, args.frames, size, b.device, b.dtype, seed=seed)
                 seed += 1
+                CudaGraphs.warm_up_again = args.ab_warm_up and i % 2 == 1
                 times = [round(1e3 * b.ttft(clip, name)[0], 1) for _ in range(args.calls_per_clip)]
                 stats = b.model.prunevid_stats
                 lengths = (stats[0].after_stage1, stats[0].after_stage2) if stats else None
-                rows.append({"seed": seed - 1, "ttft_ms": times, "after_stage1_stage2": lengths})
+                rows.append({"seed": seed - 1, "ttft_ms": times, "after_stage1_stage2": lengths,
+                             "warm_up_again": CudaGraphs.warm_up_again})  # fmt: skip
                 print(f"[{name}] new clip (seed {seed - 1}): TTFT ms {times} (first sight, then repeats); "
-                      f"tokens after Stage 1 / 2: {lengths}", flush=True)  # fmt: skip
+                      f"tokens after Stage 1 / 2: {lengths}; warm_up_again {CudaGraphs.warm_up_again}",
+                      flush=True)  # fmt: skip
+            CudaGraphs.warm_up_again = False
             clip = bench.make_inputs(b.processor, args.frames, size, b.device, b.dtype, seed=seed)
             seed += 1
             activities = [torch.profiler.ProfilerActivity.CPU]

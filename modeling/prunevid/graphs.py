@@ -54,8 +54,12 @@ class CudaGraphs:
 
     Call it like :func:`eager`. A signature seen fewer than ``record_after`` times runs eagerly (a stream of ever
     new shapes, e.g. prompts of every length, then costs what eager costs instead of a recording each time); at its
-    ``record_after``-th call, ``fn`` runs eagerly once on a side stream (the warm-up CUDA graphs need), is recorded
-    and replayed (about twice an eager call); later calls copy ``inputs`` into the graph's input buffers and replay.
+    ``record_after``-th call it is recorded and replayed; later calls copy ``inputs`` into the graph's input buffers
+    and replay. Before recording, ``fn`` runs eagerly once on a side stream (the warm-up CUDA graphs need: lazy
+    initialisations such as library handles, kernel loading or compilation must not happen inside a capture),
+    unless the signature has already run eagerly in this process (``record_after`` > 1), which did the same
+    initialisations; ``warm_up_again = True`` warms up anyway. A recording then costs about one eager call
+    plus the replay, instead of two.
     ``fixed`` tensors (weights) are read in place: the graph is keyed on their addresses, so a model moved or
     reloaded elsewhere gets a new graph.
 
@@ -69,6 +73,9 @@ class CudaGraphs:
             counts of signatures not recorded yet are kept for the last ``64 * max_graphs`` of them.
     """
 
+    # whether a signature that already ran eagerly is warmed up again before its recording (see the class doc)
+    warm_up_again = False
+
     def __init__(self, max_graphs: int = 8, record_after: int = 2) -> None:
         for name, value in (("max_graphs", max_graphs), ("record_after", record_after)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -77,6 +84,7 @@ class CudaGraphs:
         self.record_after = record_after
         self.recorded = 0  # graphs recorded so far (tests, benchmarks)
         self.replayed = 0  # replays so far
+        self.warmups = 0  # warm-up runs before a recording so far
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pools: dict[torch.device, Any] = {}
         self._failed: set[tuple] = set()
@@ -121,7 +129,7 @@ class CudaGraphs:
                 while len(self._seen) > 64 * self.max_graphs:
                     self._seen.popitem(last=False)
                 return fn(*inputs, *fixed, **options)
-            entry = self._record(key, device, fn, inputs, fixed, options)
+            entry = self._record(key, device, fn, inputs, fixed, options, ran_eagerly=calls > 1)
             if entry is None:  # could not be recorded (warned once): eager from now on
                 return fn(*inputs, *fixed, **options)
         with torch.cuda.device(device):  # (the model may live on another GPU than the current one)
@@ -140,14 +148,16 @@ class CudaGraphs:
             return False
         return not torch.cuda.is_current_stream_capturing()
 
-    def _record(self, key, device, fn, inputs, fixed, options) -> _Graph | None:
+    def _record(self, key, device, fn, inputs, fixed, options, ran_eagerly=False) -> _Graph | None:
         with torch.cuda.device(device):
             static = tuple(torch.empty_like(x).copy_(x) for x in inputs)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                fn(*static, *fixed, **options)  # the warm-up (lazy initialisations happen outside the capture)
-            torch.cuda.current_stream().wait_stream(side)
+            if self.warm_up_again or not ran_eagerly:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    fn(*static, *fixed, **options)  # the warm-up (lazy initialisations happen outside the capture)
+                torch.cuda.current_stream().wait_stream(side)
+                self.warmups += 1
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph, pool=self._pools.get(device)):
