@@ -279,9 +279,8 @@ class PruneVidConfig:
         recording a graph for each length that comes again (the pruned lengths follow the clip's content: a new
         clip's first call runs eagerly, its second records, about one eager call more; on new clips the time to
         first token gains 1.61x over stock's best instead of 2.34x at 64 frames, docs/bench/h200-2026-12-05-new-videos).
-        Where the
-        fused kernel cannot run (CPU, fp32, old torch) the stock tower runs, uncompiled, with a warning; on the CPU
-        the graphs are not used."""
+        Where the fused kernel cannot run (CPU, fp32, old torch) the stock tower runs, uncompiled, with a warning; on
+        the CPU the graphs are not used."""
         return cls(**{"vision_attention": "varlen_compiled", "cuda_graphs": True, "layer_graphs": True,
                       "rope_index": "vectorized", **overrides})  # fmt: skip
 
