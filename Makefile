@@ -91,7 +91,7 @@ sync-upstream: install
 # (docs/compatibility.md was made with these defaults; MATRIX_K='...' selects a pytest -k subset).
 MINORS ?= 5.4 5.25
 MATRIX_TESTS ?= tests/test_equivalence.py tests/test_stages.py tests/test_vision_attention.py tests/test_patchtool.py \
-	tests/test_layer_graphs.py tests/test_rope_index.py tests/test_window_attention.py
+	tests/test_layer_graphs.py tests/test_rope_index.py tests/test_window_attention.py tests/test_prefill_attention.py
 MATRIX_K ?=
 sync-matrix:
 	nice -n 19 $(SYSPY) tools/sync_matrix.py --minors $(MINORS) --tests $(MATRIX_TESTS) -k '$(MATRIX_K)' \
