@@ -374,10 +374,9 @@ class _PackedAttention:
         for original, cu32, max_len in self.tables:
             if original is cu_seqlens:
                 return cu32, max_len
-        cu32 = cu_seqlens.to(torch.int32).contiguous()  # a block called with boundaries not seen in prepare
-        max_len = int((cu32[1:] - cu32[:-1]).max()) if cu32.numel() > 1 else 0
-        self.tables.append((cu_seqlens, cu32, max_len))
-        return cu32, max_len
+        table = _boundary_table(cu_seqlens)  # a block called with boundaries not seen in prepare
+        self.tables.append(table)
+        return table[1:]
 
     def __call__(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor, scale: float,
