@@ -58,19 +58,24 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke test of the script)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    b = bench.Bench(bench.parse_args(["--out", str(args.out / "bench")] + (["--quick"] if args.quick else [])))
+    b.setup()
+    main_clip = bench.make_inputs(b.processor, args.frames, b.args.size, b.device, b.dtype, seed=0)
+    report = {"env": b.results["env"], "command": " ".join(["python3", "tools/probe_new_videos.py", *sys.argv[1:]])}
+    if args.graph_slots:
+        stream(b, args, main_clip, report)
+    else:
+        new_clips(b, args, main_clip, report)
+    (args.out / "probe_new_videos.json").write_text(json.dumps(report, indent=1))
+
+
+def new_clips(b, args, main_clip, report):
+    """Each config on `--videos` new clips, each called `--calls-per-clip` times, then one more under the profiler."""
     import torch
 
     from modeling.prunevid.graphs import CudaGraphs
 
-    b = bench.Bench(bench.parse_args(["--out", str(args.out / "bench")] + (["--quick"] if args.quick else [])))
-    b.setup()
-    size = b.args.size
-    main_clip = bench.make_inputs(b.processor, args.frames, size, b.device, b.dtype, seed=0)
-    report = {"env": b.results["env"], "command": " ".join(["python3", "tools/probe_new_videos.py", *sys.argv[1:]])}
-    seed = args.first_seed
-    if args.graph_slots:
-        stream(b, args, main_clip, report)
-        return
+    size, seed = b.args.size, args.first_seed
     with backends_context(args.sdpa_backends):
         for name in args.configs:
             for _ in range(3):
@@ -100,7 +105,6 @@ def main(argv=None):
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70)
             print(f"[{name}] one more new clip under the profiler, host operations by self time:\n{table}", flush=True)
             report[name] = {"new_clips": rows, "profile_top": table}
-    (args.out / "probe_new_videos.json").write_text(json.dumps(report, indent=1))
 
 
 def stream(b, args, main_clip, report):
@@ -122,7 +126,6 @@ def stream(b, args, main_clip, report):
         print(f"[fast, {slots} layer graphs] stream of {len(clips)} new clips: TTFT ms {times}; median "
               f"{row['median_ms']:.1f}; layer graphs recorded {runner.recorded}, replayed {runner.replayed}", flush=True)
         report[f"stream_{slots}"] = row
-    (args.out / "probe_new_videos.json").write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

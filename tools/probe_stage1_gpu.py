@@ -144,22 +144,21 @@ def main() -> None:
             print(f"T={t} {name}: {1e3 * sorted(times)[2]:.2f} ms; segments {len(res.segments)}, "
                   f"out {res.features.shape[0]}; equal to eager: {same(res, reference)}")  # fmt: skip
             if name == "compiled":
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                    merge_video(x, grid, **SETTINGS, **run)
-                    torch.cuda.synchronize()
-                total, top = kernel_table(prof, 12)
-                count = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
-                print(f"T={t} compiled, replayed: kernels {total:.2f} ms in {count} kernels")
-                for kernel, spent, count in top:
-                    print(f"   {spent:7.3f} ms {count:4d}  {kernel}")
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            merge_video(x, grid, **SETTINGS)
-            torch.cuda.synchronize()
-        total, top = kernel_table(prof, 22)
-        count = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
-        print(f"T={t} eager kernels: {total:.2f} ms in {count} kernels")
-        for kernel, spent, count in top:
-            print(f"   {spent:7.3f} ms {count:4d}  {kernel}")
+                print_kernels(f"T={t} compiled, replayed:", x, grid, run, limit=12)
+        print_kernels(f"T={t} eager", x, grid, {}, limit=22)
+
+
+def print_kernels(label, x, grid, run, limit):
+    """One `merge_video` call (with `run`'s runner) under the CUDA profiler: its kernel time and count, and the
+    `limit` kernels that took longest."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        merge_video(x, grid, **SETTINGS, **run)
+        torch.cuda.synchronize()
+    total, top = kernel_table(prof, limit)
+    launched = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+    print(f"{label} kernels: {total:.2f} ms in {launched} kernels")
+    for kernel, spent, count in top:
+        print(f"   {spent:7.3f} ms {count:4d}  {kernel}")
 
 
 if __name__ == "__main__":
