@@ -207,3 +207,31 @@ def test_runner_is_eager_with_autograd() -> None:
     x = video(0, device="cuda").requires_grad_()
     res = merge_video(x, (8, 6, 6), **SETTINGS, runner=runner)
     assert runner.recorded == 0 and res.features.requires_grad
+
+
+@pytest.mark.gpu
+@gpu
+@torch.no_grad()
+def test_recording_keeps_the_allocator_cache() -> None:
+    """A recording does not hand the allocator's cached blocks back to the driver (`torch.cuda.graph` does, so that
+    the rest of a prefill allocated them anew with `cudaMalloc`); `flush_before_capture` restores that. Replays on
+    later inputs are right either way."""
+    try:
+        for flush in (False, True):
+            CudaGraphs.flush_before_capture = flush
+            runner = CudaGraphs(record_after=1)
+            block = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+            del block  # a cached, unused 256 MiB block
+            reserved = torch.cuda.memory_reserved()
+            for seed in range(3):
+                x = torch.randn(4096, generator=torch.Generator().manual_seed(seed)).cuda()
+                (y,) = runner(_affine, (x,), scale=3.0)
+                assert torch.equal(y, x * 3.0 + 1)
+            assert runner.recorded == 1 and runner.replayed == 3
+            assert (torch.cuda.memory_reserved() >= reserved) != flush, flush
+    finally:
+        CudaGraphs.flush_before_capture = False
+
+
+def _affine(x: torch.Tensor, *, scale: float) -> tuple[torch.Tensor]:
+    return (x * scale + 1,)

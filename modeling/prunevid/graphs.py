@@ -23,6 +23,7 @@ another capture.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import OrderedDict
 from typing import Any, Callable, NamedTuple, Sequence
@@ -59,7 +60,7 @@ class CudaGraphs:
     initialisations such as library handles, kernel loading or compilation must not happen inside a capture),
     unless the signature has already run eagerly in this process (``record_after`` > 1), which did the same
     initialisations; ``warm_up_again = True`` warms up anyway. A recording then costs about one eager call
-    plus the replay, instead of two.
+    plus the replay, instead of two; it captures without emptying the allocator's caches first (`_capture`).
     ``fixed`` tensors (weights) are read in place: the graph is keyed on their addresses, so a model moved or
     reloaded elsewhere gets a new graph.
 
@@ -75,6 +76,9 @@ class CudaGraphs:
 
     # whether a signature that already ran eagerly is warmed up again before its recording (see the class doc)
     warm_up_again = False
+    # whether a recording first waits for the device and empties the allocator's caches, as `torch.cuda.graph` does
+    # (see `_capture`)
+    flush_before_capture = False
 
     def __init__(self, max_graphs: int = 8, record_after: int = 2) -> None:
         for name, value in (("max_graphs", max_graphs), ("record_after", record_after)):
@@ -87,6 +91,7 @@ class CudaGraphs:
         self.warmups = 0  # warm-up runs before a recording so far
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pools: dict[torch.device, Any] = {}
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._failed: set[tuple] = set()
         self._seen: OrderedDict[tuple, int] = OrderedDict()  # calls of signatures not recorded yet
 
@@ -103,6 +108,7 @@ class CudaGraphs:
         """Drop every graph (and with them their memory) and the counts of signatures not recorded yet."""
         self._graphs.clear()
         self._pools.clear()
+        self._streams.clear()
         self._seen.clear()
 
     def __call__(self, fn: Callable[..., tuple[Tensor, ...]], inputs: Sequence[Tensor], *,
@@ -148,6 +154,38 @@ class CudaGraphs:
             return False
         return not torch.cuda.is_current_stream_capturing()
 
+    @contextlib.contextmanager
+    def _capture(self, graph: Any, device: torch.device):
+        """Capture into `graph` on this runner's side stream of `device`, in the pool its graphs share.
+
+        What `torch.cuda.graph` does, without its preparations for memory: it first waits for the whole device
+        (`torch.cuda.synchronize`) and hands every cached block back to the driver (`torch.cuda.empty_cache`, and
+        the pinned host cache), "to free as much memory as we can for the graph". Here the graphs' scratch lives in
+        one shared pool, bounded by the largest graph, so that buys nothing, and it cost each recording in a
+        prefill a wait for the GPU's queue and then a `cudaMalloc` (a device-wide synchronisation) for every block
+        the rest of the prefill allocated anew. ``flush_before_capture = True`` restores `torch.cuda.graph`'s way.
+        """
+        if self.flush_before_capture:
+            with torch.cuda.graph(graph, pool=self._pools.get(device), stream=self._stream(device)):
+                yield
+            return
+        stream = self._stream(device)
+        stream.wait_stream(torch.cuda.current_stream())  # (nothing runs in a capture; this orders the allocator)
+        with torch.cuda.stream(stream):
+            pool = self._pools.get(device)
+            graph.capture_begin(*(() if pool is None else (pool,)))
+            try:
+                yield
+            finally:
+                graph.capture_end()
+
+    def _stream(self, device: torch.device) -> torch.cuda.Stream:
+        """The side stream this runner captures on (one per device: captures that share a pool share a stream)."""
+        stream = self._streams.get(device)
+        if stream is None:
+            stream = self._streams[device] = torch.cuda.Stream(device)
+        return stream
+
     def _record(self, key, device, fn, inputs, fixed, options, ran_eagerly=False) -> _Graph | None:
         with torch.cuda.device(device):
             static = tuple(torch.empty_like(x).copy_(x) for x in inputs)
@@ -160,7 +198,7 @@ class CudaGraphs:
                 self.warmups += 1
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph, pool=self._pools.get(device)):
+                with self._capture(graph, device):
                     outputs = fn(*static, *fixed, **options)
             except RuntimeError as error:  # an op that cannot be recorded: this signature runs eagerly from now on
                 self._failed.add(key)
