@@ -18,18 +18,19 @@ from conftest import make_inputs
 from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
 from modeling.integration.controller import _score_and_keep, _stage2_sizes
 from modeling.prunevid.graphs import CudaGraphs, eager
-from modeling.prunevid.merge import _frame_labels, _merge_segments, cluster_bound, merge_video
+from modeling.prunevid.merge import _frame_labels, _merge_segments, cluster_bound, merge_video, segment_slots
 
 SETTINGS = dict(tau=0.8, temporal_segment_ratio=0.25, cluster_ratio=0.5, k=7, min_tokens_to_cluster=14)
 
 
-def video(seed: int, frames: int = 8, h: int = 6, w: int = 6, c: int = 16, device: str = "cpu") -> torch.Tensor:
-    """Two scenes of noisy static backgrounds with a moving block of fresh tokens."""
+def video(seed: int, frames: int = 8, h: int = 6, w: int = 6, c: int = 16, device: str = "cpu",
+          scenes: int = 2) -> torch.Tensor:  # fmt: skip
+    """`scenes` scenes of noisy static backgrounds with a moving block of fresh tokens."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    for scene in range(2):
+    for scene in range(scenes):
         bg = torch.randn(h, w, c, generator=g)
-        for t in range(frames // 2):
+        for t in range(frames // scenes):
             f = bg + 0.05 * torch.randn(h, w, c, generator=g)
             f[t % h, :] = torch.randn(w, c, generator=g)
             out.append(f)
@@ -71,6 +72,41 @@ def test_recorded_steps_have_fixed_shapes() -> None:
         assert sizes.shape == (1 + predict,)
 
 
+def test_stage2_steps_on_padded_tokens() -> None:
+    """Pads at the end (no key, no question, no candidate), as the controller adds them for a recording runner:
+    Stage 2's sizes are the same integers and its selection (fp32, the CPU) the same mask, the pads kept."""
+    from modeling.demo.offline import tiny_config
+    from modeling.integration.controller import _pad_tokens
+    from modeling.integration.layer_graphs import bucket, pad_rows
+    from modeling.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
+
+    torch.manual_seed(0)
+    layer = Qwen2_5_VLTextModel(tiny_config().text_config).layers[1].eval()
+    length = 75
+    padded = bucket(length)
+    hidden = torch.randn(2, length, layer.self_attn.q_proj.in_features)
+    mask = torch.ones(2, length, dtype=torch.long)
+    mask[1, :5] = 0  # a left-padded row
+    group = torch.full((2, length), -1, dtype=torch.long)
+    group[:, 5:55] = torch.arange(50) // 10  # five groups of ten candidates
+    query = torch.zeros(2, length, dtype=torch.bool)
+    query[0, 60:70] = True
+    query[1, 66:73] = True  # fewer question rows than the other row
+    options = dict(keep_ratio=0.4, rounding="floor")
+    with torch.no_grad():
+        (a,) = _score_and_keep(hidden, query, mask, group, layer=layer, n_query=10, reduce="max", **options)
+        padded_inputs = (pad_rows(hidden, padded), _pad_tokens(query, padded, False), _pad_tokens(mask, padded, 0),
+                         _pad_tokens(group, padded, -1))  # fmt: skip
+        (b,) = _score_and_keep(*padded_inputs, layer=layer, n_query=10, reduce="max", **options)
+    assert padded > length and b.shape == (2, padded)
+    assert torch.equal(b[:, :length], a) and bool(b[:, length:].all())
+    assert not bool(a[:, 5:55].all())  # (something was dropped)
+    for predict in (True, False):
+        (exact,) = _stage2_sizes(query, group, mask, predict=predict, **options)
+        (sizes,) = _stage2_sizes(*(padded_inputs[1], padded_inputs[3], padded_inputs[2]), predict=predict, **options)
+        assert torch.equal(sizes, exact)
+
+
 def test_cluster_bound_is_the_largest_count() -> None:
     for n_loc in (1, 5, 14, 15, 16, 29, 64, 257):
         for ratio in (0.01, 0.07, 0.3, 0.5, 1.0):
@@ -93,6 +129,25 @@ def test_runner_is_eager_on_cpu() -> None:
         CudaGraphs(0)
     with pytest.raises(ValueError, match="record_after"):
         CudaGraphs(record_after=0)
+
+
+def test_padded_segment_count_changes_nothing() -> None:
+    """Under a recording runner `merge_video` pads the segment count to a power of two with empty segments (so that
+    clips of one shape share their graphs): the outputs are those of the exact count, bit for bit."""
+    assert [segment_slots(s, 32) for s in (1, 2, 3, 4, 5, 8, 9, 17, 32)] == [1, 2, 4, 4, 8, 8, 16, 32, 32]
+    assert [segment_slots(s, 6) for s in (3, 5, 6)] == [4, 6, 6]  # never more than the frames
+    seen = set()
+    for seed in range(12):
+        scenes = 3 + seed % 6  # 3..8 scenes of 4 frames: 2..6 segments, most not powers of two
+        x = video(seed, frames=4 * scenes, h=4, w=5, scenes=scenes)
+        grid = (4 * scenes, 4, 5)
+        a = merge_video(x, grid, **SETTINGS)
+        b = merge_video(x, grid, **SETTINGS, runner=CudaGraphs())  # (on the CPU it runs eagerly, padded)
+        assert a.segments == b.segments and a.num_groups == b.num_groups
+        for name in ("features", "source", "group", "is_static", "assignment", "static_mask"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), (seed, name)
+        seen.add(len(a.segments))
+    assert {3, 5, 6} <= seen, seen  # counts that were padded
 
 
 def test_merge_keeps_autograd() -> None:
@@ -149,6 +204,23 @@ def test_merge_replay_equals_eager(dtype) -> None:
     assert runner.replayed == 2 * len(cases)  # every step of every call ran as a replay
     assert len(runner._graphs) == 2  # least recently used first out
     assert runner.warmups == runner.recorded  # recorded at first sight: each warmed up on a side stream first
+
+
+@pytest.mark.gpu
+@gpu
+@torch.no_grad()
+def test_clips_of_one_shape_share_the_merge_graph() -> None:
+    """Clips of one shape cut into 3 and 4 segments replay one merge graph (4 slots), 5 another (8), each equal to
+    its eager result bit for bit: a new clip of a known shape replays Stage 1."""
+    runner = CudaGraphs(max_graphs=8, record_after=1)
+    for scenes, seed, n_segments in ((3, 1, 3), (4, 0, 4), (6, 0, 5), (3, 1, 3)):
+        x = video(seed, frames=24, h=4, w=5, scenes=scenes, device="cuda")
+        a = merge_video(x, (24, 4, 5), **SETTINGS)
+        b = merge_video(x, (24, 4, 5), **SETTINGS, runner=runner)
+        assert len(a.segments) == n_segments and a.segments == b.segments and a.num_groups == b.num_groups
+        for name in ("features", "source", "group", "is_static", "assignment", "static_mask"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), (scenes, seed, name)
+    assert runner.recorded == 1 + 2 and runner.replayed == 2 * 4  # the frame labels' graph, two merge graphs
 
 
 @pytest.mark.gpu

@@ -62,7 +62,7 @@ from ..prunevid.merge import MergeResult, merge_video
 from ..prunevid.select import attention_importance, grouped_topk, kept_counts
 from .cache import StaticFit, cut_cache
 from .compat import gather, gather_rotary, layer_masks
-from .layer_graphs import LayerGraphs, layer_runs, passthrough
+from .layer_graphs import LayerGraphs, bucket, layer_runs, pad_rows, passthrough
 from .prefill_attention import without_length_plans
 from .rope_index import resolve_rule, rope_index
 from .state import PrefillState, VideoRecord, grids_from_positions, left_pad, left_pad_like, row_runs, runs
@@ -338,8 +338,14 @@ class PruneVidController:
         cfg = self.config
         predict = getattr(self.select, "__func__", None) is PruneVidController.select  # (not a subclass's or one
         # set on the instance: another selection keeps other counts)
-        (sizes,) = self.runner(_stage2_sizes, (state.query, state.group, state.mask), keep_ratio=cfg.keep_ratio,
-                               rounding=cfg.keep_rounding, predict=predict)  # fmt: skip
+        length = state.query.shape[1]
+        # (integer counts: padded with tokens that count for nothing, clips of one shape share the runner's graph,
+        # and the sizes stay exact)
+        padded = bucket(length) if getattr(self.runner, "bucket_shapes", False) else length
+        inputs = (_pad_tokens(state.query, padded, False), _pad_tokens(state.group, padded, -1),
+                  _pad_tokens(state.mask, padded, 0))  # fmt: skip
+        (sizes,) = self.runner(_stage2_sizes, inputs, keep_ratio=cfg.keep_ratio, rounding=cfg.keep_rounding,
+                               predict=predict)  # fmt: skip
         state.query_rows, *width = sizes.tolist()
         state.kept_width = width[0] if width else None
 
@@ -398,11 +404,20 @@ class PruneVidController:
         cfg = self.config
         attn = layer.self_attn
         weights = [p for m in (layer.input_layernorm, attn.q_proj, attn.k_proj) for p in m.parameters()]
+        length = hidden_states.shape[1]
+        padded = length
+        if (getattr(self.runner, "bucket_shapes", False) and self.layer_graphs is not None
+                and hidden_states.device.type in self.layer_graphs.devices):  # fmt: skip
+            # the replayed layers pad the prefill to `bucket(length)`: the scoring too (its pads are neither keys
+            # nor questions nor candidates), so clips of one shape share its graph; up to rounding, as those layers
+            padded = bucket(length)
+        inputs = (pad_rows(hidden_states, padded), _pad_tokens(state.query, padded, False),
+                  _pad_tokens(state.mask, padded, 0), _pad_tokens(state.group, padded, -1))  # fmt: skip
         (kept,) = self.runner(
-            _score_and_keep, (hidden_states, state.query, state.mask, state.group), fixed=weights, layer=layer,
-            n_query=n_query, reduce=cfg.attention_aggregation, keep_ratio=cfg.keep_ratio, rounding=cfg.keep_rounding,
+            _score_and_keep, inputs, fixed=weights, layer=layer, n_query=n_query, reduce=cfg.attention_aggregation,
+            keep_ratio=cfg.keep_ratio, rounding=cfg.keep_rounding,
         )  # fmt: skip
-        return kept.clone()
+        return kept[:, :length].clone()
 
     # ------------------------------------------------------------------------------------------ hook 2
     def before_layer(self, text_model, i, hidden_states, mask_mapping, position_embeddings, text_positions, cache):
@@ -608,6 +623,12 @@ class PruneVidController:
         self._refuse_media(input_ids)
         positions, masks = self._continuation(state, cache, inputs_embeds, attention_mask, position_ids)
         return inputs_embeds, positions.to(inputs_embeds.device), masks
+
+
+def _pad_tokens(x: torch.Tensor, length: int, fill: Any) -> torch.Tensor:
+    """A [B, L] per-token tensor padded at the end to `length` tokens with `fill`."""
+    extra = length - x.shape[1]
+    return x if extra == 0 else torch.nn.functional.pad(x, (0, extra), value=fill)
 
 
 def _stage2_sizes(query, group, mask, *, keep_ratio, rounding, predict) -> tuple[torch.Tensor]:

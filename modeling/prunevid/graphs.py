@@ -61,6 +61,8 @@ class CudaGraphs:
     unless the signature has already run eagerly in this process (``record_after`` > 1), which did the same
     initialisations; ``warm_up_again = True`` warms up anyway. A recording then costs about one eager call
     plus the replay, instead of two; it captures without emptying the allocator's caches first (`_capture`).
+    ``bucket_shapes``: the callers pad the sizes that follow a clip's content, so that new clips of a known shape
+    replay instead of running eagerly (the class attribute's comment says which and how exactly).
     ``fixed`` tensors (weights) are read in place: the graph is keyed on their addresses, so a model moved or
     reloaded elsewhere gets a new graph.
 
@@ -74,6 +76,10 @@ class CudaGraphs:
             counts of signatures not recorded yet are kept for the last ``64 * max_graphs`` of them.
     """
 
+    # whether callers pad the sizes that follow a clip's content to buckets, so that the clips of one shape share
+    # graphs: Stage 1's segment count (`merge.segment_slots`; the same outputs) and the token count of Stage 2's steps
+    # (the controller: its sizes exactly, its scoring, with `layer_graphs`, up to the rounding of the padded layers)
+    bucket_shapes = True
     # whether a signature that already ran eagerly is warmed up again before its recording (see the class doc)
     warm_up_again = False
     # whether a recording first waits for the device and empties the allocator's caches, as `torch.cuda.graph` does

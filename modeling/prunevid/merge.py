@@ -38,7 +38,7 @@ from torch import Tensor
 from .dpc_knn import _cluster_means, dpc_knn
 from .graphs import eager
 
-__all__ = ["MergeResult", "merge_video", "temporal_segments", "contiguous_segments", "static_mask"]
+__all__ = ["MergeResult", "merge_video", "temporal_segments", "contiguous_segments", "segment_slots", "static_mask"]
 
 
 @dataclass(frozen=True)
@@ -264,11 +264,14 @@ def merge_video(
     frame_means = features.reshape(n_frames, n_loc, features.shape[1]).mean(dim=1, dtype=torch.float32)
     segments = temporal_segments(frame_means, temporal_segment_ratio, k, runner=runner)
     seg_len = [e - s for s, e in segments]
-    seg_info = _to_device([i for i, n in enumerate(seg_len) for _ in range(n)] + seg_len, device)
+    # a recording runner keys its graphs on the shapes: empty segments pad the count, so clips of one shape share them
+    slots = segment_slots(len(segments), n_frames) if getattr(runner, "bucket_shapes", False) else len(segments)
+    seg_info = _to_device([i for i, n in enumerate(seg_len) for _ in range(n)] + seg_len + [0] * (slots - len(seg_len)),
+                          device)  # fmt: skip
 
     # 2.-5. one fixed-shape step; read back: the output count and group count
     merged, slot, longs, assignment, static_tl, totals = runner(
-        _merge_segments, (features, seg_info), grid=(n_frames, n_loc), n_seg=len(segments), tau=float(tau),
+        _merge_segments, (features, seg_info), grid=(n_frames, n_loc), n_seg=slots, tau=float(tau),
         cluster_ratio=float(cluster_ratio), k=int(k), min_tokens_to_cluster=int(min_tokens_to_cluster),
         dynamic_cluster_ratio=float(cluster_ratio if dynamic_cluster_ratio is None else dynamic_cluster_ratio),
     )  # fmt: skip
@@ -285,6 +288,17 @@ def merge_video(
         static_mask=static_tl.clone(),
         num_groups=n_groups,
     )
+
+
+def segment_slots(n_segments: int, n_frames: int) -> int:
+    """The segment count :func:`merge_video` gives its fixed-shape step under a runner that buckets shapes
+    (:attr:`~.graphs.CudaGraphs.bucket_shapes`): ``n_segments``
+    rounded up to a power of two, at most ``n_frames``. The extra segments are empty (length 0): they are never
+    static, hold no token and make no output row, so the outputs are those of ``n_segments`` (tests/test_graphs.py),
+    while the clips of one shape need at most ``log2(T) + 1`` graphs instead of one per segment count (a new clip of
+    a known shape replays Stage 1 instead of running it eagerly). The cost: at most ``n_segments - 1`` more rows in
+    the batched DPC-KNN of ``n_segments + T`` rows."""
+    return min(1 << max(0, n_segments - 1).bit_length(), max(n_frames, n_segments))
 
 
 def cluster_bound(n_loc: int, cluster_ratio: float, min_tokens_to_cluster: int) -> int:
@@ -310,7 +324,8 @@ def _merge_segments(
 
     Args:
         features: ``Tensor[T*L, C]``.
-        seg_info: ``LongTensor[T + S]``: the segment of every frame, then the segment lengths.
+        seg_info: ``LongTensor[T + S]``: the segment of every frame, then the segment lengths (the last ones may be
+            0: :func:`segment_slots`).
 
     Returns:
         ``merged`` (``float32 [R*Cb, C]``, the cluster means of the ``R = S + T`` rows, ``Cb`` slots each),
@@ -326,7 +341,7 @@ def _merge_segments(
                                                                                     tau)  # fmt: skip
 
     # 3.+4. one batched clustering: rows 0..S-1 = segment means (static), rows S..S+T-1 = frames (dynamic)
-    seg_mean = _segment_sum(frames, seg_len) / seg_len[:, None, None].float()
+    seg_mean = _segment_sum(frames, seg_len) / seg_len.clamp_min(1)[:, None, None].float()  # (empty: 0, not NaN)
     rows = torch.cat([seg_mean, frames], dim=0)
     valid = torch.cat([static_seg, ~static_tl], dim=0)
     counts, c_bound = _row_counts(valid.sum(dim=1), n_seg, n_loc, cluster_ratio, dynamic_cluster_ratio,
