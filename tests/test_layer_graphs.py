@@ -174,6 +174,63 @@ def test_layers_run_as_they_are_where_a_replay_cannot(checkpoints, processor, me
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
 
 
+class Replaying(Spy):
+    """An eager runner that counts replays as `CudaGraphs(record_after=2)` would: a run's padded length replays
+    from its second call on."""
+
+    def __init__(self):
+        super().__init__()
+        self.replayed = 0
+
+    def __call__(self, fn, inputs, *, fixed=(), **options):
+        if self.lengths.count((len(options["layers"]), inputs[0].shape[1])) >= 1:
+            self.replayed += 1
+        return super().__call__(fn, inputs, fixed=fixed, **options)
+
+
+def question_inputs(processor, media, question):
+    from modeling import MediaOptions
+    from modeling.app.inputs import build_messages, prepare_inputs
+
+    small = MediaOptions(min_pixels=28 * 28 * 4, max_pixels=112 * 112, fps=4.0)
+    return prepare_inputs(processor, build_messages(question, [str(media["clip16"])], (), small))
+
+
+def test_a_new_length_replays_a_longer_bucket(checkpoints, processor, media):
+    """A run whose bucket does not replay yet is padded to the shortest replaying bucket up to 1/4 longer: the same
+    tokens as the layers one by one; further, or with `reuse_longer=0`, its own bucket."""
+    long_question = question_inputs(processor, media, "Describe in one sentence what moves, where it goes and how "
+                                                      "fast, and what stays where it is in this short video.")
+    short_question = question_inputs(processor, media, "Describe in one sentence what moves, where it goes and how "
+                                                       "fast in this short video.")  # (7 tokens fewer)
+    config = PruneVidConfig.paper()
+    model = load(checkpoints["gqa2"], config)
+    ref = {}
+    for name, inputs in (("long", long_question), ("short", short_question)):
+        ref[name] = generate(model, inputs)
+        state = model.prunevid_technique.state
+        ref[name] += ([state.mask.shape[1]] * 2 + [state.index.shape[1]],)  # the runs' lengths
+
+    for reuse in (0.25, 0.0):
+        model.prunevid = config.replace(layer_graphs=True)
+        runner = Replaying()
+        graphs = model.prunevid_technique.layer_graphs = LayerGraphs(runner, devices=("cpu",), reuse_longer=reuse)
+        for _ in range(2):  # the long question's buckets replay from its second call on
+            tokens, _ = generate(model, long_question)
+        assert torch.equal(tokens, ref["long"][0])
+        del runner.lengths[:]
+        tokens, logits = generate(model, short_question)
+        assert torch.equal(tokens, ref["short"][0])
+        torch.testing.assert_close(logits, ref["short"][1], rtol=1e-4, atol=1e-4)
+        expected = []
+        for own, replaying in zip(map(bucket, ref["short"][2]), map(bucket, ref["long"][2])):
+            expected.append(replaying if own < replaying <= own * (1 + reuse) else own)
+        assert [n for _, n in runner.lengths] == expected
+        assert (graphs.longer_runs > 0) == (reuse > 0)  # (the questions make it real)
+    with pytest.raises(ValueError, match="reuse_longer"):
+        LayerGraphs(reuse_longer=-1)
+
+
 def test_setting_is_validated_kept_per_model_and_saved(checkpoints, tmp_path):
     with pytest.raises(TypeError, match="layer_graphs"):
         PruneVidConfig(layer_graphs="yes")
