@@ -169,7 +169,7 @@ def _ablated_segments(
     merge_dynamic: bool,
 ) -> tuple[Tensor, ...]:
     """Steps 2-5 of Stage 1 (Sec. 3.2) under the switches; `modeling.prunevid.merge._merge_segments` with the
-    defaults (the same operations in the same order, so the same bits), and its inputs and outputs.
+    defaults (the same arithmetic on the same values, so the same bits), and its inputs and outputs.
 
     One batched DPC-KNN over ``R = P + T`` rows: ``P`` static rows (the ``S`` segment means, or without the averaging
     the ``T`` frames, each valid at its static locations), then the ``T`` frames valid at their dynamic locations.

@@ -337,12 +337,18 @@ def _merge_segments(
     n_frames, n_loc = grid
     channels = features.shape[1]
     # 2. static / dynamic
+    # (the frames are written once, as float32, into the rows clustered below, after room for the segment means)
+    rows = features.new_empty((n_seg + n_frames, n_loc, channels), dtype=torch.float32)
+    rows[n_seg:] = features.reshape(n_frames, n_loc, channels)
     frames, seg_of_frame, seg_len, seg_start, static_seg, static_tl = _split_static(features, seg_info, grid, n_seg,
-                                                                                    tau)  # fmt: skip
+                                                                                    tau, frames=rows[n_seg:])  # fmt: skip
 
     # 3.+4. one batched clustering: rows 0..S-1 = segment means (static), rows S..S+T-1 = frames (dynamic)
-    seg_mean = _segment_sum(frames, seg_len) / seg_len.clamp_min(1)[:, None, None].float()  # (empty: 0, not NaN)
-    rows = torch.cat([seg_mean, frames], dim=0)
+    seg_mean = _segment_sum(frames, seg_len) / seg_len.clamp_min(1)[:, None, None].float()  # (empty segment: 0)
+    if seg_mean.requires_grad:  # autograd saved the frames for the backward: no write into their tensor
+        rows = torch.cat([seg_mean, frames], dim=0)
+    else:  # in place: no second copy of the frames (a float32 pass over the video's tokens)
+        rows[:n_seg] = seg_mean
     valid = torch.cat([static_seg, ~static_tl], dim=0)
     counts, c_bound = _row_counts(valid.sum(dim=1), n_seg, n_loc, cluster_ratio, dynamic_cluster_ratio,
                                   min_tokens_to_cluster)  # fmt: skip
@@ -353,13 +359,14 @@ def _merge_segments(
     return merged, *layout
 
 
-def _split_static(features: Tensor, seg_info: Tensor, grid: tuple[int, int], n_seg: int,
-                  tau: float) -> tuple[Tensor, ...]:  # fmt: skip
-    """Step 2 of :func:`merge_video` with its bookkeeping: ``frames`` (``float32 [T, L, C]``), the segment of every
-    frame, the segment lengths and first frames (``seg_info`` unpacked), and the static mask per segment
-    (``BoolTensor[S, L]``) and per frame (``BoolTensor[T, L]``)."""
+def _split_static(features: Tensor, seg_info: Tensor, grid: tuple[int, int], n_seg: int, tau: float,
+                  frames: Tensor | None = None) -> tuple[Tensor, ...]:  # fmt: skip
+    """Step 2 of :func:`merge_video` with its bookkeeping: ``frames`` (``float32 [T, L, C]``; given, or made from
+    ``features``), the segment of every frame, the segment lengths and first frames (``seg_info`` unpacked), and the
+    static mask per segment (``BoolTensor[S, L]``) and per frame (``BoolTensor[T, L]``)."""
     n_frames, n_loc = grid
-    frames = features.reshape(n_frames, n_loc, features.shape[1]).float()
+    if frames is None:
+        frames = features.reshape(n_frames, n_loc, features.shape[1]).float()
     seg_of_frame, seg_len = seg_info[:n_frames], seg_info[n_frames:]
     seg_start = torch.cumsum(seg_len, 0) - seg_len
     static_seg = _segment_static(frames, seg_of_frame, n_seg, tau, width=seg_len)  # [S, L]
