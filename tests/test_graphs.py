@@ -124,6 +124,7 @@ def test_runner_is_eager_on_cpu() -> None:
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert a.segments == b.segments and a.num_groups == b.num_groups
     assert runner.recorded == runner.replayed == 0
+    assert not runner.record(_affine, (torch.ones(2),), scale=2.0)  # (nothing to record on the CPU)
     assert eager(lambda x, y, *, z: (x + y * z,), (torch.ones(2), torch.ones(2)), z=3)[0].tolist() == [4.0, 4.0]
     with pytest.raises(ValueError, match="max_graphs"):
         CudaGraphs(0)
@@ -303,6 +304,26 @@ def test_recording_keeps_the_allocator_cache() -> None:
             assert (torch.cuda.memory_reserved() >= reserved) != flush, flush
     finally:
         CudaGraphs.flush_before_capture = False
+
+
+@pytest.mark.gpu
+@gpu
+@torch.no_grad()
+def test_record_ahead_while_the_gpu_is_busy() -> None:
+    """`record` captures a signature without running it, here while other kernels still run on the stream (as
+    the vision tower's do when `LayerGraphs.record_pending` records); its calls then replay, right."""
+    runner = CudaGraphs()
+    x = torch.randn(4096, device="cuda")
+    _affine(x, scale=2.0)  # (the signature ran eagerly once: its lazy initialisations are done)
+    torch.cuda._sleep(50_000_000)  # keeps the GPU busy while the host records
+    assert runner.record(_affine, (torch.empty_like(x),), scale=2.0)
+    assert runner.record(_affine, (torch.empty_like(x),), scale=2.0)  # (held already: nothing recorded again)
+    assert runner.recorded == 1 and runner.replayed == 0
+    for seed in range(2):
+        y = torch.randn(4096, generator=torch.Generator().manual_seed(seed)).cuda()
+        assert torch.equal(runner(_affine, (y,), scale=2.0)[0], y * 2.0 + 1)
+    assert runner.recorded == 1 and runner.replayed == 2
+    assert not runner.record(_affine, (x.cpu(),), scale=2.0)  # what cannot be recorded is not
 
 
 def _affine(x: torch.Tensor, *, scale: float) -> tuple[torch.Tensor]:

@@ -122,12 +122,7 @@ class CudaGraphs:
         inputs, fixed = tuple(inputs), tuple(fixed)
         if not self._recordable(inputs + fixed):
             return fn(*inputs, *fixed, **options)
-        key = (
-            fn,
-            tuple(sorted(options.items(), key=lambda item: item[0])),
-            tuple(_signature(t) for t in inputs),
-            tuple((_signature(t), t.data_ptr()) for t in fixed),
-        )
+        key = self._key(fn, inputs, fixed, options)
         device = (inputs + fixed)[0].device  # (`_recordable`: all on one GPU)
         entry = self._graphs.get(key)
         if entry is not None:
@@ -150,6 +145,41 @@ class CudaGraphs:
             entry.graph.replay()  # (recording ran nothing: a new graph's first result is its first replay)
         self.replayed += 1
         return entry.outputs
+
+    def record(self, fn: Callable[..., tuple[Tensor, ...]], inputs: Sequence[Tensor], *, fixed: Sequence[Tensor] = (),
+               **options: Any) -> bool:  # fmt: skip
+        """Record the graph of this signature now, without running it: a later call with the signature replays.
+
+        For a signature that has run eagerly in this process (nothing is warmed up), in a window where the host
+        would wait for the GPU anyway (`LayerGraphs.record_pending`, while the vision tower runs). The values of
+        `inputs` are not read (the graph reads its own buffers, filled at each call): only their signatures count.
+        Returns whether a graph for the signature is held afterwards; a signature that cannot be recorded here is
+        not marked as failed (its own call may still record it).
+        """
+        inputs, fixed = tuple(inputs), tuple(fixed)
+        if not self._recordable(inputs + fixed):
+            return False
+        key = self._key(fn, inputs, fixed, options)
+        if key in self._graphs:
+            return True
+        if key in self._failed:
+            return False
+        entry = self._record(key, (inputs + fixed)[0].device, fn, inputs, fixed, options, ran_eagerly=True,
+                             remember_failure=False)  # fmt: skip
+        if entry is not None:
+            self._seen.pop(key, None)
+        return entry is not None
+
+    @staticmethod
+    def _key(fn, inputs: tuple[Tensor, ...], fixed: tuple[Tensor, ...], options: dict) -> tuple:
+        """A recording's signature: the function, its options, the inputs' shapes, dtypes, strides and device, and
+        the fixed tensors' too, with their addresses."""
+        return (
+            fn,
+            tuple(sorted(options.items(), key=lambda item: item[0])),
+            tuple(_signature(t) for t in inputs),
+            tuple((_signature(t), t.data_ptr()) for t in fixed),
+        )
 
     @staticmethod
     def _recordable(tensors: tuple[Tensor, ...]) -> bool:
@@ -192,7 +222,8 @@ class CudaGraphs:
             stream = self._streams[device] = torch.cuda.Stream(device)
         return stream
 
-    def _record(self, key, device, fn, inputs, fixed, options, ran_eagerly=False) -> _Graph | None:
+    def _record(self, key, device, fn, inputs, fixed, options, ran_eagerly=False,
+                remember_failure=True) -> _Graph | None:  # fmt: skip
         with torch.cuda.device(device):
             static = tuple(torch.empty_like(x).copy_(x) for x in inputs)
             if self.warm_up_again or not ran_eagerly:
@@ -207,6 +238,8 @@ class CudaGraphs:
                 with self._capture(graph, device):
                     outputs = fn(*static, *fixed, **options)
             except RuntimeError as error:  # an op that cannot be recorded: this signature runs eagerly from now on
+                if not remember_failure:
+                    return None
                 self._failed.add(key)
                 warnings.warn(
                     f"PruneVid cuda_graphs: {getattr(fn, '__name__', fn)} could not be recorded as a CUDA graph "
