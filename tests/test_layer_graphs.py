@@ -231,6 +231,65 @@ def test_a_new_length_replays_a_longer_bucket(checkpoints, processor, media):
         LayerGraphs(reuse_longer=-1)
 
 
+class Recording(Replaying):
+    """`Replaying` with `CudaGraphs.record`: a run's padded length replays once recorded (by `record`, or inline at
+    its second call); `record` runs nothing and notes what it recorded."""
+
+    def __init__(self, fail=False):
+        super().__init__()
+        self.graphs, self.recorded_ahead, self.fail = set(), [], fail
+
+    @staticmethod
+    def key(inputs, options):
+        return (len(options["layers"]), inputs[0].shape[1], options["masked"])
+
+    def __call__(self, fn, inputs, *, fixed=(), **options):
+        key = self.key(inputs, options)
+        if key not in self.graphs and self.lengths.count(key[:2]) >= 1:
+            self.graphs.add(key)  # (recorded inline at the second call)
+        if key in self.graphs:
+            self.replayed += 1
+        self.lengths.append(key[:2])
+        return eager(fn, inputs, fixed=fixed, **options)
+
+    def record(self, fn, inputs, *, fixed=(), **options):
+        if self.fail:
+            raise RuntimeError("no recording here")
+        self.graphs.add(self.key(inputs, options))
+        self.recorded_ahead.append(self.key(inputs, options)[:2])
+        return True
+
+
+def test_eager_runs_are_recorded_while_the_next_tower_runs(checkpoints, processor, media):
+    """A run that ran eagerly is recorded by the tower's forward hook of the next prefill (before that prefill's
+    layers), so its second call replays; the same tokens. Off, it records inline at its second call; a recording
+    that raises turns the window off, not the forward."""
+    inputs = make_inputs(processor, media, "video")
+    config = PruneVidConfig.paper()
+    model = load(checkpoints["gqa2"], config)
+    ref_tokens, _ = generate(model, inputs)
+    for window in (True, False):
+        runner = Recording()
+        model._prunevid_layer_graphs = graphs = LayerGraphs(runner, devices=("cpu",))
+        graphs.record_while_tower_runs = window
+        model.prunevid = config.replace(layer_graphs=True)  # (wires the model's graphs to the tower too)
+        assert model.model.visual._prunevid_layer_graphs is graphs
+        first = [torch.equal(generate(model, inputs)[0], ref_tokens) for _ in range(3)]
+        assert all(first)
+        runs = [(end - start) for start, end in model.prunevid_technique.layer_runs]
+        assert [n for n, _ in runner.recorded_ahead] == (runs[::-1] if window else [])  # the latest run first
+        assert graphs.recorded_in_tower == (len(runs) if window else 0)
+        assert runner.replayed == 2 * len(runs)  # calls 2 and 3 replay, recorded ahead or inline
+    model.prunevid = config  # no layer graphs: no hook on the tower
+    assert model.model.visual._prunevid_pending_hook is None and model.model.visual._prunevid_layer_graphs is None
+
+    model._prunevid_layer_graphs = graphs = LayerGraphs(Recording(fail=True), devices=("cpu",))
+    model.prunevid = config.replace(layer_graphs=True)
+    for _ in range(2):
+        assert torch.equal(generate(model, inputs)[0], ref_tokens)
+    assert graphs.record_while_tower_runs is False and graphs.recorded_in_tower == 0
+
+
 def test_setting_is_validated_kept_per_model_and_saved(checkpoints, tmp_path):
     with pytest.raises(TypeError, match="layer_graphs"):
         PruneVidConfig(layer_graphs="yes")
@@ -243,6 +302,7 @@ def test_setting_is_validated_kept_per_model_and_saved(checkpoints, tmp_path):
     model.prunevid = PruneVidConfig.paper(layer_graphs=True)
     twin = copy.deepcopy(model)  # a copy records its own graphs, one set for its settings too
     assert twin.prunevid_technique.layer_graphs is twin._prunevid_layer_graphs is not graphs
+    assert twin.model.visual._prunevid_layer_graphs is twin._prunevid_layer_graphs  # (the tower's hook: the copy's)
     assert isinstance(pickle.loads(pickle.dumps(graphs)).runner, CudaGraphs)
     model.save_pretrained(tmp_path / "saved")
     assert Qwen2_5_VLPruneVid.from_pretrained(tmp_path / "saved").prunevid.layer_graphs is True
@@ -265,8 +325,8 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @gpu
 @pytest.mark.parametrize("case", ["video", "batch3"])
 def test_replayed_runs_equal_the_layers_on_gpu(checkpoints, processor, case):
-    """fp32 on the GPU: the same tokens, counts and (within rounding) logits as the eager layers; the second call
-    records, later calls replay."""
+    """fp32 on the GPU: the same tokens, counts and (within rounding) logits as the eager layers; the first call's
+    runs are recorded while the second call's tower runs, and replay from then on."""
     inputs = frame_inputs(processor, case).to("cuda")
     model = load(checkpoints["gqa2"], PruneVidConfig.paper()).cuda()
     ref_tokens, ref_logits = generate(model, inputs)
@@ -280,8 +340,9 @@ def test_replayed_runs_equal_the_layers_on_gpu(checkpoints, processor, case):
         assert [s.to_dict() for s in model.prunevid_stats] == ref_stats
     runs = len(model.prunevid_technique.layer_runs)
     assert graphs.replayed_runs == 4 * runs
-    # call 1 runs eagerly, call 2 records (its result is the graph's first replay), calls 3 and 4 replay
+    # call 1 runs eagerly; its runs are recorded while call 2's tower runs, so calls 2, 3 and 4 replay
     assert graphs.runner.recorded == runs and graphs.runner.replayed == 3 * runs
+    assert graphs.recorded_in_tower == runs
     assert graphs.runner.warmups == 0  # call 1 ran each run eagerly: the recording needs no warm-up run
     # the cache owns its keys and values (not views of the graphs' output buffers, which the next replay rewrites)
     with torch.no_grad():

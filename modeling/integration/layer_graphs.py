@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ from .compat import CACHE_KWARG, recording_outputs, with_cache
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["LayerGraphs", "bucket", "layer_runs", "pad_mask", "pad_rows", "passthrough"]
+__all__ = ["LayerGraphs", "bucket", "layer_runs", "pad_mask", "pad_rows", "passthrough", "watch_tower"]
 
 # keyword arguments of a decoder layer call that a replay reproduces (the text positions only serve flash
 # attention's packed sequences, which never replays); any other one with a value keeps the layers eager
@@ -130,6 +131,11 @@ class LayerGraphs:
     goes to the runner at its own bucket (eagerly until the runner records it). Which buckets replay is learned
     from the runner's `replayed` count, call by call (a graph the runner has dropped is forgotten at its next use).
 
+    A run that ran eagerly (its bucket's first call) is recorded at the next prefill while its vision tower runs
+    (`record_pending`, from a forward hook on the tower that `watch_tower` sets): a recording is host work (the
+    layers' Python, traced without running), and there the host would wait for the tower's kernels anyway. Its
+    bucket then replays from its second call on, without the recording's cost in that call's time to first token.
+
     Args:
         runner: records and replays `_replay_layers` (default: a `CudaGraphs` keeping 6 graphs, two buckets of each
             run). `modeling.prunevid.graphs.eager` runs the padded function without graphs (the CPU tests).
@@ -137,6 +143,11 @@ class LayerGraphs:
         reuse_longer: how much longer (a share of the run's bucket) a replaying bucket may be to serve a run whose
             own bucket does not replay yet; 0 pads every run to its own bucket only.
     """
+
+    # whether the runs that ran eagerly are recorded while the next vision tower runs (see the class docstring)
+    record_while_tower_runs = True
+    # the most runs recorded in one such window (one prefill's runs: at most 3)
+    pending_per_window = 3
 
     def __init__(self, runner: Callable[..., tuple[Tensor, ...]] | None = None,
                  devices: Sequence[str] = ("cuda",), reuse_longer: float = 0.25) -> None:  # fmt: skip
@@ -150,6 +161,8 @@ class LayerGraphs:
         self._done_until = 0  # the layers before this one were computed by the last run (this prefill)
         self._weights: dict[tuple[torch.nn.Module, ...], list[Tensor]] = {}  # the parameters of each run
         self._replaying: dict[tuple, set[int]] = {}  # per run and input kind: the padded lengths that replayed
+        self._pending: OrderedDict[tuple, tuple] = OrderedDict()  # runs to record in the next tower's window
+        self.recorded_in_tower = 0  # runs recorded while a tower ran (tests, benchmarks)
 
     def __repr__(self) -> str:
         return f"LayerGraphs({self.runner!r})"
@@ -194,12 +207,20 @@ class LayerGraphs:
                 self._weights.clear()
             weights = self._weights[layers] = [p for layer in layers for p in layer.parameters()]
         replays = getattr(self.runner, "replayed", None)
-        out = self.runner(_replay_layers, inputs, fixed=weights, layers=layers, masked=mask is not None)
+        options = dict(layers=layers, masked=mask is not None)
+        out = self.runner(_replay_layers, inputs, fixed=weights, **options)
         if replays is not None:  # (a runner that counts its replays: learn whether this length replays)
+            replayed = self.runner.replayed > replays
             replaying = self._replaying.setdefault(kind, set())
-            (replaying.add if self.runner.replayed > replays else replaying.discard)(padded)
+            (replaying.add if replayed else replaying.discard)(padded)
             if len(self._replaying) > 64:
                 self._replaying.clear()
+            if not replayed and self.record_while_tower_runs and hasattr(self.runner, "record"):
+                self._pending[(kind, padded)] = ([(t.shape, t.stride(), t.dtype, t.device) for t in inputs], weights,
+                                                 options)  # fmt: skip
+                self._pending.move_to_end((kind, padded))
+                while len(self._pending) > 2 * self.pending_per_window:
+                    self._pending.popitem(last=False)
         cache = kwargs.get(CACHE_KWARG)
         if cache is not None:
             for j, layer in enumerate(layers):
@@ -208,6 +229,31 @@ class LayerGraphs:
         self._done_until = end
         self.replayed_runs += 1
         return out[0][:, :length]
+
+    def record_pending(self) -> int:
+        """Record the runs that ran eagerly since the last window, the most recent first, at most
+        `pending_per_window` of them (the rest wait for the next window); returns how many were recorded.
+
+        Called while a vision tower's kernels run (`watch_tower`); their inputs are stand-ins of the same shapes (a
+        recording reads no values). Where the runner cannot record (the CPU, autograd on, `torch.compile` around
+        it) nothing is recorded and the runs stay pending.
+        """
+        record = getattr(self.runner, "record", None)
+        if record is None or not self._pending or not self.record_while_tower_runs:
+            return 0
+        done = 0
+        while self._pending and done < self.pending_per_window:
+            (kind, padded), (specs, weights, options) = self._pending.popitem(last=True)
+            inputs = [torch.empty_strided(shape, stride, dtype=dtype, device=device)
+                      for shape, stride, dtype, device in specs]  # fmt: skip
+            if not record(_replay_layers, inputs, fixed=weights, **options):
+                self._pending[(kind, padded)] = (specs, weights, options)
+                self._pending.move_to_end((kind, padded), last=False)  # (not now: left for a later window)
+                break
+            self._replaying.setdefault(kind, set()).add(padded)
+            done += 1
+        self.recorded_in_tower += done
+        return done
 
     def _padded_length(self, kind: tuple, length: int) -> int:
         """The length a run of `length` tokens is padded to: its bucket, or the shortest longer bucket whose graph
@@ -248,6 +294,29 @@ class LayerGraphs:
         if mask is not None and not (mask.ndim == 4 and mask.shape[-2] == length and mask.shape[-1] >= length):
             return f"an attention mask of shape {tuple(mask.shape)}"
         return None
+
+
+def watch_tower(tower: torch.nn.Module, graphs: LayerGraphs | None) -> None:
+    """Let `graphs` record its pending runs while `tower`'s kernels run: a forward hook on the vision tower, which
+    returns once its kernels are queued (`LayerGraphs.record_pending`). None removes it."""
+    tower._prunevid_layer_graphs = graphs
+    handle = getattr(tower, "_prunevid_pending_hook", None)
+    if graphs is None and handle is not None:
+        handle.remove()
+        tower._prunevid_pending_hook = None
+    elif graphs is not None and handle is None:
+        tower._prunevid_pending_hook = tower.register_forward_hook(_record_pending)
+
+
+def _record_pending(tower: torch.nn.Module, args: Any, output: Any) -> None:
+    graphs = getattr(tower, "_prunevid_layer_graphs", None)
+    if graphs is None or not graphs._pending:
+        return
+    try:
+        graphs.record_pending()
+    except Exception as error:  # (a recording is an optimisation: never the reason a forward fails)
+        graphs.record_while_tower_runs = False
+        logger.warning(f"PruneVid layer_graphs: recording while the vision tower runs is off from now on ({error!r})")
 
 
 def _plain_layers(cache: DynamicCache) -> bool:

@@ -23,7 +23,7 @@ from ..prunevid.graphs import CudaGraphs
 from .cache import FIT_TAG, FITTED_TAG
 from .compat import CACHE_KWARG
 from .controller import PruneVidController
-from .layer_graphs import LayerGraphs
+from .layer_graphs import LayerGraphs, watch_tower
 from .stats import PruneVidStats, unpruned_stats
 from .vision_attention import attach, vision_attention_for
 
@@ -108,6 +108,7 @@ class Qwen2_5_VLPruneVid(Qwen2_5_VLForConditionalGeneration, GenerationMixin):
         self.model._prunevid = controller
         self.model.language_model._prunevid = controller
         attach(self.model.visual, vision_attention_for(config))  # None (the stock tower) clears every hook
+        watch_tower(self.model.visual, controller.layer_graphs if controller is not None else None)
         self._last_prefill = None  # stats describe a prefill of these settings only
 
     @property
