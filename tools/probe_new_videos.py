@@ -15,14 +15,18 @@ more new clip under torch.profiler (host and GPU): the host operations that took
 `--ab-warm-up`: every other new clip with `CudaGraphs.warm_up_again = True` (the recordings at its second call warm
 up with an eager run on a side stream first, as before the eleventh step), the others without. `--ab-flush`: the
 same with `CudaGraphs.flush_before_capture = True` (a recording first waits for the device and empties the
-allocator's caches, as `torch.cuda.graph` does and as before the twelfth step).
+allocator's caches, as `torch.cuda.graph` does and as before the twelfth step). `--ab-tower-window`: the same with
+`LayerGraphs.record_while_tower_runs = False` (a layer run that ran eagerly is recorded at its bucket's second call,
+not while the next prefill's tower runs).
 `--calls-per-clip 1 --graph-slots 6 48` instead: a stream of clips, each called once, once per number of graphs the
 replayed layers may keep (`LayerGraphs`' `CudaGraphs(max_graphs=...)`; `fast()` keeps 6), in that order, each with
 fresh graphs; `--bucket-shapes 0 1` for each slot count: without and with `CudaGraphs.bucket_shapes` (Stage 1's
 segment count and Stage 2's token count padded to buckets: the twelfth step); `--layer-record-after 1 2` for each:
 the call of a bucket that records the replayed layers' graph (`fast()`: 2); `--reuse-longer 0 0.25` for each: how
 much longer a replaying bucket may be to serve a run whose own bucket has no graph yet (`LayerGraphs.reuse_longer`;
-`fast()`: 0.25 since the twelfth step, 0 before).
+`fast()`: 0.25 since the twelfth step, 0 before); `--tower-window 0 1` for each: without and with the recording of
+the runs that ran eagerly while the next prefill's vision tower runs (`LayerGraphs.record_while_tower_runs`; on
+since the twelfth step).
 """
 
 from __future__ import annotations
@@ -62,9 +66,11 @@ def main(argv=None):
     ap.add_argument("--calls-per-clip", type=int, default=3)
     ap.add_argument("--ab-warm-up", action="store_true")
     ap.add_argument("--ab-flush", action="store_true")
+    ap.add_argument("--ab-tower-window", action="store_true")
     ap.add_argument("--bucket-shapes", type=int, nargs="*", default=[1])
     ap.add_argument("--layer-record-after", type=int, nargs="*", default=[2])
     ap.add_argument("--reuse-longer", type=float, nargs="*", default=[0.25])
+    ap.add_argument("--tower-window", type=int, nargs="*", default=[1])
     ap.add_argument("--graph-slots", type=int, nargs="*", default=[])
     ap.add_argument("--out", type=Path, default=Path("/tmp/probe-new-videos"))
     ap.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke test of the script)")
@@ -85,6 +91,7 @@ def new_clips(b, args, main_clip, report):
     """Each config on `--videos` new clips, each called `--calls-per-clip` times, then one more under the profiler."""
     import torch
 
+    from modeling.integration.layer_graphs import LayerGraphs
     from modeling.prunevid.graphs import CudaGraphs
 
     size, seed = b.args.size, args.first_seed
@@ -98,16 +105,20 @@ def new_clips(b, args, main_clip, report):
                 seed += 1
                 CudaGraphs.warm_up_again = args.ab_warm_up and i % 2 == 1
                 CudaGraphs.flush_before_capture = args.ab_flush and i % 2 == 1
+                LayerGraphs.record_while_tower_runs = not (args.ab_tower_window and i % 2 == 1)
                 times = [round(1e3 * b.ttft(clip, name)[0], 1) for _ in range(args.calls_per_clip)]
                 stats = b.model.prunevid_stats
                 lengths = (stats[0].after_stage1, stats[0].after_stage2) if stats else None
                 rows.append({"seed": seed - 1, "ttft_ms": times, "after_stage1_stage2": lengths,
                              "warm_up_again": CudaGraphs.warm_up_again,
-                             "flush_before_capture": CudaGraphs.flush_before_capture})  # fmt: skip
+                             "flush_before_capture": CudaGraphs.flush_before_capture,
+                             "record_while_tower_runs": LayerGraphs.record_while_tower_runs})  # fmt: skip
                 print(f"[{name}] new clip (seed {seed - 1}): TTFT ms {times} (first sight, then repeats); "
                       f"tokens after Stage 1 / 2: {lengths}; warm_up_again {CudaGraphs.warm_up_again}; "
-                      f"flush_before_capture {CudaGraphs.flush_before_capture}", flush=True)  # fmt: skip
+                      f"flush_before_capture {CudaGraphs.flush_before_capture}; record_while_tower_runs "
+                      f"{LayerGraphs.record_while_tower_runs}", flush=True)  # fmt: skip
             CudaGraphs.warm_up_again = CudaGraphs.flush_before_capture = False
+            LayerGraphs.record_while_tower_runs = True
             clip = bench.make_inputs(b.processor, args.frames, size, b.device, b.dtype, seed=seed)
             seed += 1
             activities = [torch.profiler.ProfilerActivity.CPU]
@@ -129,25 +140,29 @@ def stream(b, args, main_clip, report):
 
     clips = [bench.make_inputs(b.processor, args.frames, b.args.size, b.device, b.dtype, seed=args.first_seed + i)
              for i in range(args.videos)]  # fmt: skip
-    for slots, buckets, record_after, reuse in itertools.product(args.graph_slots, args.bucket_shapes,
-                                                                 args.layer_record_after, args.reuse_longer):  # fmt: skip
+    settings = itertools.product(args.graph_slots, args.bucket_shapes, args.layer_record_after, args.reuse_longer,
+                                 args.tower_window)  # fmt: skip
+    for slots, buckets, record_after, reuse, window in settings:
         CudaGraphs.bucket_shapes = bool(buckets)
         b.model._prunevid_layer_graphs = LayerGraphs(runner=CudaGraphs(max_graphs=slots, record_after=record_after),
                                                      reuse_longer=reuse)  # fmt: skip
+        b.model._prunevid_layer_graphs.record_while_tower_runs = bool(window)
         b.model._prunevid_graphs = CudaGraphs()
         for _ in range(3):
             b.ttft(main_clip, "fast")
         layers, steps = b.model.prunevid_technique.layer_graphs.runner, b.model.prunevid_technique.runner
         times = [round(1e3 * b.ttft(clip, "fast")[0], 1) for clip in clips]
-        longer = b.model.prunevid_technique.layer_graphs.longer_runs
+        graphs = b.model.prunevid_technique.layer_graphs
         row = {"ttft_ms": times, "median_ms": bench.median(times), "recorded": layers.recorded,
-               "replayed": layers.replayed, "longer_runs": longer, "steps_recorded": steps.recorded,
+               "recorded_in_tower": graphs.recorded_in_tower, "replayed": layers.replayed,
+               "longer_runs": graphs.longer_runs, "steps_recorded": steps.recorded,
                "steps_replayed": steps.replayed}  # fmt: skip
-        print(f"[fast, {slots} layer graphs recorded at call {record_after}, reuse_longer {reuse}, bucket_shapes "
-              f"{bool(buckets)}] stream of {len(clips)} new clips: TTFT ms {times}; median {row['median_ms']:.1f}; "
-              f"layer graphs recorded {layers.recorded}, replayed {layers.replayed} ({longer} runs on a longer "
-              f"bucket); Stage 1/2 graphs recorded {steps.recorded}, replayed {steps.replayed}", flush=True)  # fmt: skip
-        report[f"stream_{slots}_buckets{buckets}_record{record_after}_reuse{reuse}"] = row
+        print(f"[fast, {slots} layer graphs recorded at call {record_after}, reuse_longer {reuse}, tower window "
+              f"{bool(window)}, bucket_shapes {bool(buckets)}] stream of {len(clips)} new clips: TTFT ms {times}; "
+              f"median {row['median_ms']:.1f}; layer graphs recorded {layers.recorded} ({graphs.recorded_in_tower} "
+              f"while a tower ran), replayed {layers.replayed} ({graphs.longer_runs} runs on a longer bucket); "
+              f"Stage 1/2 graphs recorded {steps.recorded}, replayed {steps.replayed}", flush=True)  # fmt: skip
+        report[f"stream_{slots}_buckets{buckets}_record{record_after}_reuse{reuse}_window{window}"] = row
     CudaGraphs.bucket_shapes = True
 
 
