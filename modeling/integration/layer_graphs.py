@@ -301,11 +301,13 @@ def watch_tower(tower: torch.nn.Module, graphs: LayerGraphs | None) -> None:
     returns once its kernels are queued (`LayerGraphs.record_pending`). None removes it."""
     tower._prunevid_layer_graphs = graphs
     handle = getattr(tower, "_prunevid_pending_hook", None)
-    if graphs is None and handle is not None:
+    if (graphs is None) == (handle is None):  # (as it should be already)
+        return
+    if handle is None:
+        tower._prunevid_pending_hook = tower.register_forward_hook(_record_pending)
+    else:
         handle.remove()
         tower._prunevid_pending_hook = None
-    elif graphs is not None and handle is None:
-        tower._prunevid_pending_hook = tower.register_forward_hook(_record_pending)
 
 
 def _record_pending(tower: torch.nn.Module, args: Any, output: Any) -> None:
