@@ -198,7 +198,8 @@ def question_inputs(processor, media, question):
 
 def test_a_new_length_replays_a_longer_bucket(checkpoints, processor, media):
     """A run whose bucket does not replay yet is padded to the shortest replaying bucket up to 1/4 longer: the same
-    tokens as the layers one by one; further, or with `reuse_longer=0`, its own bucket."""
+    tokens as the layers one by one; further, or with `reuse_longer=0`, its own bucket. Its own bucket is then
+    recorded while the next tower runs, and its later calls use it."""
     long_question = question_inputs(processor, media, "Describe in one sentence what moves, where it goes and how "
                                                       "fast, and what stays where it is in this short video.")
     short_question = question_inputs(processor, media, "Describe in one sentence what moves, where it goes and how "
@@ -229,6 +230,18 @@ def test_a_new_length_replays_a_longer_bucket(checkpoints, processor, media):
         assert (graphs.longer_runs > 0) == (reuse > 0)  # (the questions make it real)
     with pytest.raises(ValueError, match="reuse_longer"):
         LayerGraphs(reuse_longer=-1)
+
+    # a run served by a longer bucket has its own one recorded while the next tower runs: later calls pad less
+    model._prunevid_layer_graphs = LayerGraphs(Recording(), devices=("cpu",))
+    model.prunevid = config.replace(layer_graphs=True)
+    runner = model._prunevid_layer_graphs.runner
+    for name, inputs in (("long", long_question), ("long", long_question), ("short", short_question),
+                         ("short", short_question)):  # fmt: skip
+        del runner.lengths[:]
+        assert torch.equal(generate(model, inputs)[0], ref[name][0])
+    own = list(map(bucket, ref["short"][2]))
+    assert [n for _, n in runner.lengths] == own and runner.replayed == 3 * len(own)  # (calls 2, 3 and 4 replay)
+    assert sorted(n for _, n in runner.recorded_ahead) == sorted(list(map(bucket, ref["long"][2])) + own)
 
 
 class Recording(Replaying):

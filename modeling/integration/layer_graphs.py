@@ -135,6 +135,7 @@ class LayerGraphs:
     (`record_pending`, from a forward hook on the tower that `watch_tower` sets): a recording is host work (the
     layers' Python, traced without running), and there the host would wait for the tower's kernels anyway. Its
     bucket then replays from its second call on, without the recording's cost in that call's time to first token.
+    A run served by a longer bucket has its own bucket recorded so too: its later calls pad no more than they must.
 
     Args:
         runner: records and replays `_replay_layers` (default: a `CudaGraphs` keeping 6 graphs, two buckets of each
@@ -197,7 +198,8 @@ class LayerGraphs:
         mask = kwargs.get("attention_mask")
         kind = (layers, *((t.shape[:-2], t.shape[-1], t.dtype, t.device) for t in (hidden_states, cos, sin)),
                 None if mask is None else (mask.shape[:-2], mask.dtype))  # the inputs but their length
-        padded = self._padded_length(kind, length)
+        own = bucket(length)
+        padded = self._padded_length(kind, own)
         inputs = [pad_rows(hidden_states, padded), pad_rows(cos, padded), pad_rows(sin, padded)]
         if mask is not None:
             inputs.append(pad_mask(mask, length, padded))
@@ -215,12 +217,12 @@ class LayerGraphs:
             (replaying.add if replayed else replaying.discard)(padded)
             if len(self._replaying) > 64:
                 self._replaying.clear()
-            if not replayed and self.record_while_tower_runs and hasattr(self.runner, "record"):
-                self._pending[(kind, padded)] = ([(t.shape, t.stride(), t.dtype, t.device) for t in inputs], weights,
-                                                 options)  # fmt: skip
-                self._pending.move_to_end((kind, padded))
-                while len(self._pending) > 2 * self.pending_per_window:
-                    self._pending.popitem(last=False)
+            if self.record_while_tower_runs and hasattr(self.runner, "record"):
+                if not replayed:  # ran eagerly: its own bucket, for its next call
+                    self._pend(kind, padded, [(t.shape, t.stride()) for t in inputs], inputs, weights, options)
+                elif padded != own:  # served by a longer bucket: its own one too, for its later calls
+                    shapes = [_with_length(t.shape, own, mask=i == 3) for i, t in enumerate(inputs)]
+                    self._pend(kind, own, [(shape, _contiguous(shape)) for shape in shapes], inputs, weights, options)
         cache = kwargs.get(CACHE_KWARG)
         if cache is not None:
             for j, layer in enumerate(layers):
@@ -229,6 +231,15 @@ class LayerGraphs:
         self._done_until = end
         self.replayed_runs += 1
         return out[0][:, :length]
+
+    def _pend(self, kind, padded, layout, inputs, weights, options) -> None:
+        """Note the run of `kind` at `padded` tokens (its inputs' shapes and strides in `layout`, their dtypes and
+        device those of `inputs`) for `record_pending`; the most recent `2 * pending_per_window` are kept."""
+        specs = [(shape, stride, t.dtype, t.device) for (shape, stride), t in zip(layout, inputs)]
+        self._pending[(kind, padded)] = (specs, weights, options)
+        self._pending.move_to_end((kind, padded))
+        while len(self._pending) > 2 * self.pending_per_window:
+            self._pending.popitem(last=False)
 
     def record_pending(self) -> int:
         """Record the runs that ran eagerly since the last window, the most recent first, at most
@@ -255,10 +266,9 @@ class LayerGraphs:
         self.recorded_in_tower += done
         return done
 
-    def _padded_length(self, kind: tuple, length: int) -> int:
-        """The length a run of `length` tokens is padded to: its bucket, or the shortest longer bucket whose graph
+    def _padded_length(self, kind: tuple, own: int) -> int:
+        """The length a run whose bucket is `own` is padded to: `own`, or the shortest longer bucket whose graph
         replays, within `reuse_longer` (see the class docstring)."""
-        own = bucket(length)
         replaying = self._replaying.get(kind, ())
         if own in replaying:
             return own
@@ -294,6 +304,15 @@ class LayerGraphs:
         if mask is not None and not (mask.ndim == 4 and mask.shape[-2] == length and mask.shape[-1] >= length):
             return f"an attention mask of shape {tuple(mask.shape)}"
         return None
+
+
+def _with_length(shape: torch.Size, length: int, mask: bool) -> tuple[int, ...]:
+    """A run input's shape at another length (dim -2; a mask's dims -2 and -1)."""
+    return (*shape[:-2], length, length if mask else shape[-1])
+
+
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return torch.empty(shape, device="meta").stride()
 
 
 def watch_tower(tower: torch.nn.Module, graphs: LayerGraphs | None) -> None:
