@@ -197,16 +197,19 @@ class CudaGraphs:
         What `torch.cuda.graph` does, without its preparations for memory: it first waits for the whole device
         (`torch.cuda.synchronize`) and hands every cached block back to the driver (`torch.cuda.empty_cache`, and
         the pinned host cache), "to free as much memory as we can for the graph". Here the graphs' scratch lives in
-        one shared pool, bounded by the largest graph, so that buys nothing, and it cost each recording in a
-        prefill a wait for the GPU's queue and then a `cudaMalloc` (a device-wide synchronisation) for every block
-        the rest of the prefill allocated anew. ``flush_before_capture = True`` restores `torch.cuda.graph`'s way.
+        one shared pool, bounded by the largest graph, so that buys little, while a recording inside a prefill
+        then waited for the GPU's queue and left the rest of the prefill to allocate its blocks anew (one new
+        clip's first calls under the profiler: 24 `cudaMalloc`, 2.9 ms of host time,
+        docs/bench/h200-2026-12-05-new-videos/new_videos.log), and a recording while the vision tower runs
+        (`LayerGraphs.record_pending`) would wait for the tower. ``flush_before_capture = True`` restores
+        `torch.cuda.graph`'s way (for A/B measurements).
         """
         if self.flush_before_capture:
             with torch.cuda.graph(graph, pool=self._pools.get(device), stream=self._stream(device)):
                 yield
             return
         stream = self._stream(device)
-        stream.wait_stream(torch.cuda.current_stream())  # (nothing runs in a capture; this orders the allocator)
+        stream.wait_stream(torch.cuda.current_stream())  # (the capture stream after the work queued so far)
         with torch.cuda.stream(stream):
             pool = self._pools.get(device)
             graph.capture_begin(*(() if pool is None else (pool,)))
