@@ -133,8 +133,9 @@ def new_clips(b, args, main_clip, report):
 
 
 def stream(b, args, main_clip, report):
-    """`fast` on a stream of `--videos` new clips, each called once, for each number of layer graphs kept: the same
-    clips (seeds) for each, after a warm-up on the main clip."""
+    """`fast` on a stream of `--videos` new clips, each called once, for each setting (layer graphs kept, ...): the
+    same clips (seeds) for each, after a warm-up on the main clip; then `stock_compiled` on them if it is among
+    `--configs` (the default), and the ratios of the medians."""
     from modeling.integration.layer_graphs import LayerGraphs
     from modeling.prunevid.graphs import CudaGraphs
 
@@ -164,6 +165,16 @@ def stream(b, args, main_clip, report):
               f"Stage 1/2 graphs recorded {steps.recorded}, replayed {steps.replayed}", flush=True)  # fmt: skip
         report[f"stream_{slots}_buckets{buckets}_record{record_after}_reuse{reuse}_window{window}"] = row
     CudaGraphs.bucket_shapes = True
+    if "stock_compiled" in args.configs:  # stock's best on the same clips, for the ratio a stream of clips sees
+        for _ in range(3):
+            b.ttft(main_clip, "stock_compiled")
+        times = [round(1e3 * b.ttft(clip, "stock_compiled")[0], 1) for clip in clips]
+        stock = bench.median(times)
+        report["stream_stock_compiled"] = {"ttft_ms": times, "median_ms": stock}
+        print(f"[stock_compiled] stream of {len(clips)} new clips: TTFT ms {times}; median {stock:.1f}; stock_compiled"
+              f" / fast, medians: " + ", ".join(f"{key[7:]} {stock / row['median_ms']:.2f}x" for key, row in
+                                                 report.items() if key.startswith("stream_") and "stock" not in key),
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
