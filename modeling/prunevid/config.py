@@ -276,9 +276,11 @@ class PruneVidConfig:
         differ a little with them (an earlier H200 run: 3,821 tokens after Stage 1 at 256 frames instead of 3,678;
         the same 3,678 in the runs of docs/bench/h200-2026-12-04-padded-mlp*). Its one-time costs: compiling the
         vision blocks on the first video (7-28 s for the 7B tower on an H200; none later for other lengths), and
-        recording a graph for each length that comes again (the pruned lengths follow the clip's content: a new
-        clip's first call runs eagerly, its second records, about one eager call more; on new clips the time to
-        first token gains 1.61x over stock's best instead of 2.34x at 64 frames, docs/bench/h200-2026-12-05-new-videos).
+        recording graphs for the lengths that come (the pruned lengths follow the clip's content: Stage 1's graphs
+        are shared by the clips of one shape; a new length's layer runs replay a recorded bucket up to 1/4 longer,
+        or run eagerly, and are recorded while the next call's vision tower runs; measured before these last
+        changes, a new clip's time to first token gained 1.61x over stock's best instead of 2.34x at 64 frames,
+        docs/bench/h200-2026-12-05-new-videos).
         Where the fused kernel cannot run (CPU, fp32, old torch) the stock tower runs, uncompiled, with a warning; on
         the CPU the graphs are not used."""
         return cls(**{"vision_attention": "varlen_compiled", "cuda_graphs": True, "layer_graphs": True,
