@@ -41,6 +41,7 @@ from transformers.utils import logging
 
 from ..prunevid.graphs import CudaGraphs
 from .compat import CACHE_KWARG, recording_outputs, with_cache
+from .prefill_attention import prefill_backends
 
 
 logger = logging.get_logger(__name__)
@@ -246,8 +247,9 @@ class LayerGraphs:
         `pending_per_window` of them (the rest wait for the next window); returns how many were recorded.
 
         Called while a vision tower's kernels run (`watch_tower`); their inputs are stand-ins of the same shapes (a
-        recording reads no values). Where the runner cannot record (the CPU, autograd on, `torch.compile` around
-        it) nothing is recorded and the runs stay pending.
+        recording reads no values), and `sdpa` is restricted as in a pruned prefill (`prefill_backends`). Where the
+        runner cannot record (the CPU, autograd on, `torch.compile` around it) nothing is recorded and the runs stay
+        pending; a recording that fails raises (the tower's hook then turns these recordings off).
         """
         record = getattr(self.runner, "record", None)
         if record is None or not self._pending or not self.record_while_tower_runs:
@@ -257,7 +259,9 @@ class LayerGraphs:
             (kind, padded), (specs, weights, options) = self._pending.popitem(last=True)
             inputs = [torch.empty_strided(shape, stride, dtype=dtype, device=device)
                       for shape, stride, dtype, device in specs]  # fmt: skip
-            if not record(_replay_layers, inputs, fixed=weights, **options):
+            with prefill_backends():  # (as `PruneVidController.layer_call` runs them: the kernels they stand for)
+                recorded = record(_replay_layers, inputs, fixed=weights, **options)
+            if not recorded:
                 self._pending[(kind, padded)] = (specs, weights, options)
                 self._pending.move_to_end((kind, padded), last=False)  # (not now: left for a later window)
                 break

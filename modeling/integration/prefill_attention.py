@@ -18,6 +18,7 @@ with another attention implementation than `sdpa`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["PREFILL_BACKENDS", "without_length_plans"]
+__all__ = ["PREFILL_BACKENDS", "prefill_backends", "without_length_plans"]
 
 # the backends a pruned prefill's `sdpa` may use: flash-attention, memory-efficient attention, and the math fallback
 PREFILL_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
@@ -37,8 +38,14 @@ def without_length_plans(call: Callable[..., Any]) -> Callable[..., Any]:
     return functools.partial(_call, call)
 
 
+def prefill_backends() -> contextlib.AbstractContextManager:
+    """`sdpa` restricted to `PREFILL_BACKENDS` (also for what records a pruned prefill's layers elsewhere, e.g.
+    `LayerGraphs.record_pending`: a recording must see the kernels its replays stand for)."""
+    return sdpa_kernel(list(PREFILL_BACKENDS))
+
+
 def _call(call: Callable[..., Any], hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
     if not hidden_states.is_cuda:
         return call(hidden_states, *args, **kwargs)
-    with sdpa_kernel(list(PREFILL_BACKENDS)):
+    with prefill_backends():
         return call(hidden_states, *args, **kwargs)

@@ -153,8 +153,9 @@ class CudaGraphs:
         For a signature that has run eagerly in this process (nothing is warmed up), in a window where the host
         would wait for the GPU anyway (`LayerGraphs.record_pending`, while the vision tower runs). The values of
         `inputs` are not read (the graph reads its own buffers, filled at each call): only their signatures count.
-        Returns whether a graph for the signature is held afterwards; a signature that cannot be recorded here is
-        not marked as failed (its own call may still record it).
+        Returns whether a graph for the signature is held afterwards (False: nothing can be recorded here now, e.g.
+        on the CPU or with autograd on). A capture that fails raises its error, and the signature is not marked as
+        failed (its own call may still record it).
         """
         inputs, fixed = tuple(inputs), tuple(fixed)
         if not self._recordable(inputs + fixed):
@@ -164,11 +165,9 @@ class CudaGraphs:
             return True
         if key in self._failed:
             return False
-        entry = self._record(key, (inputs + fixed)[0].device, fn, inputs, fixed, options, ran_eagerly=True,
-                             remember_failure=False)  # fmt: skip
-        if entry is not None:
-            self._seen.pop(key, None)
-        return entry is not None
+        self._record(key, (inputs + fixed)[0].device, fn, inputs, fixed, options, ran_eagerly=True, quiet=False)
+        self._seen.pop(key, None)
+        return True
 
     @staticmethod
     def _key(fn, inputs: tuple[Tensor, ...], fixed: tuple[Tensor, ...], options: dict) -> tuple:
@@ -225,8 +224,7 @@ class CudaGraphs:
             stream = self._streams[device] = torch.cuda.Stream(device)
         return stream
 
-    def _record(self, key, device, fn, inputs, fixed, options, ran_eagerly=False,
-                remember_failure=True) -> _Graph | None:  # fmt: skip
+    def _record(self, key, device, fn, inputs, fixed, options, ran_eagerly=False, quiet=True) -> _Graph | None:
         with torch.cuda.device(device):
             static = tuple(torch.empty_like(x).copy_(x) for x in inputs)
             if self.warm_up_again or not ran_eagerly:
@@ -241,8 +239,10 @@ class CudaGraphs:
                 with self._capture(graph, device):
                     outputs = fn(*static, *fixed, **options)
             except RuntimeError as error:  # an op that cannot be recorded: this signature runs eagerly from now on
-                if not remember_failure:
-                    return None
+                # (a failed capture can leave its pool marked as still recording: later captures take a new one)
+                self._pools.pop(device, None)
+                if not quiet:
+                    raise
                 self._failed.add(key)
                 warnings.warn(
                     f"PruneVid cuda_graphs: {getattr(fn, '__name__', fn)} could not be recorded as a CUDA graph "
