@@ -292,12 +292,12 @@ def merge_video(
 
 def segment_slots(n_segments: int, n_frames: int) -> int:
     """The segment count :func:`merge_video` gives its fixed-shape step under a runner that buckets shapes
-    (:attr:`~.graphs.CudaGraphs.bucket_shapes`): ``n_segments``
-    rounded up to a power of two, at most ``n_frames``. The extra segments are empty (length 0): they are never
-    static, hold no token and make no output row, so the outputs are those of ``n_segments`` (tests/test_graphs.py),
-    while the clips of one shape need at most ``log2(T) + 1`` graphs instead of one per segment count (a new clip of
-    a known shape replays Stage 1 instead of running it eagerly). The cost: at most ``n_segments - 1`` more rows in
-    the batched DPC-KNN of ``n_segments + T`` rows."""
+    (:attr:`~.graphs.CudaGraphs.bucket_shapes`): ``n_segments`` rounded up to a power of two, at most ``n_frames``.
+    The extra segments are empty (length 0): they are never static, hold no token and make no output row, so the
+    outputs are those of ``n_segments`` (tests/test_graphs.py), while the clips of one shape need at most
+    ``log2(T) + 1`` graphs instead of one per segment count (a new clip of a known shape replays Stage 1 instead of
+    running it eagerly). The cost: at most ``n_segments - 1`` more rows in the batched DPC-KNN of ``n_segments + T``
+    rows."""
     return min(1 << max(0, n_segments - 1).bit_length(), max(n_frames, n_segments))
 
 
@@ -340,8 +340,9 @@ def _merge_segments(
     # (the frames are written once, as float32, into the rows clustered below, after room for the segment means)
     rows = features.new_empty((n_seg + n_frames, n_loc, channels), dtype=torch.float32)
     rows[n_seg:] = features.reshape(n_frames, n_loc, channels)
-    frames, seg_of_frame, seg_len, seg_start, static_seg, static_tl = _split_static(features, seg_info, grid, n_seg,
-                                                                                    tau, frames=rows[n_seg:])  # fmt: skip
+    frames, seg_of_frame, seg_len, seg_start, static_seg, static_tl = _split_static(
+        features, seg_info, grid, n_seg, tau, frames=rows[n_seg:]
+    )
 
     # 3.+4. one batched clustering: rows 0..S-1 = segment means (static), rows S..S+T-1 = frames (dynamic)
     seg_mean = _segment_sum(frames, seg_len) / seg_len.clamp_min(1)[:, None, None].float()  # (empty segment: 0)
