@@ -231,8 +231,10 @@ def test_a_new_length_replays_a_longer_bucket(checkpoints, processor, media):
     with pytest.raises(ValueError, match="reuse_longer"):
         LayerGraphs(reuse_longer=-1)
 
-    # a run served by a longer bucket has its own one recorded while the next tower runs: later calls pad less
+    # with the tower's window on, a run served by a longer bucket has its own one recorded while the next tower
+    # runs: later calls pad less
     model._prunevid_layer_graphs = LayerGraphs(Recording(), devices=("cpu",))
+    model._prunevid_layer_graphs.record_while_tower_runs = True
     model.prunevid = config.replace(layer_graphs=True)
     runner = model._prunevid_layer_graphs.runner
     for name, inputs in (("long", long_question), ("long", long_question), ("short", short_question),
@@ -297,6 +299,7 @@ def test_eager_runs_are_recorded_while_the_next_tower_runs(checkpoints, processo
     assert model.model.visual._prunevid_pending_hook is None and model.model.visual._prunevid_layer_graphs is None
 
     model._prunevid_layer_graphs = graphs = LayerGraphs(Recording(fail=True), devices=("cpu",))
+    graphs.record_while_tower_runs = True
     model.prunevid = config.replace(layer_graphs=True)
     for _ in range(2):
         assert torch.equal(generate(model, inputs)[0], ref_tokens)
@@ -346,6 +349,7 @@ def test_replayed_runs_equal_the_layers_on_gpu(checkpoints, processor, case):
     ref_stats = [s.to_dict() for s in model.prunevid_stats]
     model.prunevid = PruneVidConfig.paper(layer_graphs=True)
     graphs = model.prunevid_technique.layer_graphs
+    graphs.record_while_tower_runs = True  # (off by default)
     for call in range(4):
         tokens, logits = generate(model, inputs)
         assert torch.equal(tokens, ref_tokens), call

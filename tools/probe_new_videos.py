@@ -15,9 +15,9 @@ more new clip under torch.profiler (host and GPU): the host operations that took
 `--ab-warm-up`: every other new clip with `CudaGraphs.warm_up_again = True` (the recordings at its second call warm
 up with an eager run on a side stream first, as before the eleventh step), the others without. `--ab-flush`: the
 same with `CudaGraphs.flush_before_capture = True` (a recording first waits for the device and empties the
-allocator's caches, as `torch.cuda.graph` does and as before the twelfth step). `--ab-tower-window`: the same with
-`LayerGraphs.record_while_tower_runs = False` (a layer run that ran eagerly is recorded at its bucket's second call,
-not while the next prefill's tower runs).
+allocator's caches, as `torch.cuda.graph` does and as before the twelfth step). `--ab-tower-window`: every other new clip
+with `LayerGraphs.record_while_tower_runs = True` (a layer run that ran eagerly is recorded while the next
+prefill's tower runs, not at its bucket's second call), the others with False.
 `--calls-per-clip 1 --graph-slots 6 48` instead: a stream of clips, each called once, once per number of graphs the
 replayed layers may keep (`LayerGraphs`' `CudaGraphs(max_graphs=...)`; `fast()` keeps 6), in that order, each with
 fresh graphs; `--bucket-shapes 0 1` for each slot count: without and with `CudaGraphs.bucket_shapes` (Stage 1's
@@ -26,7 +26,7 @@ the call of a bucket that records the replayed layers' graph (`fast()`: 2); `--r
 much longer a replaying bucket may be to serve a run whose own bucket has no graph yet (`LayerGraphs.reuse_longer`;
 `fast()`: 0.25 since the twelfth step, 0 before); `--tower-window 0 1` for each: without and with the recording of
 the runs that ran eagerly while the next prefill's vision tower runs (`LayerGraphs.record_while_tower_runs`; on
-since the twelfth step).
+in the twelfth step, off since the thirteenth: it made the stream slower).
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def new_clips(b, args, main_clip, report):
     from modeling.integration.layer_graphs import LayerGraphs
     from modeling.prunevid.graphs import CudaGraphs
 
+    window_default = LayerGraphs.record_while_tower_runs
     size, seed = b.args.size, args.first_seed
     with backends_context(args.sdpa_backends):
         for name in args.configs:
@@ -105,7 +106,7 @@ def new_clips(b, args, main_clip, report):
                 seed += 1
                 CudaGraphs.warm_up_again = args.ab_warm_up and i % 2 == 1
                 CudaGraphs.flush_before_capture = args.ab_flush and i % 2 == 1
-                LayerGraphs.record_while_tower_runs = not (args.ab_tower_window and i % 2 == 1)
+                LayerGraphs.record_while_tower_runs = window_default if not args.ab_tower_window else i % 2 == 0
                 times = [round(1e3 * b.ttft(clip, name)[0], 1) for _ in range(args.calls_per_clip)]
                 stats = b.model.prunevid_stats
                 lengths = (stats[0].after_stage1, stats[0].after_stage2) if stats else None
@@ -118,7 +119,7 @@ def new_clips(b, args, main_clip, report):
                       f"flush_before_capture {CudaGraphs.flush_before_capture}; record_while_tower_runs "
                       f"{LayerGraphs.record_while_tower_runs}", flush=True)  # fmt: skip
             CudaGraphs.warm_up_again = CudaGraphs.flush_before_capture = False
-            LayerGraphs.record_while_tower_runs = True
+            LayerGraphs.record_while_tower_runs = window_default
             clip = bench.make_inputs(b.processor, args.frames, size, b.device, b.dtype, seed=seed)
             seed += 1
             activities = [torch.profiler.ProfilerActivity.CPU]

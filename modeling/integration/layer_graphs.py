@@ -133,11 +133,13 @@ class LayerGraphs:
     goes to the runner at its own bucket (eagerly until the runner records it). Which buckets replay is learned
     from the runner's `replayed` count, call by call (a graph the runner has dropped is forgotten at its next use).
 
-    A run that ran eagerly (its bucket's first call) is recorded at the next prefill while its vision tower runs
-    (`record_pending`, from a forward hook on the tower that `watch_tower` sets): a recording is host work (the
-    layers' Python, traced without running), and there the host would wait for the tower's kernels anyway. Its
-    bucket then replays from its second call on, without the recording's cost in that call's time to first token.
-    A run served by a longer bucket has its own bucket recorded so too: its later calls pad no more than they must.
+    With `record_while_tower_runs` (off by default), a run that ran eagerly (its bucket's first call) is recorded at
+    the next prefill while its vision tower runs (`record_pending`, from a forward hook on the tower that
+    `watch_tower` sets): a recording is host work (the layers' Python, traced without running), and there the host
+    would wait for the tower's kernels anyway; a run served by a longer bucket has its own bucket recorded so too.
+    Off, the runner records a bucket at its second call. On a stream of new 64-frame clips (two H100 runs,
+    docs/bench/h100-2026-12-06-thirteenth) the window made `fast()` slower (median 153.5 against 135.6 ms): it
+    records every bucket met (16 recordings for 8 clips against 6), so the runner's 6 graphs churn.
 
     Args:
         runner: records and replays `_replay_layers` (default: a `CudaGraphs` keeping 6 graphs, two buckets of each
@@ -147,8 +149,9 @@ class LayerGraphs:
             own bucket does not replay yet; 0 pads every run to its own bucket only.
     """
 
-    # whether the runs that ran eagerly are recorded while the next vision tower runs (see the class docstring)
-    record_while_tower_runs = True
+    # whether the runs that ran eagerly are recorded while the next vision tower runs (see the class docstring;
+    # off: it costs more than it saves on a stream of new clips)
+    record_while_tower_runs = False
     # the most runs recorded in one such window (one prefill's runs: at most 3)
     pending_per_window = 3
 
