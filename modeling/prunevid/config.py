@@ -278,9 +278,8 @@ class PruneVidConfig:
         vision blocks on the first video (7-28 s for the 7B tower on an H200; none later for other lengths), and
         recording graphs for the lengths that come (the pruned lengths follow the clip's content: Stage 1's graphs
         are shared by the clips of one shape; a new length's layer runs replay a recorded bucket up to 1/4 longer,
-        or run eagerly, and are recorded while the next call's vision tower runs; measured before these last
-        changes, a new clip's time to first token gained 1.61x over stock's best instead of 2.34x at 64 frames,
-        docs/bench/h200-2026-12-05-new-videos).
+        or run eagerly, and are recorded at their bucket's second call; on an H100 at 64 frames a stream of new
+        clips gained 2.42x over stock's best, as much as a repeated clip, docs/bench/h100-2026-12-06-thirteenth).
         Where the fused kernel cannot run (CPU, fp32, old torch) the stock tower runs, uncompiled, with a warning; on
         the CPU the graphs are not used."""
         return cls(**{"vision_attention": "varlen_compiled", "cuda_graphs": True, "layer_graphs": True,
