@@ -16,9 +16,9 @@ bucket whose graph replays, if one is at most 1/4 longer (`LayerGraphs.reuse_lon
 writes its keys and values to a stand-in cache (`_Collect`); after the replay they are written to the real cache,
 trimmed to the real tokens, by the same `cache.update` the layer calls, and the run's output, trimmed, goes on; the
 run's other layers pass their input through. The real tokens do not see the pads: attention is causal and the pads
-come last (a pad attends to itself only), and everything else is per token. Only the kernels' shapes change (the matrix products have a few
-more rows), so the results equal the eager layers' up to the floating-point rounding of other kernel choices, not
-bit for bit (tests/test_layer_graphs.py: fp32 on the CPU, through the padded function; on a GPU, through the graphs).
+come last (a pad attends to itself only), and everything else is per token. Only the kernels' shapes change (the
+matrix products have a few more rows), so the results equal the eager layers' up to the floating-point rounding of
+other kernel choices, not bit for bit (tests/test_layer_graphs.py: fp32 on the CPU, through the padded function; on a GPU, through the graphs).
 
 When: in a pruned prefill only (decoding steps and unpruned forwards run the layers as they are), on CUDA, without
 autograd or `torch.compile` around it, with `sdpa` or `eager` attention, full-attention layers, a `DynamicCache` (or
