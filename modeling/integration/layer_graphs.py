@@ -6,19 +6,19 @@ layer then costs more host time (about 74 dispatcher calls, 1.2-1.4 ms on the le
 pruned prefill took 38-59 ms for about 28 ms of kernels (docs/bench/README.md, issue 20). A replayed graph launches
 the same kernels with one call.
 
-How: the layers are cut where PruneVid changes the sequence, `[0, M)`, `[M, M+1)`, `[M+1, N)` with Stage 2 at layer
-M (one run `[0, N)` without it). At the first layer of a run, the hidden states, the rotary tables and the mask (if
-any) are padded at the end to `bucket(length)` (a multiple of 16; from 256 tokens on at most 1/16 more), and the run's
-layers are replayed as one graph, recorded per bucket by a `CudaGraphs` runner (`modeling.prunevid.graphs`: eager
-on a signature's first call, recorded on its second, or with `LayerGraphs.record_while_tower_runs` while the next
-prefill's vision tower runs). A run whose bucket has no graph yet (a new clip's length) is padded further, to a
-bucket whose graph replays, if one is at most 1/4 longer (`LayerGraphs.reuse_longer`). Inside the graph each layer
-writes its keys and values to a stand-in cache (`_Collect`); after the replay they are written to the real cache,
-trimmed to the real tokens, by the same `cache.update` the layer calls, and the run's output, trimmed, goes on; the
-run's other layers pass their input through. The real tokens do not see the pads: attention is causal and the pads
-come last (a pad attends to itself only), and everything else is per token. Only the kernels' shapes change (the
-matrix products have a few more rows), so the results equal the eager layers' up to the floating-point rounding of
-other kernel choices, not bit for bit (tests/test_layer_graphs.py: fp32 on the CPU, through the padded function; on a GPU, through the graphs).
+How: the layers are cut where PruneVid changes the sequence, `[0, M)`, `[M, M+1)`, `[M+1, N)` with Stage 2 at layer M
+(one run `[0, N)` without it). At the first layer of a run, the hidden states, the rotary tables and the mask (if any)
+are padded at the end to `bucket(length)` (a multiple of 16; from 256 tokens on at most 1/16 more), and the run's
+layers are replayed as one graph, recorded per bucket by a `CudaGraphs` runner (`modeling.prunevid.graphs`: eager on a
+signature's first call, recorded on its second, or with `LayerGraphs.record_while_tower_runs` while the next prefill's
+vision tower runs). A run whose bucket has no graph yet (a new clip's length) is padded further, to a bucket whose
+graph replays, if one is at most 1/4 longer (`LayerGraphs.reuse_longer`). Inside the graph each layer writes its keys
+and values to a stand-in cache (`_Collect`); after the replay they are written to the real cache, trimmed to the real
+tokens, by the same `cache.update` the layer calls, and the run's output, trimmed, goes on; the run's other layers
+pass their input through. The real tokens do not see the pads: attention is causal and the pads come last (a pad
+attends to itself only), and everything else is per token. Only the kernels' shapes change (the matrix products have a
+few more rows), so the results equal the eager layers' up to the floating-point rounding of other kernel choices, not
+bit for bit (tests/test_layer_graphs.py: fp32 on the CPU, through the padded function; on a GPU, through the graphs).
 
 When: in a pruned prefill only (decoding steps and unpruned forwards run the layers as they are), on CUDA, without
 autograd or `torch.compile` around it, with `sdpa` or `eager` attention, full-attention layers, a `DynamicCache` (or
