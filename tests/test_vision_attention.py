@@ -521,6 +521,105 @@ def test_compiled_setting_falls_back_uncompiled_where_the_kernel_cannot_run(capl
     assert any("not available" in r.getMessage() for r in caplog.records)
 
 
+class _StandInGraphs:
+    """A stand-in for `CudaGraphs` on the CPU, with its contract: per key (the function, its options, the input
+    signatures, the fixed tensors' addresses) the first call runs eagerly, the second "records" (keeps its
+    outputs as the graph's buffers), and every call after it rewrites those buffers and returns them (a replay)."""
+
+    made: list["_StandInGraphs"] = []
+
+    def __init__(self, max_graphs):
+        self.max_graphs, self.replayed, self.keys, self.buffers = max_graphs, 0, [], {}
+        _StandInGraphs.made.append(self)
+
+    def __call__(self, fn, inputs, *, fixed=(), **options):
+        key = (fn, tuple(sorted(options.items())), tuple((t.shape, t.dtype) for t in inputs),
+               tuple(t.data_ptr() for t in fixed))  # fmt: skip
+        self.keys.append(key)
+        outputs = fn(*inputs, *fixed, **options)
+        if self.keys.count(key) == 1:
+            return outputs
+        buffers = self.buffers.setdefault(key, tuple(torch.empty_like(t) for t in outputs))
+        for buffer, t in zip(buffers, outputs):
+            buffer.copy_(t)
+        self.replayed += 1
+        return buffers
+
+
+def test_compiled_tower_runs_through_a_runner_kept_on_the_tower(monkeypatch):
+    """`VisionVarlenAttention.replay` (the tower's `forward` while compiled blocks are attached): the compiled
+    tower runs through one runner kept on the tower, under one key across setting switches (new objects) and
+    across pixels; its outputs are the tower's, bit for bit, and copied out of the runner's buffers (a later call
+    does not overwrite them)."""
+    monkeypatch.setattr(va, "CudaGraphs", _StandInGraphs)
+    _StandInGraphs.made.clear()
+    tower, config = make_tower(depth=3)
+    if va.preamble_functions(type(tower)) is None:
+        pytest.skip("this transformers' tower takes no precomputed tables (before transformers.vision_utils)")
+    x, y = pixels(config), pixels(config, seed=5)
+    want_x, want_y = (run(tower, p, va.VisionVarlenAttention("reference")) for p in (x, y))
+    compiled = {"backend": "eager"}
+    got = [run(tower, p, va.VisionVarlenAttention("reference", compile=compiled)) for p in (x, y, x, y)]
+    assert len(_StandInGraphs.made) == 1 and tower._prunevid_tower_graphs is _StandInGraphs.made[0]
+    assert "forward" not in tower.__dict__  # `attach(tower, None)` gave the tower its class's forward back
+    runner = _StandInGraphs.made[0]
+    assert len(set(runner.keys)) == 1 and len(runner.keys) == 4 and runner.replayed == 3
+    for (pooled, hidden), (want_pooled, want_hidden) in zip(got, [want_x, want_y, want_x, want_y]):
+        assert torch.equal(pooled, want_pooled) and torch.equal(hidden, want_hidden)
+    assert got[2][0] is not got[3][0] and not torch.equal(got[2][0], got[3][0])
+    # not through the runner: the blocks not compiled, the switch off, the caller's own tables, hidden states asked
+    monkeypatch.setattr(va.VisionVarlenAttention, "tower_graphs", False)
+    run(tower, x, va.VisionVarlenAttention("reference", compile=compiled))
+    monkeypatch.setattr(va.VisionVarlenAttention, "tower_graphs", True)
+    run(tower, x, va.VisionVarlenAttention("reference"))
+    assert len(runner.keys) == 4
+    vision = va.VisionVarlenAttention("reference", compile=compiled)
+    filled = vision.preamble(tower, GRID, {})
+    assert vision.replay(tower, x, GRID, filled) is None  # (not attached to this tower)
+    va.attach(tower, vision)
+    try:
+        with torch.no_grad():
+            assert vision.replay(tower, x, GRID, {**filled, "output_hidden_states": True}) is None
+            assert vision.replay(tower, x, GRID, {**filled, "cu_seqlens": filled["cu_seqlens"].clone()}) is None
+            assert vision.replay(tower, x, GRID, {**filled, "unhashable": [1]}) is None
+            assert len(runner.keys) == 4
+            out = vision.replay(tower, x, GRID, filled)
+    finally:
+        va.attach(tower, None)
+    assert torch.equal(out.pooler_output, want_x[0]) and len(runner.keys) == 5
+
+
+def test_the_towers_forward_is_ours_only_where_nobody_set_one():
+    """`attach` gives the tower `_graphed_forward` for compiled blocks only where the tower has no instance
+    `forward` of its own, and takes off only its own: a caller's wrapper (the evaluation's feature reuse wraps
+    whatever `forward` it finds) survives setting switches, and ours, wrapped, follows the current setting."""
+    tower, config = make_tower()
+    want = run(tower, pixels(config))[0]
+    compiled = va.VisionVarlenAttention("reference", compile={"backend": "eager"})
+    va.attach(tower, compiled)
+    ours = tower.forward
+    assert ours.func is va._graphed_forward
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return ours(*args, **kwargs)
+
+    tower.forward = wrapper
+    try:
+        for vision in (va.VisionVarlenAttention("reference"), None, compiled):
+            va.attach(tower, vision)
+            assert tower.forward is wrapper
+            with torch.no_grad():
+                got = tower(pixels(config), grid_thw=GRID).pooler_output
+            assert torch.equal(got, want) if vision is None else rel(got, want) < 1e-5
+        assert len(calls) == 3
+    finally:
+        del tower.forward
+        va.attach(tower, None)
+    assert "forward" not in tower.__dict__ and not tower._forward_pre_hooks
+
+
 def test_backend_validation():
     with pytest.raises(ValueError, match="backend"):
         va.VisionVarlenAttention("flash")
@@ -572,3 +671,40 @@ def test_preamble_on_cuda_is_the_same_tower(monkeypatch):
     monkeypatch.setattr(va, "preamble_functions", lambda tower_class: None)
     want = run(tower, x, va.VisionVarlenAttention("auto"))[0]
     assert all(torch.equal(g, want) for g in got)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
+    reason="needs CUDA and torch.nn.attention.varlen",
+)
+def test_compiled_tower_replayed_as_a_cuda_graph_on_cuda(monkeypatch):
+    """The compiled tower through its CUDA graph (`VisionVarlenAttention.replay`): recorded at the grid's second
+    call and replayed after, also across setting switches (a new object per call here) and pixels; every output
+    equals the compiled tower's without the graph, bit for bit (the same kernels), and a replay's output is its
+    own (the next replay does not overwrite it)."""
+    tower, config = make_tower(vision_intermediate_size=60)
+    tower = tower.cuda().to(torch.bfloat16)
+    xs = [pixels(config, seed=seed).cuda().bfloat16() for seed in (1, 2, 3, 4)]
+    grid = GRID.cuda()
+
+    def call(x):
+        vision = va.VisionVarlenAttention("auto", compile=True)
+        va.attach(tower, vision)
+        try:
+            with torch.no_grad():
+                out = tower(x, grid_thw=grid)
+        finally:
+            va.attach(tower, None)
+        return out.pooler_output, out.last_hidden_state
+
+    monkeypatch.setattr(va.VisionVarlenAttention, "tower_graphs", False)
+    want = [call(x) for x in xs]
+    assert "_prunevid_tower_graphs" not in tower.__dict__
+    monkeypatch.setattr(va.VisionVarlenAttention, "tower_graphs", True)
+    got = [call(x) for x in xs]
+    runner = tower._prunevid_tower_graphs
+    assert (runner.recorded, runner.replayed) == (1, 3)  # (the recording call replays too)
+    for (pooled, hidden), (want_pooled, want_hidden) in zip(got, want):
+        assert torch.equal(pooled, want_pooled) and torch.equal(hidden, want_hidden)
+    assert got[2][0].data_ptr() != got[3][0].data_ptr() and not torch.equal(got[2][0], got[3][0])

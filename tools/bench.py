@@ -491,6 +491,23 @@ class Bench:
         self.set_prunevid(PruneVidConfig.disabled())
         return out.pooler_output[0], seconds
 
+    def tower_without_graph(self, inputs, repeats):
+        """The compiled tower's median seconds with `VisionVarlenAttention.tower_graphs` off (its kernels launched
+        one by one), interleaved with calls of the replayed one (what `vision_s` reports): its graph's gain."""
+        from modeling.integration.vision_attention import VisionVarlenAttention
+
+        runs = []
+        for r in range(repeats + 1):
+            VisionVarlenAttention.tower_graphs = False
+            try:
+                _, sec = self.tower(inputs, "varlen_compiled")
+            finally:
+                VisionVarlenAttention.tower_graphs = True
+            self.tower(inputs, "varlen_compiled")
+            if r:
+                runs.append(sec)
+        return median(runs)
+
     # ------------------------------------------------------------------ one frame count
     def run_frames(self, frames):
         from modeling.integration.compat import cache_of
@@ -521,10 +538,12 @@ class Bench:
                     towers[kind].append(sec)
                 pooled[kind] = emb
         rec["vision_s"] = {kind: median(towers[kind]) for kind in TOWERS}
+        rec["vision_compiled_no_graph_s"] = self.tower_without_graph(inputs, tower_repeats)
         b = pooled["stock"].double()
         rec["vision_rel_err"] = {kind: float((pooled[kind].double() - b).norm() / b.norm()) for kind in TOWERS}
         rec["vision_runs"] = towers
-        log(f"  tower {rec['vision_s']} rel_err {rec['vision_rel_err']}")
+        log(f"  tower {rec['vision_s']} rel_err {rec['vision_rel_err']}; compiled without its CUDA graph "
+            f"{rec['vision_compiled_no_graph_s']}")
 
         # LLM prefill from the tower's output, every config interleaved per round.
         text = text_inputs(inputs)
@@ -971,6 +990,8 @@ def targets(results):
             f"3. the same, paper (eager), {f} frames")
     add("tower_fastest_64f_s", frames.get("64", {}).get("vision_s", {}).get("varlen_compiled"), 0.090, "lower",
         "4. fastest opt-in vision tower (compiled varlen), seconds, 64 frames")
+    add("tower_no_graph_64f_s", frames.get("64", {}).get("vision_compiled_no_graph_s"), None, "lower",
+        "4. the same without its CUDA graph (`VisionVarlenAttention.tower_graphs = False`), seconds, 64 frames")
     err = frames.get("64", {}).get("vision_rel_err", {})
     add("tower_fastest_rel_err_64f", err.get("varlen_compiled"), None, "lower",
         f"4. its relative error against the stock bf16 tower, 64 frames (uncompiled varlen: "

@@ -52,6 +52,17 @@ call pays the compile (18 s for the 7B tower on an H200, docs/bench/h200-2026-12
 Compilation follows torch's own rules (`torch.compile`'s caches, `TORCHINDUCTOR_*` settings); anywhere the fused
 kernel cannot run, the stock tower runs uncompiled, as for "varlen".
 
+The compiled tower replayed (`vision_attention="varlen_compiled"`; no patch: `attach` sets the tower's `forward` to
+`_graphed_forward`, which calls [`VisionVarlenAttention.replay`] and else the class's own forward; `attach(tower,
+None)` takes it off): where the preamble was filled in, the whole tower (patch embedding, the compiled blocks,
+merger) runs through a `CudaGraphs` runner kept on the tower: eagerly at a grid's first call, recorded at its
+second, replayed after, with the pixels, the grid and the preamble's tables
+copied into the graph's buffers (so the graph owns what it reads, and the key is the same after a settings switch
+or for another grid of the same shapes) and its outputs copied out. The same kernels in the same order, without the
+host's launches between them: the compiled tower's GPU waited for its host 2.9-3.6 ms at 64 frames (H100,
+docs/bench/h200-2026-12-05-new-videos/h100/phases.log). Held: at most `max_tower_graphs` graphs, whose scratch memory
+stays reserved (about the tower's own peak, once for all of them).
+
 Backends:
     "auto" (default): varlen_attn where it can run (torch with `torch.nn.attention.varlen`, CUDA, fp16 / bf16);
         elsewhere the stock path, with a one-time warning naming the reason. Blocks whose segments have at most
@@ -76,6 +87,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging
 
+from ..prunevid.graphs import CudaGraphs
 from .window_attention import segment_attention, segment_attention_unavailable_reason
 
 
@@ -129,6 +141,9 @@ class VisionVarlenAttention:
     rotary_in_kernel = True
     # towers' preambles kept (`preamble`): one per video / image grid, least recently used first out
     max_preambles = 16
+    # whether the compiled tower is replayed as a CUDA graph per grid (`replay`), and how many graphs a tower keeps
+    tower_graphs = True
+    max_tower_graphs = 2
 
     def __init__(self, backend: str = "auto", compile: bool | dict[str, Any] = False) -> None:
         if backend not in BACKENDS:
@@ -140,6 +155,7 @@ class VisionVarlenAttention:
         if compile is not False:
             self.compile_options = {"dynamic": True, **(compile if isinstance(compile, dict) else {})}
         self._preambles: OrderedDict[tuple, _Preamble] = OrderedDict()
+        self._graph_tables: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None  # set inside `replay`'s run
 
     def __repr__(self) -> str:
         compiled = "" if self.compile_options is None else f", compile={self.compile_options!r}"
@@ -158,7 +174,9 @@ class VisionVarlenAttention:
         """Hook 1 (tower forward, before the blocks): the block kwargs, with a `prunevid_vision` entry when the
         fused path runs for this call. `cu_seqlens` are the segment boundaries the blocks will pass (full and
         windowed); their lengths are read to the host once here, not once per block."""
-        known = [table for entry in self._preambles.values() for table in entry.tables]
+        known = self._graph_tables
+        if known is None:
+            known = [table for entry in self._preambles.values() for table in entry.tables]
         if self.backend == "reference":
             return {**kwargs, "prunevid_vision": _PackedAttention(cu_seqlens, fused=None, owner=self, known=known)}
         reason = varlen_unavailable_reason(hidden_states.device, hidden_states.dtype)
@@ -205,6 +223,59 @@ class VisionVarlenAttention:
         else:
             self._preambles.move_to_end(key)
         return {**kwargs, **entry.kwargs}
+
+    def replay(self, tower: torch.nn.Module, hidden_states: torch.Tensor, grid_thw: torch.Tensor,
+               kwargs: dict[str, Any]) -> Any:  # fmt: skip
+        """Hook 5 (the tower's `forward`, set by `attach` for the compiled tower): the tower's output computed
+        through the tower's `CudaGraphs` runner (eager at a signature's first call, recorded at its second, replayed
+        after; its outputs copied out), or None, and the class's forward runs: when the blocks are not compiled or
+        `tower_graphs` is off, when no preamble of this object filled the tables in (a caller's own tables, a
+        release without them, or off the fused path: the CPU with "auto"), and when the caller asks for the blocks'
+        hidden states or attentions or passes options that cannot key a graph.
+
+        What a replay reads, it owns: the pixels, the grid, the preamble's tensors and the kernels' int32 boundary
+        tables are copied into the graph's buffers at each call; its host values (maximum lengths, the other
+        options, the backend's settings) and the input shapes key the graph; the weights are read in place (the
+        key holds the addresses of the tower's first and last parameter: a moved model records anew). The key
+        holds nothing of this object, so a graph survives `model.prunevid = ...` switches."""
+        if self.compile_options is None or not self.tower_graphs:
+            return None
+        if getattr(tower, "_prunevid_vision", None) is not self:  # (the runner's call finds this object there)
+            return None
+        if not (isinstance(hidden_states, torch.Tensor) and isinstance(grid_thw, torch.Tensor)):
+            return None
+        entry = next((e for e in reversed(self._preambles.values()) if _filled_in(e, kwargs)), None)
+        if entry is None:
+            return None
+        extra = {k: v for k, v in kwargs.items() if k not in entry.kwargs}
+        if extra.get("output_attentions") or extra.get("output_hidden_states"):
+            return None
+        try:
+            extra_items = tuple(sorted(extra.items()))
+            hash(extra_items)
+        except TypeError:
+            return None
+        names = tuple(k for k, v in entry.kwargs.items() if isinstance(v, torch.Tensor))
+        first, last = next(tower.parameters()), [*getattr(tower, "merger", tower).parameters()][-1]  # (all: 0.4 ms)
+        runner = tower.__dict__.get("_prunevid_tower_graphs")
+        if runner is None:
+            runner = tower._prunevid_tower_graphs = CudaGraphs(max_graphs=self.max_tower_graphs)
+        replays = runner.replayed
+        outputs = runner(
+            _tower_forward,
+            (hidden_states, grid_thw, *(entry.kwargs[k] for k in names), *(t[1] for t in entry.tables)),
+            fixed=(first, last),
+            tower=tower,
+            names=names,
+            host=tuple((k, v) for k, v in entry.kwargs.items() if k not in names),
+            lens=tuple(t[2] for t in entry.tables),
+            extra=extra_items,
+            settings=(self.backend, self.rotary_in_kernel, repr(sorted(self.compile_options.items()))),
+        )  # fmt: skip
+        if runner.replayed != replays:  # (the graph's own buffers: rewritten by its next replay)
+            outputs = tuple(t.clone() for t in outputs)
+        kind, keys = tower._prunevid_tower_output[extra_items]
+        return outputs[0] if keys is None else kind(**dict(zip(keys, outputs)))
 
     def patch_embed(self, module: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor | None:
         """Hook 0 (`Qwen2_5_VisionPatchEmbed.forward`): the patch embedding `[patches, embed_dim]` as one matmul,
@@ -266,8 +337,16 @@ def padded_mlp(module: torch.nn.Module, hidden_states: torch.Tensor, multiple: i
 def attach(tower: torch.nn.Module, vision: VisionVarlenAttention | None) -> None:
     """Set `vision` (None: the stock tower) as `_prunevid_vision` on the tower and on every module with a hook: its
     `patch_embed` and every block's `mlp`. Plain attributes: not in the state_dict. With `vision`, the tower also
-    gets a forward pre-hook (`VisionVarlenAttention.preamble`); None removes it."""
+    gets a forward pre-hook (`VisionVarlenAttention.preamble`), and with compiled blocks its `forward` becomes
+    `_graphed_forward` (`VisionVarlenAttention.replay`), unless the tower has an instance `forward` already (a
+    caller's wrapper: it is left alone); None removes the hook and our `forward`."""
     tower._prunevid_vision = vision
+    own = tower.__dict__.get("forward")
+    ours = isinstance(own, functools.partial) and own.func is _graphed_forward
+    if vision is not None and vision.compile_options is not None and own is None:
+        tower.forward = functools.partial(_graphed_forward, tower)  # (an instance attribute over the class's forward)
+    elif ours and (vision is None or vision.compile_options is None):
+        del tower.forward  # (a `forward` someone else set, e.g. a wrapper of ours, stays: ours reads the setting)
     handle = getattr(tower, "_prunevid_preamble_hook", None)
     if vision is None and handle is not None:
         handle.remove()
@@ -332,6 +411,45 @@ def _preamble_hook(tower: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) 
         return None
     filled = vision.preamble(tower, grid_thw, kwargs)
     return None if filled is kwargs else (args, filled)
+
+
+def _filled_in(entry: _Preamble, kwargs: dict[str, Any]) -> bool:
+    """Whether `kwargs` carry `entry`'s preamble (its tensors themselves, its other values equal)."""
+    return all(
+        (kwargs.get(k) is v) if isinstance(v, torch.Tensor) else (k in kwargs and kwargs[k] == v)
+        for k, v in entry.kwargs.items()
+    )
+
+
+def _graphed_forward(tower: torch.nn.Module, hidden_states: torch.Tensor, grid_thw: torch.Tensor | None = None,
+                     **kwargs: Any) -> Any:  # fmt: skip
+    """The compiled tower's `forward` (`attach`): `VisionVarlenAttention.replay`, else the class's own forward."""
+    vision = getattr(tower, "_prunevid_vision", None)
+    replayed = None if vision is None else vision.replay(tower, hidden_states, grid_thw, kwargs)
+    return replayed if replayed is not None else type(tower).forward(tower, hidden_states, grid_thw, **kwargs)
+
+
+def _tower_forward(hidden_states: torch.Tensor, grid_thw: torch.Tensor, *tensors: torch.Tensor,
+                   tower: torch.nn.Module, names: tuple[str, ...], host: tuple, lens: tuple[int, ...],
+                   extra: tuple, settings: tuple) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """What `VisionVarlenAttention.replay` records: upstream's tower forward on the preamble's tables given as
+    `tensors` (the named ones, then the two int32 boundary tables, then the fixed weights, unread), the tables'
+    longest segments `lens` and the other kwargs by value; returns the output's tensors (its structure is kept on
+    the tower, per `extra`). `settings` only keys the graph."""
+    tables = dict(zip(names, tensors))
+    vision = tower._prunevid_vision
+    vision._graph_tables = [(tables[name], cu32, n) for name, cu32, n in
+                            zip(("cu_seqlens", "cu_window_seqlens"), tensors[len(names):], lens)]  # fmt: skip
+    try:
+        out = type(tower).forward(tower, hidden_states, grid_thw, **tables, **dict(host), **dict(extra))
+    finally:
+        vision._graph_tables = None
+    if isinstance(out, torch.Tensor):
+        structure, values = (type(out), None), (out,)
+    else:
+        structure, values = (type(out), tuple(out.keys())), tuple(out.values())
+    tower.__dict__.setdefault("_prunevid_tower_output", {})[extra] = structure
+    return values
 
 
 def _boundary_table(cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:

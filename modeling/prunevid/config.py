@@ -105,7 +105,9 @@ class PruneVidConfig:
         also runs with every stage off, e.g.
         ``PruneVidConfig.disabled().replace(vision_attention="varlen")``) or
         "varlen_compiled" (the same, each vision block through ``torch.compile(dynamic=True)``: one compile on the
-        first call, 18 s for the 7B tower on an H200, then any video length without recompiling).
+        first call, 18 s for the 7B tower on an H200, then any video length without recompiling; on CUDA the whole
+        tower is then replayed as one CUDA graph per video grid, recorded at the grid's second call, whose scratch
+        memory stays reserved).
     cuda_graphs: run Stage 1 and the Stage-2 scoring as recorded CUDA graphs (CUDA only; elsewhere, with autograd
         on or inside ``torch.compile`` they run eagerly): the same kernels replayed with one launch, so the same
         results as eager, without the host cost of a few hundred small launches. A video shape (frames,
