@@ -386,6 +386,10 @@ def test_preamble_respects_the_callers_tables_and_stays_bounded():
             filled = vision.preamble(tower, grid, {})
             assert set(filled) >= {"position_ids", "cu_seqlens", "window_index", "cu_window_seqlens"}
         assert len(vision._preambles) == 1 and next(iter(vision._preambles))[0] == tuple(map(tuple, GRID.tolist()))
+        again = va.VisionVarlenAttention(backend="reference")  # a setting switched: the tower's preambles stay
+        va.attach(tower, again)
+        assert again._preambles is vision._preambles
+        assert all(value is filled[key] for key, value in again.preamble(tower, GRID, {}).items())  # not recomputed
         assert va.VisionVarlenAttention().preamble(tower, GRID, {}) == {}  # "auto" on the CPU: the stock tower
     finally:
         va.attach(tower, None)
@@ -574,10 +578,11 @@ def test_compiled_tower_runs_through_a_runner_kept_on_the_tower(monkeypatch):
     run(tower, x, va.VisionVarlenAttention("reference"))
     assert len(runner.keys) == 4
     vision = va.VisionVarlenAttention("reference", compile=compiled)
-    filled = vision.preamble(tower, GRID, {})
-    assert vision.replay(tower, x, GRID, filled) is None  # (not attached to this tower)
     va.attach(tower, vision)
     try:
+        filled = vision.preamble(tower, GRID, {})
+        other = va.VisionVarlenAttention("reference", compile=compiled)
+        assert other.replay(tower, x, GRID, filled) is None  # (not the object attached to this tower)
         with torch.no_grad():
             assert vision.replay(tower, x, GRID, {**filled, "output_hidden_states": True}) is None
             assert vision.replay(tower, x, GRID, {**filled, "cu_seqlens": filled["cu_seqlens"].clone()}) is None

@@ -339,8 +339,11 @@ def attach(tower: torch.nn.Module, vision: VisionVarlenAttention | None) -> None
     `patch_embed` and every block's `mlp`. Plain attributes: not in the state_dict. With `vision`, the tower also
     gets a forward pre-hook (`VisionVarlenAttention.preamble`), and with compiled blocks its `forward` becomes
     `_graphed_forward` (`VisionVarlenAttention.replay`), unless the tower has an instance `forward` already (a
-    caller's wrapper: it is left alone); None removes the hook and our `forward`."""
+    caller's wrapper: it is left alone); None removes the hook and our `forward`. The preambles' cache is kept on
+    the tower (`_prunevid_preambles`), shared by the objects attached to it in turn."""
     tower._prunevid_vision = vision
+    if vision is not None:  # the preambles are the tower's: a setting switched (a new object) does not recompute them
+        vision._preambles = tower.__dict__.setdefault("_prunevid_preambles", vision._preambles)
     own = tower.__dict__.get("forward")
     ours = isinstance(own, functools.partial) and own.func is _graphed_forward
     if vision is not None and vision.compile_options is not None and own is None:
