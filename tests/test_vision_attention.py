@@ -708,6 +708,8 @@ def test_compiled_tower_replayed_as_a_cuda_graph_on_cuda(monkeypatch):
     assert "_prunevid_tower_graphs" not in tower.__dict__
     monkeypatch.setattr(va.VisionVarlenAttention, "tower_graphs", True)
     got = [call(x) for x in xs]
+    tensors = [v for entry in tower._prunevid_preambles.values() for v in entry.kwargs.values() if torch.is_tensor(v)]
+    assert tensors and all(t.device == grid.device for t in tensors)  # (a host table: nothing could be recorded)
     runner = tower._prunevid_tower_graphs
     assert (runner.recorded, runner.replayed) == (1, 3)  # (the recording call replays too)
     for (pooled, hidden), (want_pooled, want_hidden) in zip(got, want):

@@ -391,14 +391,18 @@ class _Preamble(NamedTuple):
 
     @classmethod
     def compute(cls, functions: tuple[Any, ...], tower: torch.nn.Module, grid_thw: torch.Tensor) -> "_Preamble":
-        """The calls of upstream's tower forward, with its arguments (and no precomputed kwargs)."""
+        """The calls of upstream's tower forward, with its arguments (and no precomputed kwargs). Upstream's
+        `get_vision_window_index` builds `window_index` on the host (the others follow `grid_thw`); it is kept on
+        the grid's device here, the same values: the tower's gathers by it read the same rows (without a copy to
+        the GPU at each call), and a CUDA graph can own it (`replay` records nothing from a host tensor)."""
         position_ids_fn, seqlens_fn, window_fn, max_seqlen_fn = functions
         merge = tower.spatial_merge_size
         kwargs = {"position_ids": position_ids_fn(grid_thw, merge)}
         kwargs["cu_seqlens"], max_seqlen = seqlens_fn(grid_thw, tower.config)
-        kwargs["window_index"], kwargs["cu_window_seqlens"] = window_fn(
+        window_index, kwargs["cu_window_seqlens"] = window_fn(
             grid_thw, spatial_merge_size=merge, window_size=tower.window_size, patch_size=tower.patch_size
         )
+        kwargs["window_index"] = window_index.to(grid_thw.device)  # (made on the host: see the docstring)
         max_window_seqlen = max_seqlen_fn(kwargs["cu_window_seqlens"], tower.config, kwarg_name="max_window_seqlen")
         for name, value in (("max_seqlen", max_seqlen), ("max_window_seqlen", max_window_seqlen)):
             if value is not None:  # (None: upstream derives None again, without reading anything back)
