@@ -132,6 +132,20 @@ def test_runner_is_eager_on_cpu() -> None:
         CudaGraphs(record_after=0)
 
 
+def _sum(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor]:
+    return (x + y,)
+
+
+def test_one_tensor_passed_twice_is_its_own_signature() -> None:
+    """Inputs that are one tensor twice key another graph than two tensors of the same shapes: the recording
+    gives such a call one buffer for both (as a compiled function inside saw it, see `_aliases`), which must not
+    serve a call of two different tensors."""
+    a, b = torch.ones(3), torch.zeros(3)
+    assert CudaGraphs._key(_sum, (a, a), (), {}) != CudaGraphs._key(_sum, (a, b), (), {})
+    assert CudaGraphs._key(_sum, (a, b), (), {}) == CudaGraphs._key(_sum, (b, a), (), {})
+    assert CudaGraphs._key(_sum, (a, a, b), (), {})[3] == (0, 0, 2)
+
+
 def test_padded_segment_count_changes_nothing() -> None:
     """Under a recording runner `merge_video` pads the segment count to a power of two with empty segments (so that
     clips of one shape share their graphs): the outputs are those of the exact count, bit for bit."""
@@ -280,6 +294,24 @@ def test_runner_is_eager_with_autograd() -> None:
     x = video(0, device="cuda").requires_grad_()
     res = merge_video(x, (8, 6, 6), **SETTINGS, runner=runner)
     assert runner.recorded == 0 and res.features.requires_grad
+
+
+@pytest.mark.gpu
+@gpu
+@torch.no_grad()
+def test_a_tensor_passed_twice_is_recorded_with_one_buffer() -> None:
+    """The recording keeps its call's aliasing (one buffer for a tensor passed twice), and a later call with two
+    tensors records its own graph and replays right."""
+    runner = CudaGraphs()
+    x, y = torch.arange(4.0, device="cuda"), torch.full((4,), 10.0, device="cuda")
+    for _ in range(3):
+        assert runner(_sum, (x, x))[0].tolist() == [0.0, 2.0, 4.0, 6.0]
+    (entry,) = runner._graphs.values()
+    assert entry.inputs[0] is entry.inputs[1]
+    for _ in range(3):
+        assert runner(_sum, (x, y))[0].tolist() == [10.0, 11.0, 12.0, 13.0]
+    assert (runner.recorded, runner.replayed) == (2, 4)
+    assert runner(_sum, (y, y))[0].tolist() == [20.0] * 4
 
 
 @pytest.mark.gpu

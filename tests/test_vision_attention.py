@@ -18,6 +18,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen2_5_vl_upstream  # top-level only from 5.20
 
 import modeling.integration.vision_attention as va
@@ -707,7 +708,9 @@ def test_compiled_tower_replayed_as_a_cuda_graph_on_cuda(monkeypatch):
     want = [call(x) for x in xs]
     assert "_prunevid_tower_graphs" not in tower.__dict__
     monkeypatch.setattr(va.VisionVarlenAttention, "tower_graphs", True)
+    compiled = counters["stats"]["unique_graphs"]
     got = [call(x) for x in xs]
+    assert counters["stats"]["unique_graphs"] == compiled  # (the capture saw what the eager calls saw)
     tensors = [v for entry in tower._prunevid_preambles.values() for v in entry.kwargs.values() if torch.is_tensor(v)]
     assert tensors and all(t.device == grid.device for t in tensors)  # (a host table: nothing could be recorded)
     runner = tower._prunevid_tower_graphs

@@ -14,11 +14,11 @@ and the keyword options (no ``.item()``, ``.tolist()``, ``nonzero`` or boolean i
 data-dependent sizes back *between* recorded functions (``merge_video``: the temporal segments, then the output
 count).
 
-:class:`CudaGraphs` keeps one graph per input signature (shapes, dtypes, strides, device; the options; the address
-of every ``fixed`` tensor such as a layer's weights), at most ``max_graphs`` of them (least recently used first out),
-all in one memory pool per device, so their scratch memory is shared and bounded by the largest. Anything it
-cannot record runs eagerly: CPU tensors, autograd on (``torch.is_grad_enabled()``), inside ``torch.compile`` or
-another capture.
+:class:`CudaGraphs` keeps one graph per input signature (shapes, dtypes, strides, device; which inputs are one
+tensor passed twice; the options; the address of every ``fixed`` tensor such as a layer's weights), at most
+``max_graphs`` of them (least recently used first out), all in one memory pool per device, so their scratch memory
+is shared and bounded by the largest. Anything it cannot record runs eagerly: CPU tensors, autograd on
+(``torch.is_grad_enabled()``), inside ``torch.compile`` or another capture.
 """
 
 from __future__ import annotations
@@ -48,6 +48,14 @@ class _Graph(NamedTuple):
 
 def _signature(t: Tensor) -> tuple:
     return (tuple(t.shape), t.dtype, t.stride(), t.device)
+
+
+def _aliases(tensors: tuple[Tensor, ...]) -> tuple[int, ...]:
+    """For each tensor, the position of its first occurrence in `tensors`: a call that passes one tensor twice
+    (e.g. a table that is its own int32 copy) is recorded with one buffer for both, as a compiled function inside
+    it saw them (dynamo guards on its inputs' aliasing: two copies would make it compile anew, in the capture)."""
+    first: dict[int, int] = {}
+    return tuple(first.setdefault(id(t), i) for i, t in enumerate(tensors))
 
 
 class CudaGraphs:
@@ -171,12 +179,13 @@ class CudaGraphs:
 
     @staticmethod
     def _key(fn, inputs: tuple[Tensor, ...], fixed: tuple[Tensor, ...], options: dict) -> tuple:
-        """A recording's signature: the function, its options, the inputs' shapes, dtypes, strides and device, and
-        the fixed tensors' too, with their addresses."""
+        """A recording's signature: the function, its options, the inputs' shapes, dtypes, strides and device,
+        which of them are one tensor passed twice (`_aliases`), and the fixed tensors' too, with their addresses."""
         return (
             fn,
             tuple(sorted(options.items(), key=lambda item: item[0])),
             tuple(_signature(t) for t in inputs),
+            _aliases(inputs),
             tuple((_signature(t), t.data_ptr()) for t in fixed),
         )
 
@@ -226,7 +235,11 @@ class CudaGraphs:
 
     def _record(self, key, device, fn, inputs, fixed, options, ran_eagerly=False, quiet=True) -> _Graph | None:
         with torch.cuda.device(device):
-            static = tuple(torch.empty_like(x).copy_(x) for x in inputs)
+            buffers: dict[int, Tensor] = {}  # one per input object: the graph sees the aliasing its call saw
+            for x in inputs:
+                if id(x) not in buffers:
+                    buffers[id(x)] = torch.empty_like(x).copy_(x)
+            static = tuple(buffers[id(x)] for x in inputs)
             if self.warm_up_again or not ran_eagerly:
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
