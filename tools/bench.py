@@ -539,11 +539,13 @@ class Bench:
                 pooled[kind] = emb
         rec["vision_s"] = {kind: median(towers[kind]) for kind in TOWERS}
         rec["vision_compiled_no_graph_s"] = self.tower_without_graph(inputs, tower_repeats)
+        runner = getattr(self.model.model.visual, "_prunevid_tower_graphs", None)  # (None: never replayed)
+        rec["tower_graph"] = {k: getattr(runner, k, 0) for k in ("recorded", "replayed")}
         b = pooled["stock"].double()
         rec["vision_rel_err"] = {kind: float((pooled[kind].double() - b).norm() / b.norm()) for kind in TOWERS}
         rec["vision_runs"] = towers
         log(f"  tower {rec['vision_s']} rel_err {rec['vision_rel_err']}; compiled without its CUDA graph "
-            f"{rec['vision_compiled_no_graph_s']}")
+            f"{rec['vision_compiled_no_graph_s']} (its graph: {rec['tower_graph']})")
 
         # LLM prefill from the tower's output, every config interleaved per round.
         text = text_inputs(inputs)
