@@ -363,6 +363,7 @@ def attach(tower: torch.nn.Module, vision: VisionVarlenAttention | None) -> None
 
 # the tables `preamble` fills in, as upstream's `get_*` functions pop them from the tower's kwargs
 _PREAMBLE_KEYS = ("position_ids", "cu_seqlens", "max_seqlen", "window_index", "cu_window_seqlens", "max_window_seqlen")
+_TABLE_NAMES = ("cu_seqlens", "cu_window_seqlens")  # the boundaries whose int32 tables `_Preamble` keeps, in order
 _PREAMBLE_FUNCTIONS = ("get_vision_position_ids", "get_vision_attention_seqlens", "get_vision_window_index",
                        "get_max_seqlen")  # fmt: skip
 
@@ -407,7 +408,7 @@ class _Preamble(NamedTuple):
         for name, value in (("max_seqlen", max_seqlen), ("max_window_seqlen", max_window_seqlen)):
             if value is not None:  # (None: upstream derives None again, without reading anything back)
                 kwargs[name] = value
-        return cls(kwargs, [_boundary_table(kwargs[name]) for name in ("cu_seqlens", "cu_window_seqlens")])
+        return cls(kwargs, [_boundary_table(kwargs[name]) for name in _TABLE_NAMES])
 
 
 def _preamble_hook(tower: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
@@ -446,7 +447,7 @@ def _tower_forward(hidden_states: torch.Tensor, grid_thw: torch.Tensor, *tensors
     tables = dict(zip(names, tensors))
     vision = tower._prunevid_vision
     vision._graph_tables = [(tables[name], cu32, n) for name, cu32, n in
-                            zip(("cu_seqlens", "cu_window_seqlens"), tensors[len(names):], lens)]  # fmt: skip
+                            zip(_TABLE_NAMES, tensors[len(names):], lens)]  # fmt: skip
     try:
         out = type(tower).forward(tower, hidden_states, grid_thw, **tables, **dict(host), **dict(extra))
     finally:

@@ -235,11 +235,10 @@ class CudaGraphs:
 
     def _record(self, key, device, fn, inputs, fixed, options, ran_eagerly=False, quiet=True) -> _Graph | None:
         with torch.cuda.device(device):
-            buffers: dict[int, Tensor] = {}  # one per input object: the graph sees the aliasing its call saw
-            for x in inputs:
-                if id(x) not in buffers:
-                    buffers[id(x)] = torch.empty_like(x).copy_(x)
-            static = tuple(buffers[id(x)] for x in inputs)
+            static: list[Tensor] = []  # one buffer per input object: the graph sees the aliasing its call saw
+            for i, (x, first) in enumerate(zip(inputs, _aliases(inputs))):
+                static.append(torch.empty_like(x).copy_(x) if first == i else static[first])
+            static = tuple(static)
             if self.warm_up_again or not ran_eagerly:
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
