@@ -50,7 +50,7 @@ def test_recorded_steps_have_fixed_shapes() -> None:
                           min_tokens_to_cluster=14)  # fmt: skip
     bound = cluster_bound(h * w, 0.5, 14)
     assert [tuple(o.shape) for o in out] == [((s + t) * bound, c), (t * h * w,), (3, t * h * w), (t * h * w,),
-                                            (t, h * w), (2,)]  # fmt: skip
+                                            (t, h * w), (3,)]  # fmt: skip
     # `dynamic_cluster_ratio` (its own share for the dynamic rows) records too; its bound covers both ratios
     out = _merge_segments(features, seg_info, grid=(t, h * w), n_seg=s, tau=0.8, cluster_ratio=0.5, k=7,
                           min_tokens_to_cluster=14, dynamic_cluster_ratio=1.0)  # fmt: skip

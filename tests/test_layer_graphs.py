@@ -367,3 +367,56 @@ def test_replayed_runs_equal_the_layers_on_gpu(checkpoints, processor, case):
     buffers = {t.untyped_storage().data_ptr() for entry in graphs.runner._graphs.values() for t in entry.outputs}
     held = {t.untyped_storage().data_ptr() for layer in kept.layers for t in (layer.keys, layer.values)}
     assert len(held) == 2 * len(kept.layers) and not held & buffers
+
+
+
+@pytest.mark.gpu
+@gpu
+def test_a_pruned_prefill_reads_back_only_what_its_shapes_need_on_gpu(checkpoints, processor):
+    """From Stage 1 to the end of the language model, a pruned prefill (`fast()`'s graphs, one video, fp32) makes
+    the host wait for the GPU only where a shape depends on the GPU's results: the prompt's layout (flags and
+    positions, one read-back), Stage 1's segments and output counts (two per video) and Stage 2's sizes (one). Any
+    other read-back leaves the GPU idle while the host launches what follows (`tools/probe_syncs.py` lists them for
+    the 7B architecture)."""
+    import warnings
+
+    inputs = frame_inputs(processor, "video").to("cuda")
+    model = load(checkpoints["gqa2"], PruneVidConfig.fast(vision_attention="stock")).cuda()
+    technique = model.prunevid_technique
+    window, reads = [], []
+    technique.before_language_model = _announce(technique.before_language_model, window, True)
+    handle = model.model.language_model.register_forward_hook(lambda *_: window.append(False))
+
+    def read(message, *_, **__):
+        if window and window[-1]:
+            reads.append(str(message).split("\n")[0])
+
+    shown = warnings.showwarning
+    try:
+        for _ in range(3):  # (the first calls record the graphs)
+            window.clear(), reads.clear()
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.showwarning = read
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    generate(model, inputs, n=1)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+    finally:
+        warnings.showwarning = shown
+        handle.remove()
+    stats = model.prunevid_stats[0]
+    assert stats.after_stage1 < stats.visual_tokens and stats.kv_cache_tokens < stats.prompt_tokens
+    assert technique.layer_graphs.replayed_runs > 0
+    assert len(reads) == 1 + 2 + 1, reads
+
+
+def _announce(method, window, value):
+    """`method`, which first appends `value` to `window`."""
+
+    def announced(*args, **kwargs):
+        window.append(value)
+        return method(*args, **kwargs)
+
+    return announced

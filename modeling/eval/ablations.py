@@ -121,7 +121,7 @@ class Stage1Ablation(PruneVidController):
             min_tokens_to_cluster=int(cfg.min_tokens_to_cluster), average_static=self.average_static,
             centre=self.merged_feature == "centre", merge_dynamic=self.merge_dynamic,
         )  # fmt: skip
-        n_out, n_groups = totals.tolist()
+        n_out, n_groups, n_static = totals.tolist()
         longs = longs[:, :n_out]
         return MergeResult(
             features=merged.index_select(0, slot[:n_out]).to(features.dtype),
@@ -132,6 +132,7 @@ class Stage1Ablation(PruneVidController):
             segments=segments,
             static_mask=static_tl,
             num_groups=n_groups,
+            num_static=n_static,
         )
 
 

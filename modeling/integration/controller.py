@@ -50,7 +50,7 @@ detect packed sequences) is made non-decreasing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers.cache_utils import Cache, StaticLayer
@@ -205,41 +205,45 @@ class PruneVidController:
             return inputs_embeds, position_ids, attention_mask
         is_video = input_ids == self.video_token_id
         is_image = input_ids == self.image_token_id
-        video_runs = row_runs(is_video)  # (one read-back: whether there is a video, and where)
-        if not (any(video_runs) or (cfg.include_images and cfg.enable_stage2 and is_image.any())):
+        two_d = isinstance(attention_mask, torch.Tensor) and attention_mask.shape == input_ids.shape
+        valid = attention_mask.bool() if two_d else torch.ones_like(is_video)
+        positions = position_ids[None].expand(3, -1, -1) if position_ids is not None and position_ids.ndim == 2 else (
+            position_ids)
+        # One read-back of the prompt's layout (the flags and, when the grids must be read off them, the positions),
+        # then runs, grids and counts on the host. The GPU has the tower's output done here: every read-back from
+        # now on makes it wait for the host's next launch.
+        host = _on_host(is_video, is_image, valid, positions if video_grid_thw is None else None)
+        video_runs = row_runs(host.video)
+        if not (any(video_runs) or (cfg.include_images and cfg.enable_stage2 and bool(host.image.any()))):
             return inputs_embeds, position_ids, attention_mask  # text only (or images only): untouched
         if position_ids is None:
             raise ValueError(
                 "PruneVid needs the 3-D (t, h, w) positions of the video tokens, but none were computed: pass the "
                 "processor's `mm_token_type_ids` (and `video_grid_thw`) to the model, or explicit `position_ids`."
             )
-        if position_ids.ndim == 2:
-            position_ids = position_ids[None].expand(3, -1, -1)
-        if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2):
+        position_ids = positions
+        if attention_mask is not None and not two_d:
             raise ValueError(
-                "PruneVid changes the sequence inside the model and needs the 2-D (batch, length) attention mask, got "
-                f"{type(attention_mask).__name__} {getattr(attention_mask, 'shape', '')}"
+                "PruneVid changes the sequence inside the model and needs the 2-D (batch, length) attention mask of "
+                f"the input ids {tuple(input_ids.shape)}, got {type(attention_mask).__name__} "
+                f"{getattr(attention_mask, 'shape', '')}"
             )
         batch, length = input_ids.shape
-        valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(is_video)
         lowest = torch.iinfo(position_ids.dtype).min
         next_position = position_ids[-3:].masked_fill(~valid[None], lowest).amax(dim=(0, 2)) + 1
         # `generate` encodes the videos up front and drops `video_grid_thw`; the grid is then read off the positions.
         grids = iter(video_grid_thw.tolist()) if video_grid_thw is not None else None
-        embeds, origins, groups, videos, static = [], [], [], [], []
+        embeds, origins, groups, videos, n_static = [], [], [], [], []
         for b in range(batch):
             sample_grids = grids
             if sample_grids is None:
-                sample_grids = grids_from_positions(position_ids[-3:, b], video_runs[b], self.spatial_merge_size)
-            e, o, g, recs = self._stage1_sample(b, inputs_embeds[b], video_runs[b], is_image[b], sample_grids)
+                sample_grids = grids_from_positions(host.positions[:, b], video_runs[b], self.spatial_merge_size)
+            e, o, g, recs = self._stage1_sample(b, inputs_embeds[b], video_runs[b], host.image[b], sample_grids)
             embeds.append(e), origins.append(o), groups.append(g), videos.extend(recs)
-            masks = [r.merge.static_mask.sum() for r in recs if r.merge is not None]
-            static.append(torch.stack(masks).sum() if masks else is_video.new_zeros((), dtype=torch.long))
-        # the per-row counts, read back together (one host sync instead of five per row)
-        visual_tokens, n_videos, n_static, prompt_tokens, image_tokens = torch.stack([
-            (is_video & valid).sum(dim=1), is_video.sum(dim=1), torch.stack(static).to(is_video.device),
-            valid.sum(dim=1), (is_image & valid).sum(dim=1),
-        ]).tolist()  # fmt: skip
+            n_static.append(sum(_static_count(r.merge) for r in recs if r.merge is not None))
+        visual_tokens, n_videos, prompt_tokens, image_tokens = (
+            x.sum(dim=1).tolist() for x in (host.video & host.valid, host.video, host.valid, host.image & host.valid)
+        )
         static_ratio = [round(s / n, 4) if n else 0.0 for s, n in zip(n_static, n_videos)]
 
         if cfg.enable_stage1:
@@ -256,7 +260,9 @@ class PruneVidController:
             if len(embeds) > 1:  # (one row is never padded)
                 position_ids = position_ids.masked_fill((mask == 0)[None], 0)
             group = left_pad_like(groups, mask, fill=-1)
-            attention_mask = mask
+            # one row is never padded: upstream's masks from no 2-D mask are the same, without reading back whether
+            # an all-ones mask is all ones (sdpa's `is_causal` check), where the GPU has nothing queued
+            attention_mask = mask if batch > 1 else None
         else:
             origin = torch.arange(length, device=input_ids.device).expand(batch, -1)
             mask = valid.long() if attention_mask is None else attention_mask
@@ -287,8 +293,8 @@ class PruneVidController:
         return inputs_embeds, position_ids, attention_mask
 
     def _stage1_sample(self, b, embeds, video_runs, is_image, grids):
-        """Stage 1 on one sample (its runs of video tokens given): per video `merge`; returns the sample's new
-        embeds, origins, groups."""
+        """Stage 1 on one sample (its runs of video tokens given; `is_image`: its image flags, on the host): per video
+        `merge`; returns the sample's new embeds, origins, groups."""
         cfg, m = self.config, self.spatial_merge_size
         parts_e, parts_o, parts_g, records = [], [], [], []
         next_group, cursor = 0, 0
@@ -623,6 +629,30 @@ class PruneVidController:
         self._refuse_media(input_ids)
         positions, masks = self._continuation(state, cache, inputs_embeds, attention_mask, position_ids)
         return inputs_embeds, positions.to(inputs_embeds.device), masks
+
+
+class _HostLayout(NamedTuple):
+    """The prompt's flags `[B, L]` (bool) and, where read, its 3-D positions `[3, B, L]`, on the host."""
+
+    video: torch.Tensor
+    image: torch.Tensor
+    valid: torch.Tensor
+    positions: torch.Tensor | None
+
+
+def _on_host(is_video: torch.Tensor, is_image: torch.Tensor, valid: torch.Tensor,
+             positions: torch.Tensor | None) -> _HostLayout:  # fmt: skip
+    """The flags (and `positions[-3:]`, when given) copied to the host in one read-back."""
+    parts = [is_video[None], is_image[None], valid[None]]
+    if positions is not None:
+        parts.append(positions[-3:])
+    host = torch.cat([p.to(torch.long) for p in parts]).cpu()
+    return _HostLayout(host[0].bool(), host[1].bool(), host[2].bool(), host[3:] if positions is not None else None)
+
+
+def _static_count(merge: MergeResult) -> int:
+    """Static tokens of one merged video: as its merge read them back, else from its mask (a read-back)."""
+    return merge.num_static if merge.num_static is not None else int(merge.static_mask.sum())
 
 
 def _pad_tokens(x: torch.Tensor, length: int, fill: Any) -> torch.Tensor:

@@ -57,6 +57,7 @@ class MergeResult:
         segments: ``[start, end)`` frame ranges of the temporal segments, in time order.
         static_mask: ``BoolTensor[T, H*W]`` whether each input token is static (constant within a segment).
         num_groups: ``group.max() + 1`` as a host int (None: not known on the host; the caller reads it back).
+        num_static: ``static_mask.sum()`` as a host int (None: not known on the host; the caller reads it back).
     """
 
     features: Tensor
@@ -67,6 +68,7 @@ class MergeResult:
     segments: list[tuple[int, int]]
     static_mask: Tensor
     num_groups: int | None = None
+    num_static: int | None = None
 
 
 def contiguous_segments(labels: list[int] | Tensor) -> list[tuple[int, int]]:
@@ -269,13 +271,13 @@ def merge_video(
     seg_info = _to_device([i for i, n in enumerate(seg_len) for _ in range(n)] + seg_len + [0] * (slots - len(seg_len)),
                           device)  # fmt: skip
 
-    # 2.-5. one fixed-shape step; read back: the output count and group count
+    # 2.-5. one fixed-shape step; read back: the output, group and static-token counts
     merged, slot, longs, assignment, static_tl, totals = runner(
         _merge_segments, (features, seg_info), grid=(n_frames, n_loc), n_seg=slots, tau=float(tau),
         cluster_ratio=float(cluster_ratio), k=int(k), min_tokens_to_cluster=int(min_tokens_to_cluster),
         dynamic_cluster_ratio=float(cluster_ratio if dynamic_cluster_ratio is None else dynamic_cluster_ratio),
     )  # fmt: skip
-    n_out, n_groups = totals.tolist()
+    n_out, n_groups, n_static = totals.tolist()
     # copies (a runner's outputs may be its buffers, rewritten by its next call), trimmed to the output count
     longs = longs[:, :n_out].clone()
     return MergeResult(
@@ -287,6 +289,7 @@ def merge_video(
         segments=segments,
         static_mask=static_tl.clone(),
         num_groups=n_groups,
+        num_static=n_static,
     )
 
 
@@ -331,8 +334,8 @@ def _merge_segments(
         ``merged`` (``float32 [R*Cb, C]``, the cluster means of the ``R = S + T`` rows, ``Cb`` slots each),
         ``slot`` (``LongTensor[T*L]``: the ``merged`` row of every output token), ``longs`` (``LongTensor[3, T*L]``:
         source, group, is_static of every output token), ``assignment`` (``LongTensor[T*L]``), the static mask
-        (``BoolTensor[T, L]``) and ``LongTensor[2]``: the output count ``M`` and the group count. Rows ``M`` and
-        beyond of the padded outputs are meaningless.
+        (``BoolTensor[T, L]``) and ``LongTensor[3]``: the output count ``M``, the group count and the static-token
+        count. Rows ``M`` and beyond of the padded outputs are meaningless.
     """
     n_frames, n_loc = grid
     channels = features.shape[1]
@@ -433,7 +436,7 @@ def _output_layout(counts: Tensor, centers: Tensor, labels: Tensor, *, static_fi
     token_row = torch.where(static_tl, row_of_frame[:, None], n_static_rows + frame_idx[:, None])  # [T, L]
     token_label = labels.reshape(-1)[token_row * n_loc + torch.arange(n_loc, device=device)]
     assignment = (offset[token_row] + token_label).reshape(-1)
-    totals = torch.stack([end_ord[-1], (counts > 0).sum()])
+    totals = torch.stack([end_ord[-1], (counts > 0).sum(), static_tl.sum()])
     return slot, longs, assignment, static_tl, totals
 
 
