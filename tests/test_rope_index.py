@@ -151,3 +151,20 @@ def test_stages_off_with_the_option_is_stock_and_fast_is_paper(checkpoints, proc
     for a, b in zip(paper, run(ours), strict=True):
         assert torch.equal(a, b)
     assert ours.prunevid_stats == paper_stats
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_positions_equal_upstream_on_the_gpu(checkpoints):
+    """With CUDA inputs the positions (made on the host, copied once) equal upstream's on the device, and are there:
+    random layouts with fractional seconds and padded rows."""
+    model = load(checkpoints["gqa2"], VECTORIZED).cuda()
+    rng = random.Random(1)
+    merge = model.config.vision_config.spatial_merge_size
+    for _ in range(50):
+        kwargs = {k: v.cuda() if isinstance(v, torch.Tensor) else v
+                  for k, v in random_layout(rng, merge, rows=rng.randint(1, 4)).items()}  # fmt: skip
+        expected = rope.upstream_rope_index(model.model, **kwargs)
+        got = model.model.get_rope_index(**kwargs)
+        assert all(t.device.type == "cuda" for t in got)
+        assert_equal(got, expected)
