@@ -156,8 +156,8 @@ def test_stages_off_with_the_option_is_stock_and_fast_is_paper(checkpoints, proc
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_positions_equal_upstream_on_the_gpu(checkpoints):
-    """With CUDA inputs the positions (made on the host, copied once) equal upstream's on the device, and are there:
-    random layouts with fractional seconds and padded rows."""
+    """With CUDA inputs the positions equal upstream's, on the device: random layouts with fractional seconds and
+    padded rows."""
     model = load(checkpoints["gqa2"], VECTORIZED).cuda()
     rng = random.Random(1)
     merge = model.config.vision_config.spatial_merge_size

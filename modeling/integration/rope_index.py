@@ -7,9 +7,7 @@ over a Python list, one tuple per token: 2-3 ms for a 64-frame prompt (8,229 tok
 the lent H200 hosts, with the GPU idle (docs/bench/h200-2026-12-05-rounds, `probe_gaps.json`: the first gap).
 
 What: the same loop, with the runs of equal token types found by one vectorised pass over the row (NumPy, on the
-host copy of the types that upstream reads too), all of it on the host (copies of the grids, seconds and mask, one
-copy of the positions to the device at the end: on a GPU, upstream's reads of each grid and its per-run kernels kept
-the host waiting and the GPU idle before the tower). Everything else is upstream's, operation for operation: a text run
+host copy of the types that upstream reads too). Everything else is upstream's, operation for operation: a text run
 of n tokens is `arange(n) + current`, each image or video is upstream's own `get_vision_position_ids(current, grid,
 1, spatial_merge_size, time_interval)`, `current` moves by `max(h, w) // spatial_merge_size` after it, padding
 (`attention_mask`) is skipped the same way, and the deltas are `max + 1 - length`. The result is upstream's, equal
@@ -72,15 +70,13 @@ def rope_index(
         raise ValueError(f"rope_index rule {rule!r} is not one of {RULES}")
     merge = model.config.vision_config.spatial_merge_size
     tokens_per_second = model.config.vision_config.tokens_per_second
-    # (on the host, from host copies of the small inputs, and copied to the device once: on a GPU each of upstream's
-    # per-run operations would wait for the GPU or launch a kernel, with the GPU idle before the tower)
-    device, host = input_ids.device, torch.device("cpu")
-    position_ids = torch.zeros(3, *input_ids.shape, dtype=input_ids.dtype)
+    device = input_ids.device
+    position_ids = torch.zeros(3, *input_ids.shape, dtype=input_ids.dtype, device=device)
     grids = {
-        1: iter(image_grid_thw.cpu()) if image_grid_thw is not None else None,
-        2: iter(video_grid_thw.cpu()) if video_grid_thw is not None else None,
+        1: iter(image_grid_thw) if image_grid_thw is not None else None,
+        2: iter(video_grid_thw) if video_grid_thw is not None else None,
     }
-    seconds = iter(second_per_grid_ts.cpu()) if second_per_grid_ts is not None else iter([1] * input_ids.shape[1])
+    seconds = iter(second_per_grid_ts) if second_per_grid_ts is not None else iter([1] * input_ids.shape[1])
     types = mm_token_type_ids.detach().cpu().numpy()
     keep = attention_mask.detach().bool().cpu().numpy() if attention_mask is not None else None
     deltas = []
@@ -94,20 +90,20 @@ def rope_index(
                 continue  # (an empty row)
             modality = int(row[start])
             if modality == 0:
-                pieces.append(torch.arange(end - start).view(1, -1).expand(3, -1) + current)
+                pieces.append(torch.arange(end - start, device=device).view(1, -1).expand(3, -1) + current)
                 current += end - start
             else:
                 grid = next(grids[modality])
                 interval = _time_interval(rule, modality, tokens_per_second, seconds)
-                pieces.append(model.get_vision_position_ids(current, grid, 1, merge, interval, device=host))
+                pieces.append(model.get_vision_position_ids(current, grid, 1, merge, interval, device=device))
                 current += max(grid[1], grid[2]) // merge
         positions = torch.cat(pieces, dim=1).reshape(3, -1)
-        if keep is not None:
-            position_ids[:, b, torch.from_numpy(keep[b])] = positions
+        if attention_mask is not None:
+            position_ids[:, b, attention_mask[b].bool()] = positions.to(position_ids.device)
         else:
-            position_ids[:, b] = positions
+            position_ids[:, b] = positions.to(position_ids.device)
         deltas.append(positions.max() + 1 - len(row))
-    return position_ids.to(device), torch.tensor(deltas).unsqueeze(1).to(device)
+    return position_ids, torch.tensor(deltas, device=device).unsqueeze(1)
 
 
 def upstream_rope_index(model: torch.nn.Module, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
