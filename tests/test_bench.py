@@ -235,3 +235,24 @@ def test_target_2_on_new_videos_is_reported_beside_it():
     markdown = bench.markdown({"per_frames": {"64": rec}, "targets": list(rows.values())})
     assert "on videos no call had seen (same shape, new content), ms: stock_compiled 440.0, 460.0, 450.0; fast " \
            "200.0, 150.0, 180.0." in markdown
+
+
+def test_probe_syncs_names_where_a_sync_came_from_and_profiles_a_call_on_the_cpu():
+    """`probe_syncs.where` keeps the frames of this project and of transformers, innermost first; the probe's
+    cProfile mode runs one call of a tiny model on the CPU (no CUDA syncs to list there) and starts at the tower's
+    exit."""
+    import traceback
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import probe_syncs
+
+    stack = [traceback.FrameSummary(f"/x/{path}", line, name) for path, line, name in [
+        ("lib/python/runpy.py", 1, "run"), ("transformers/generation/utils.py", 2, "generate"),
+        ("modeling/integration/controller.py", 3, "before_language_model"), ("torch/_tensor.py", 4, "tolist")]]
+    assert probe_syncs.where(stack) == "controller.py:3 before_language_model < utils.py:2 generate"
+    b = probe_syncs.bench.Bench(probe_syncs.bench.parse_args(["--out", "/tmp/probe-syncs-test", "--quick"]))
+    b.setup()
+    b.model.prunevid = b.configs["fast"]
+    inputs = probe_syncs.bench.make_inputs(b.processor, 4, b.args.size, b.device, b.dtype)
+    text = probe_syncs.profile_after_tower(b, inputs, rows=400)
+    assert "before_language_model" in text and "conv3d" not in text  # Stage 1, not the tower's patch embedding

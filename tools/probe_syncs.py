@@ -63,9 +63,9 @@ def trace_call(b, inputs, cuda):
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = show
+            t0[0] = time.perf_counter()
             if cuda:
                 torch.cuda.set_sync_debug_mode("warn")
-            t0[0] = time.perf_counter()
             b.generate(inputs, 1, timed=False)
             rows.append((now(), "----  generate returned"))
     finally:
