@@ -393,6 +393,22 @@ def test_presets_prune_as_named(checkpoints, processor, media):
     assert stats.retention == (stats.visual_tokens // 2) / stats.visual_tokens
 
 
+def test_a_mask_that_does_not_fit_the_input_ids_is_refused(checkpoints, processor, media):
+    """Stage 1 re-packs the sequence by the 2-D (batch, length) mask of the input ids: a mask of another shape is a
+    clear error, not a silent misreading; the same call with the processor's mask runs."""
+    inputs = make_inputs(processor, media, "video")
+    model = load(checkpoints["gqa2"], PruneVidConfig.paper())
+    mask = inputs["attention_mask"]
+    positions, _ = model.model.get_rope_index(**{k: inputs.get(k) for k in (
+        "input_ids", "mm_token_type_ids", "video_grid_thw", "second_per_grid_ts", "attention_mask")})  # fmt: skip
+    for bad in (torch.cat([mask, mask[:, :1]], dim=1), mask[:, None, None, :].float()):
+        with pytest.raises(ValueError, match=r"2-D \(batch, length\) attention mask of the input ids"), torch.no_grad():
+            model(**{**inputs, "attention_mask": bad, "position_ids": positions})
+    with torch.no_grad():
+        model(**inputs)
+    assert model.prunevid_stats[0].after_stage1 < model.prunevid_stats[0].visual_tokens
+
+
 def test_video_fates_agree_with_stats(request, checkpoints, processor, media):
     """The per-token picture data accounts for every token and matches the counts."""
     inputs = make_inputs(processor, media, "multi")
