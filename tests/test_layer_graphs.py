@@ -370,12 +370,14 @@ def test_replayed_runs_equal_the_layers_on_gpu(checkpoints, processor, case):
 
 
 
+
 @pytest.mark.gpu
 @gpu
 def test_a_pruned_prefill_reads_back_only_what_its_shapes_need_on_gpu(checkpoints, processor):
-    """From Stage 1 to the end of the language model, a pruned prefill (`fast()`'s graphs, one video, fp32) makes
-    the host wait for the GPU only where a shape depends on the GPU's results: the prompt's layout (flags and
-    positions, one read-back), Stage 1's segments and output counts (two per video) and Stage 2's sizes (one). Any
+    """A pruned prefill (`fast()`'s graphs, one video, fp32) makes the host wait for the GPU only where a shape depends
+    on the GPU's results: before the language model, the prompt's layout (flags and positions, one read-back) and
+    Stage 1's segments and output counts (two per video); Stage 2's sizes are copied behind Stage 1 and waited for at
+    layer M (an event: the work queued before the copy, not the layers since), nothing else in the layers. Any
     other read-back leaves the GPU idle while the host launches what follows (`tools/probe_syncs.py` lists them for
     the 7B architecture)."""
     import warnings
@@ -383,18 +385,19 @@ def test_a_pruned_prefill_reads_back_only_what_its_shapes_need_on_gpu(checkpoint
     inputs = frame_inputs(processor, "video").to("cuda")
     model = load(checkpoints["gqa2"], PruneVidConfig.fast(vision_attention="stock")).cuda()
     technique = model.prunevid_technique
-    window, reads = [], []
-    technique.before_language_model = _announce(technique.before_language_model, window, True)
-    handle = model.model.language_model.register_forward_hook(lambda *_: window.append(False))
+    phase, reads = [None], {"stage 1": [], "layers": []}
+    technique.before_language_model = _announce(technique.before_language_model, phase, "stage 1")
+    hooks = [model.model.language_model.register_forward_pre_hook(lambda *_: phase.__setitem__(0, "layers")),
+             model.model.language_model.register_forward_hook(lambda *_: phase.__setitem__(0, None))]  # fmt: skip
 
     def read(message, *_, **__):
-        if window and window[-1]:
-            reads.append(str(message).split("\n")[0])
+        if phase[0] is not None:
+            reads[phase[0]].append(str(message).split("\n")[0])
 
     shown = warnings.showwarning
     try:
         for _ in range(3):  # (the first calls record the graphs)
-            window.clear(), reads.clear()
+            reads["stage 1"].clear(), reads["layers"].clear()
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
                 warnings.showwarning = read
@@ -405,18 +408,20 @@ def test_a_pruned_prefill_reads_back_only_what_its_shapes_need_on_gpu(checkpoint
                     torch.cuda.set_sync_debug_mode("default")
     finally:
         warnings.showwarning = shown
-        handle.remove()
+        for hook in hooks:
+            hook.remove()
     stats = model.prunevid_stats[0]
     assert stats.after_stage1 < stats.visual_tokens and stats.kv_cache_tokens < stats.prompt_tokens
-    assert technique.layer_graphs.replayed_runs > 0
-    assert len(reads) == 1 + 2 + 1, reads
+    assert technique.layer_graphs.replayed_runs > 0 and technique.state.pending_sizes is None
+    assert len(reads["stage 1"]) == 1 + 2, reads
+    assert len(reads["layers"]) <= 1, reads  # (at most the event's wait at layer M, if the debug mode names it)
 
 
-def _announce(method, window, value):
-    """`method`, which first appends `value` to `window`."""
+def _announce(method, phase, value):
+    """`method`, which first sets `phase[0] = value`."""
 
     def announced(*args, **kwargs):
-        window.append(value)
+        phase[0] = value
         return method(*args, **kwargs)
 
     return announced

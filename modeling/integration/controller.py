@@ -339,8 +339,8 @@ class PruneVidController:
 
     def _read_stage2_sizes(self, state: PrefillState) -> None:
         """The number of question rows Stage 2 scores with and, for this class's `select`, the length of the
-        sequence after it (its quotas depend on the group sizes only), read back in one step (`runner`: one graph
-        replay on CUDA)."""
+        sequence after it (its quotas depend on the group sizes only), computed in one step (`runner`: one graph
+        replay on CUDA) and read back: on the CPU now, on CUDA at layer M (`_settle`) from a copy queued now."""
         cfg = self.config
         predict = getattr(self.select, "__func__", None) is PruneVidController.select  # (not a subclass's or one
         # set on the instance: another selection keeps other counts)
@@ -352,8 +352,29 @@ class PruneVidController:
                   _pad_tokens(state.mask, padded, 0))  # fmt: skip
         (sizes,) = self.runner(_stage2_sizes, inputs, keep_ratio=cfg.keep_ratio, rounding=cfg.keep_rounding,
                                predict=predict)  # fmt: skip
+        if sizes.is_cuda:  # copied behind Stage 1 and waited for at layer M (`_settle`): meanwhile the host queues
+            # the layers before M, instead of waiting here for Stage 1's last kernels and leaving the GPU idle
+            host = torch.empty(sizes.shape, dtype=sizes.dtype, pin_memory=True)
+            host.copy_(sizes, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record(torch.cuda.current_stream(sizes.device))
+            state.pending_sizes = (host, copied)
+        else:
+            state.pending_sizes = (sizes, None)
+            self._settle(state)
+
+    @staticmethod
+    def _settle(state: PrefillState) -> None:
+        """`state.query_rows` and `kept_width` from Stage 2's sizes (`_read_stage2_sizes`), once their copy is done:
+        waits for the work queued before that copy (Stage 1), not for the layers queued since."""
+        if state.pending_sizes is None:
+            return
+        sizes, copied = state.pending_sizes
+        if copied is not None:
+            copied.synchronize()
         state.query_rows, *width = sizes.tolist()
         state.kept_width = width[0] if width else None
+        state.pending_sizes = None
 
     # ------------------------------------------------------------------------------------------ the three steps
     def merge(self, features: torch.Tensor, grid: tuple[int, int, int]) -> MergeResult:
@@ -439,6 +460,7 @@ class PruneVidController:
         if self.layer is None or i not in (self.layer, self.layer + 1, self.cut_layer):
             return hidden_states, mask_mapping, position_embeddings, text_positions
         if i == self.layer:
+            self._settle(state)
             state.keep = self.select(text_model.layers[i], hidden_states, state)
             return hidden_states, mask_mapping, position_embeddings, text_positions
         if i == self.layer + 1:

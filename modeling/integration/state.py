@@ -40,7 +40,7 @@ class PrefillState:
     visual_tokens: list[int]  # per row: video tokens of the unpruned prompt
     image_tokens: list[int]  # per row: image tokens of the unpruned prompt
     static_ratio: list[float]  # per row: share of the video tokens that Stage 1 found static
-    query_rows: int | None = None  # the most `query` tokens of a row (read back after Stage 1, for the scoring)
+    query_rows: int | None = None  # the most `query` tokens of a row (computed after Stage 1, read at layer M)
     kept_width: int | None = None  # the most tokens a row keeps in Stage 2 (read back with `query_rows`; None: not
     # predicted, e.g. a `select` of a subclass, so read back after the scoring)
     keep: torch.Tensor | None = None  # [B, L1] bool after the Stage-2 scoring
@@ -50,6 +50,8 @@ class PrefillState:
     cached_prompt: int = 0  # prompt tokens held by cache layer 0 after the prefill
     cache_cut: bool = False  # Stage 3 cut the cache of layers 0..M to `index`
     static_room: int | None = None  # slots for new tokens in `generate`'s static cache, when fitted (`StaticFit`)
+    pending_sizes: tuple | None = field(default=None, repr=False)  # Stage 2's sizes on their way to the host:
+    # (host tensor, CUDA event of the copy, or None) until layer M reads them into `query_rows` and `kept_width`
     _padded: dict[int, bool] = field(default_factory=dict, repr=False)  # `padded`, by mask
 
     def padded(self, mask: torch.Tensor) -> bool:
