@@ -34,8 +34,9 @@ OURS = ("/modeling/", "/transformers/")
 
 
 def where(stack, depth=3):
-    """The innermost `depth` frames of this project or transformers, innermost last, as `file:line function`."""
-    frames = [f for f in stack if any(part in f.filename for part in OURS)][-depth:]
+    """The innermost `depth` frames of this project or transformers (or, where none is, the innermost frame: e.g.
+    the bench's own clock), innermost first, as `file:line function`."""
+    frames = [f for f in stack if any(part in f.filename for part in OURS)][-depth:] or stack[-1:]
     return " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
 
 
