@@ -207,8 +207,9 @@ class PruneVidController:
         is_image = input_ids == self.image_token_id
         two_d = isinstance(attention_mask, torch.Tensor) and attention_mask.shape == input_ids.shape
         valid = attention_mask.bool() if two_d else torch.ones_like(is_video)
-        positions = position_ids[None].expand(3, -1, -1) if position_ids is not None and position_ids.ndim == 2 else (
-            position_ids)
+        positions = position_ids
+        if positions is not None and positions.ndim == 2:
+            positions = positions[None].expand(3, -1, -1)
         # One read-back of the prompt's layout (the flags and, when the grids must be read off them, the positions),
         # then runs, grids and counts on the host. The GPU has the tower's output done here: every read-back from
         # now on makes it wait for the host's next launch.
