@@ -347,3 +347,35 @@ def test_stats_of_a_positional_attention_mask_exclude_padding(model, processor, 
         model(ids, mask, pixel_values_videos=batch["pixel_values_videos"], video_grid_thw=batch["video_grid_thw"],
               mm_token_type_ids=batch["mm_token_type_ids"], second_per_grid_ts=batch["second_per_grid_ts"])
     assert [s.prompt_tokens for s in model.prunevid_stats] == mask.sum(dim=1).tolist()
+
+
+
+class Wrapped(PruneVidController):
+    """The built-in selection behind an override (as the benchmark's timed technique), not saying so."""
+
+    name = "wrapped"
+
+    def select(self, layer, hidden_states, state):
+        return super().select(layer, hidden_states, state)
+
+
+class WrappedKeepsQuotas(Wrapped):
+    """The same, saying that it keeps the built-in quotas."""
+
+    name = "wrapped, keeps quotas"
+    select_keeps_quotas = True
+
+
+def test_a_select_that_keeps_the_quotas_keeps_the_predicted_width(model, video):
+    """A `select` override predicts Stage 2's width after Stage 1 only when its class says it keeps the base's quotas
+    (`select_keeps_quotas`); the tokens are the built-in selection's either way (on the CPU the prediction is checked
+    against the selection, so a wrong one raises)."""
+    widths, keeps = {}, {}
+    for cls in (PruneVidController, Wrapped, WrappedKeepsQuotas):
+        model.prunevid = technique = cls(PruneVidConfig.paper())
+        forward(model, video)
+        widths[cls], keeps[cls] = technique.state.kept_width, technique.state.keep
+    assert widths[PruneVidController] is not None and widths[Wrapped] is None
+    assert widths[WrappedKeepsQuotas] == widths[PruneVidController]
+    assert torch.equal(keeps[Wrapped], keeps[PruneVidController])
+    assert torch.equal(keeps[WrappedKeepsQuotas], keeps[PruneVidController])

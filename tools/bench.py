@@ -237,6 +237,7 @@ def timed_technique(acc):
 
     class Timed(PruneVidController):
         name = "prunevid (timed)"
+        select_keeps_quotas = True  # (its `select` is the base's: Stage 2's width stays predicted, as untimed)
 
         def before_language_model(self, input_ids, inputs_embeds, position_ids, attention_mask, cache, *rest):
             if cache is not None and cache.get_seq_length() > 0:  # decoding: not PruneVid's prefill work
@@ -454,8 +455,7 @@ class Bench:
 
     def ttft(self, inputs, name):
         """(seconds, peak bytes) of one `generate` from pixels to the first token with config `name`, no timer
-        inside: the plain technique, as a user sets it (the timed subclass overrides `select`, which turns off the
-        prediction of Stage 2's width and so costs a host sync inside the layers, `_drop_unselected`)."""
+        inside: the plain technique, as a user sets it."""
         self.model.prunevid = self.configs[name]
         ttft, _, out, peak, _ = self.generate(inputs, 1, timed=False)
         del out

@@ -90,6 +90,10 @@ class PruneVidController:
 
     #: Names the technique in `PruneVidStats.technique`; a subclass gives its own.
     name: str = "prunevid"
+    #: True in a subclass whose `select` returns this class's keep mask (e.g. wraps it to time it): the length after
+    #: Stage 2 is then predicted after Stage 1, as for this class, and not read back behind layers 0..M (a wrong
+    #: prediction raises on the CPU, where it is always checked).
+    select_keeps_quotas: bool = False
 
     def __init__(self, config: PruneVidConfig | None = None, model_config: Any = None) -> None:
         if config is None:
@@ -343,8 +347,10 @@ class PruneVidController:
         sequence after it (its quotas depend on the group sizes only), computed in one step (`runner`: one graph
         replay on CUDA) and read back: on the CPU now, on CUDA at layer M (`_settle`) from a copy queued now."""
         cfg = self.config
-        predict = getattr(self.select, "__func__", None) is PruneVidController.select  # (not a subclass's or one
-        # set on the instance: another selection keeps other counts)
+        # (not a subclass's or one set on the instance, unless it says it keeps the quotas: another selection keeps
+        # other counts)
+        predict = getattr(self.select, "__func__", None) is PruneVidController.select or (
+            self.select_keeps_quotas and "select" not in vars(self))
         length = state.query.shape[1]
         # (integer counts: padded with tokens that count for nothing, clips of one shape share the runner's graph,
         # and the sizes stay exact)
