@@ -94,6 +94,14 @@ COMPILE_CHECK_LENGTHS = (0.5, 2.0)  # lengths (x the first frame count) the comp
 DECODE_TOKENS = 16
 
 
+def probe_bench(out, quick: bool = False) -> "Bench":
+    """A set-up `Bench` for a probe script (the 7B architecture on the GPU, or with `quick` the tiny model on the
+    CPU), writing under `out`."""
+    b = Bench(parse_args(["--out", str(out)] + (["--quick"] if quick else [])))
+    b.setup()
+    return b
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__,

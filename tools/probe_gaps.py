@@ -131,8 +131,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
 
-    b = bench.Bench(bench.parse_args(["--out", str(args.out)] + (["--quick"] if args.quick else [])))
-    b.setup()
+    b = bench.probe_bench(args.out, args.quick)
     report = {"env": b.results["env"], "command": " ".join(["python3", *sys.argv])}
     configs = {name: b.configs[name] for name in ("fast", "stock_compiled")}
     for frames in args.frames:

@@ -76,8 +76,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke test of the script)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    b = bench.Bench(bench.parse_args(["--out", str(args.out / "bench")] + (["--quick"] if args.quick else [])))
-    b.setup()
+    b = bench.probe_bench(args.out / "bench", args.quick)
     main_clip = bench.make_inputs(b.processor, args.frames, b.args.size, b.device, b.dtype, seed=0)
     report = {"env": b.results["env"], "command": " ".join(["python3", "tools/probe_new_videos.py", *sys.argv[1:]])}
     if args.graph_slots:

@@ -65,8 +65,7 @@ def main():
     torch._dynamo.config.recompile_limit = 64
     from modeling import PruneVidConfig
 
-    b = bench.Bench(bench.parse_args(["--out", str(args.out)]))
-    b.setup()
+    b = bench.probe_bench(args.out)
     report = {"env": b.results["env"]}
     for frames in args.frames:
         inputs = bench.make_inputs(b.processor, frames, 448, b.device, b.dtype)

@@ -121,8 +121,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
 
-    b = bench.Bench(bench.parse_args(["--out", str(args.out)] + (["--quick"] if args.quick else [])))
-    b.setup()
+    b = bench.probe_bench(args.out, args.quick)
     cuda = b.device.type == "cuda"
     event = torch.cuda.Event if cuda else HostEvent
     memory_stats = torch.cuda.memory_stats if cuda else dict

@@ -65,8 +65,7 @@ def model_inputs(frames_list):
     """The 7B random-weight bench model's (stock tower) features of the bench clip, and the model (bench.Bench)."""
     import bench
 
-    b = bench.Bench(bench.parse_args(["--out", "/tmp/probe_stage1"]))
-    b.setup()
+    b = bench.probe_bench("/tmp/probe_stage1")
     out = {}
     for frames in frames_list:
         clip = bench.make_inputs(b.processor, frames, 448, b.device, b.dtype)

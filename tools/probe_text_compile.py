@@ -42,8 +42,7 @@ def main():
     from modeling import PruneVidConfig
 
     torch._dynamo.config.recompile_limit = 64
-    b = bench.Bench(bench.parse_args(["--out", str(args.out)] + (["--quick"] if args.quick else [])))
-    b.setup()
+    b = bench.probe_bench(args.out, args.quick)
     report = {"env": b.results["env"], "command": " ".join(["python3", *sys.argv])}
     layers = list(b.model.model.language_model.layers)
     eager = [layer.forward for layer in layers]

@@ -70,8 +70,7 @@ def main():
     from modeling import PruneVidConfig
 
     torch._dynamo.config.recompile_limit = 64
-    b = bench.Bench(bench.parse_args(["--out", str(args.out)]))
-    b.setup()
+    b = bench.probe_bench(args.out)
     report = {"env": b.results["env"], "command": " ".join(["python3", *sys.argv]), "variants": {}}
 
     def save():
