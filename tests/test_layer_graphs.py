@@ -394,11 +394,10 @@ def test_a_pruned_prefill_reads_back_only_what_its_shapes_need_on_gpu(checkpoint
         if phase[0] is not None:
             reads[phase[0]].append(str(message).split("\n")[0])
 
-    shown = warnings.showwarning
     try:
         for _ in range(3):  # (the first calls record the graphs)
             reads["stage 1"].clear(), reads["layers"].clear()
-            with warnings.catch_warnings():
+            with warnings.catch_warnings():  # (restores `showwarning` on exit)
                 warnings.simplefilter("always")
                 warnings.showwarning = read
                 torch.cuda.set_sync_debug_mode("warn")
@@ -407,7 +406,6 @@ def test_a_pruned_prefill_reads_back_only_what_its_shapes_need_on_gpu(checkpoint
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
     finally:
-        warnings.showwarning = shown
         for hook in hooks:
             hook.remove()
     stats = model.prunevid_stats[0]

@@ -58,10 +58,8 @@ def trace_call(b, inputs, cuda):
     handles = [reg(hook(f"{label} {side}")) for label, module in (("tower", b.model.model.visual),
                ("language model", b.model.model.language_model))
                for side, reg in (("enter", module.register_forward_pre_hook), ("exit", module.register_forward_hook))]
-    old = warnings.showwarning
-    warnings.showwarning = show
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # (restores `showwarning` on exit)
             warnings.simplefilter("always")
             warnings.showwarning = show
             t0[0] = time.perf_counter()
@@ -72,7 +70,6 @@ def trace_call(b, inputs, cuda):
     finally:
         if cuda:
             torch.cuda.set_sync_debug_mode("default")
-        warnings.showwarning = old
         for h in handles:
             h.remove()
     return rows
@@ -118,8 +115,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
 
-    b = bench.Bench(bench.parse_args(["--out", str(args.out)] + (["--quick"] if args.quick else [])))
-    b.setup()
+    b = bench.probe_bench(args.out, args.quick)
     cuda = b.device.type == "cuda"
     report = {"env": b.results["env"], "command": " ".join(["python3", *sys.argv])}
     for frames in args.frames:
