@@ -89,6 +89,16 @@ INTERPRETED = textwrap.dedent(
         else:
             raise AssertionError("bad rotary tables were accepted")
 
+    # the order of the programs (a window's heads side by side, or each head over all windows) changes no bit
+    q, k, v, cu = packed([64, 64, 37, 1, 5], 3, 80, torch.float16, seed=3)
+    tables = rotary_tables(171, 80)
+    orders = []
+    for inner in (True, False):
+        wa.HEADS_INNER = inner
+        orders.append([wa.segment_attention(q, k, v, cu, 64, 0.3, *t) for t in ((), tables)])
+    wa.HEADS_INNER = True
+    assert all(torch.equal(a, b) for a, b in zip(*orders))
+
     # schema, fake (meta) implementation and dispatch as torch checks a custom op
     q, k, v, cu = packed([64, 9], 2, 80, torch.float16)
     torch.library.opcheck(wa.segment_attention, (q, k, v, cu, 64, 0.3))
@@ -204,7 +214,8 @@ def test_packed_attention_routes_short_segments_to_the_kernel(monkeypatch):
 def test_segment_attention_on_cuda_against_the_varlen_kernel(rotary):
     """bfloat16 on the GPU, the tower's shapes (16 heads of 80, windows of 64 with ragged ones): the kernel's error
     against fp32 attention is within 2x (+1e-3) of flash-attention's varlen kernel's own; with the rotary tables
-    given, against the attention of upstream's rotation applied first (what the varlen path computes)."""
+    given, against the attention of upstream's rotation applied first (what the varlen path computes). The order of
+    the programs (`HEADS_INNER`) changes no bit of the output."""
     from torch.nn.attention.varlen import varlen_attn
 
     from modeling.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
@@ -214,6 +225,11 @@ def test_segment_attention_on_cuda_against_the_varlen_kernel(rotary):
     scale = 80**-0.5
     tables = tuple(t.cuda() for t in rotary_tables(sum(lengths), 80)) if rotary else ()
     got = wa.segment_attention(q, k, v, cu, 64, scale, *tables)
+    try:
+        wa.HEADS_INNER = not wa.HEADS_INNER
+        assert torch.equal(wa.segment_attention(q, k, v, cu, 64, scale, *tables), got)
+    finally:
+        wa.HEADS_INNER = not wa.HEADS_INNER
     if rotary:
         q, k = apply_rotary_pos_emb_vision(q, k, *tables)
     want = per_segment_attention(q, k, v, lengths, scale)

@@ -16,7 +16,9 @@ medians of `--repeats` calls after warm-up, each variant's output against varlen
 * `rotary_then_segment_attention` / `segment_attention_rotary_inside`: with the rotary embedding, q, k, v the
   strided views of one qkv output: upstream's `apply_rotary_pos_emb_vision` compiled (one pointwise kernel, as in
   the compiled blocks) then the kernel, against the kernel given the tables (it rotates q and k as it loads them);
-  their difference is compared with the varlen kernel on the rotated inputs.
+  their difference is compared with the varlen kernel on the rotated inputs;
+  `segment_attention_rotary_inside_heads_outer`: the same kernel with its programs in the order used before
+  `window_attention.HEADS_INNER` (each head over all windows, so the rotary tables come from memory once per head).
 
     python3 tools/probe_window_attn.py [--tokens 32768 131072] [--out DIR]
 """
@@ -104,6 +106,13 @@ def main():
             *compiled_rotary(qs, ks, cos, sin), vs, cu, W, scale).reshape(T, -1)
         variants["segment_attention_rotary_inside"] = lambda: segment_attention(
             qs, ks, vs, cu, W, scale, cos, sin).reshape(T, -1)
+        def heads_outer():  # the programs' order before: each head over all windows (the tables read 16 times)
+            window_attention.HEADS_INNER = False
+            try:
+                return segment_attention(qs, ks, vs, cu, W, scale, cos, sin).reshape(T, -1)
+            finally:
+                window_attention.HEADS_INNER = True
+        variants["segment_attention_rotary_inside_heads_outer"] = heads_outer
         variants["compiled_sdpa"] = lambda: compiled_sdpa(q, k, v)
         variants["compiled_math"] = lambda: compiled_math(q, k, v)
         ref = variants["varlen"]().float()

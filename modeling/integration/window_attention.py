@@ -43,6 +43,10 @@ else:
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 MAX_SEGMENT = 128  # longest segment one program holds (scores n x n in registers)
 NUM_WARPS = 4  # warps per program (`tools/probe_window_attn.py` times 2 and 8: slower on an H200)
+# the order of the programs: a window's heads one after the other (True), so that they run side by side and read its
+# rotary tables and qkv rows from L2 once, instead of each head once over all windows (False: the tables, 84 MB at
+# 256 frames, then come from memory 16 times; `tools/probe_window_attn.py` times both). The outputs are the same.
+HEADS_INNER = True
 _DTYPES = (torch.float16, torch.bfloat16)
 
 __all__ = ["MAX_SEGMENT", "segment_attention", "segment_attention_unavailable_reason"]
@@ -85,12 +89,19 @@ if triton is not None:
     def _segment_attention_kernel(
         Q, K, V, O, CU, COS, SIN, scale,
         sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, so_t, so_h, sc_t, ss_t,
-        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ROTARY: tl.constexpr,
+        n_heads, n_segments, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        ROTARY: tl.constexpr, HEADS_INNER: tl.constexpr,
     ):  # fmt: skip
         """One (segment, head): ``O = softmax(scale * Q K^T) V`` over the segment's ``n <= BLOCK_N`` tokens, with
-        ``Q`` and ``K`` rotated first where ``ROTARY``."""
-        segment = tl.program_id(0)
-        head = tl.program_id(1)
+        ``Q`` and ``K`` rotated first where ``ROTARY``. A 1-D grid of ``n_segments * n_heads`` programs (no limit
+        of 65,535 on either count), ordered by ``HEADS_INNER``."""
+        program = tl.program_id(0)
+        if HEADS_INNER:
+            segment = program // n_heads
+            head = program % n_heads
+        else:
+            segment = program % n_segments
+            head = program // n_segments
         start = tl.load(CU + segment)
         n = tl.load(CU + segment + 1) - start
         rows = tl.arange(0, BLOCK_N)
@@ -145,12 +156,13 @@ def segment_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Ten
     if tokens == 0 or segments <= 0:
         return out
     cos_arg, sin_arg = (cos, sin) if rotary else (query, query)  # (not read without ROTARY)
-    _segment_attention_kernel[(segments, heads)](
+    _segment_attention_kernel[(segments * heads,)](
         query, key, value, out, cu_seqlens, cos_arg, sin_arg, float(scale),
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        out.stride(0), out.stride(1), cos_arg.stride(0), sin_arg.stride(0),
+        out.stride(0), out.stride(1), cos_arg.stride(0), sin_arg.stride(0), heads, segments,
         HEAD_DIM=head_dim, BLOCK_N=max(16, triton.next_power_of_2(max_len)),
-        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), ROTARY=rotary, num_warps=NUM_WARPS, num_stages=1,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), ROTARY=rotary, HEADS_INNER=HEADS_INNER,
+        num_warps=NUM_WARPS, num_stages=1,
     )  # fmt: skip
     return out
 
