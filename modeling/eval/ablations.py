@@ -36,8 +36,8 @@ from torch import Tensor
 from ..integration.controller import PruneVidController
 from ..prunevid.config import PruneVidConfig
 from ..prunevid.dpc_knn import _cluster_means, dpc_knn
-from ..prunevid.merge import (MergeResult, _output_layout, _row_counts, _segment_sum, _split_static, _to_device,
-                              temporal_segments)
+from ..prunevid.merge import (MergeResult, _merge_result, _output_layout, _row_counts, _segment_sum, _split_static,
+                              _to_device, temporal_segments)
 
 
 __all__ = ["CURVE_VARIANTS", "FEATURES", "VARIANTS", "Stage1Ablation", "factory"]
@@ -115,25 +115,13 @@ class Stage1Ablation(PruneVidController):
         segments = temporal_segments(frame_means, cfg.temporal_segment_ratio, cfg.dpc_knn_k)
         seg_len = [e - s for s, e in segments]
         seg_info = _to_device([i for i, n in enumerate(seg_len) for _ in range(n)] + seg_len, features.device)
-        merged, slot, longs, assignment, static_tl, totals = _ablated_segments(
+        outputs = _ablated_segments(
             features, seg_info, grid=(n_frames, n_loc), n_seg=len(segments), tau=float(cfg.tau),
             cluster_ratio=float(cfg.cluster_ratio), k=int(cfg.dpc_knn_k),
             min_tokens_to_cluster=int(cfg.min_tokens_to_cluster), average_static=self.average_static,
             centre=self.merged_feature == "centre", merge_dynamic=self.merge_dynamic,
         )  # fmt: skip
-        n_out, n_groups, n_static = totals.tolist()
-        longs = longs[:, :n_out]
-        return MergeResult(
-            features=merged.index_select(0, slot[:n_out]).to(features.dtype),
-            source=longs[0],
-            group=longs[1],
-            is_static=longs[2].bool(),
-            assignment=assignment,
-            segments=segments,
-            static_mask=static_tl,
-            num_groups=n_groups,
-            num_static=n_static,
-        )
+        return _merge_result(features, segments, *outputs)
 
 
 def factory(variant: str) -> Callable[[PruneVidConfig], Stage1Ablation]:

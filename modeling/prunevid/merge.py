@@ -272,13 +272,20 @@ def merge_video(
                           device)  # fmt: skip
 
     # 2.-5. one fixed-shape step; read back: the output, group and static-token counts
-    merged, slot, longs, assignment, static_tl, totals = runner(
+    outputs = runner(
         _merge_segments, (features, seg_info), grid=(n_frames, n_loc), n_seg=slots, tau=float(tau),
         cluster_ratio=float(cluster_ratio), k=int(k), min_tokens_to_cluster=int(min_tokens_to_cluster),
         dynamic_cluster_ratio=float(cluster_ratio if dynamic_cluster_ratio is None else dynamic_cluster_ratio),
     )  # fmt: skip
+    return _merge_result(features, segments, *outputs)
+
+
+def _merge_result(features: Tensor, segments: list[tuple[int, int]], merged: Tensor, slot: Tensor, longs: Tensor,
+                  assignment: Tensor, static_tl: Tensor, totals: Tensor) -> MergeResult:  # fmt: skip
+    """The :class:`MergeResult` of a step with :func:`_merge_segments`' outputs: its totals read back (the step's one
+    read-back), its outputs copied (a runner's outputs may be its buffers, rewritten by its next call) and trimmed
+    to the output count."""
     n_out, n_groups, n_static = totals.tolist()
-    # copies (a runner's outputs may be its buffers, rewritten by its next call), trimmed to the output count
     longs = longs[:, :n_out].clone()
     return MergeResult(
         features=merged.index_select(0, slot[:n_out]).to(features.dtype),
