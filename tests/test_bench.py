@@ -237,7 +237,7 @@ def test_target_2_on_new_videos_is_reported_beside_it():
            "200.0, 150.0, 180.0." in markdown
 
 
-def test_probe_syncs_names_where_a_sync_came_from_and_profiles_a_call_on_the_cpu():
+def test_probe_syncs_names_where_a_sync_came_from_and_profiles_a_call_on_the_cpu(tmp_path):
     """`probe_syncs.where` keeps the frames of this project and of transformers, innermost first; the probe's
     cProfile mode runs one call of a tiny model on the CPU (no CUDA syncs to list there) and starts at the tower's
     exit."""
@@ -251,7 +251,7 @@ def test_probe_syncs_names_where_a_sync_came_from_and_profiles_a_call_on_the_cpu
         ("modeling/integration/controller.py", 3, "before_language_model"), ("torch/_tensor.py", 4, "tolist")]]
     assert probe_syncs.where(stack) == "controller.py:3 before_language_model < utils.py:2 generate"
     assert probe_syncs.where(stack[:1]) == "runpy.py:1 run"
-    b = probe_syncs.bench.probe_bench("/tmp/probe-syncs-test", quick=True)
+    b = probe_syncs.bench.probe_bench(tmp_path, quick=True)
     b.model.prunevid = b.configs["fast"]
     inputs = probe_syncs.bench.make_inputs(b.processor, 4, b.args.size, b.device, b.dtype)
     text = probe_syncs.profile_after_tower(b, inputs, rows=400)

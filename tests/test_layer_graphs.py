@@ -369,8 +369,6 @@ def test_replayed_runs_equal_the_layers_on_gpu(checkpoints, processor, case):
     assert len(held) == 2 * len(kept.layers) and not held & buffers
 
 
-
-
 @pytest.mark.gpu
 @gpu
 def test_a_pruned_prefill_reads_back_only_what_its_shapes_need_on_gpu(checkpoints, processor):

@@ -349,7 +349,6 @@ def test_stats_of_a_positional_attention_mask_exclude_padding(model, processor, 
     assert [s.prompt_tokens for s in model.prunevid_stats] == mask.sum(dim=1).tolist()
 
 
-
 class Wrapped(PruneVidController):
     """The built-in selection behind an override (as the benchmark's timed technique), not saying so."""
 
