@@ -45,18 +45,18 @@ def make_tower(dtype=torch.float32, depth=3, seed=0, **overrides):
     return tower.to(dtype).eval(), config
 
 
-def pixels(config, dtype=torch.float32, seed=1):
+def pixels(config, dtype=torch.float32, seed=1, grid=GRID):
     v = config.vision_config
-    rows = int(GRID.prod(-1).sum())
+    rows = int(grid.prod(-1).sum())
     g = torch.Generator().manual_seed(seed)
     return torch.randn(rows, v.in_channels * v.temporal_patch_size * v.patch_size**2, generator=g).to(dtype)
 
 
 @torch.no_grad()
-def run(tower, x, attention=None):
+def run(tower, x, attention=None, grid=GRID):
     va.attach(tower, attention)  # as `Qwen2_5_VLPruneVid.prunevid` does
     try:
-        out = tower(x, grid_thw=GRID.to(x.device))
+        out = tower(x, grid_thw=grid.to(x.device))
     finally:
         va.attach(tower, None)
     return out.pooler_output, out.last_hidden_state
@@ -160,6 +160,52 @@ def test_packed_reference_attention_is_per_segment_sdpa():
     for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
         want = F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)), scale=0.3)
         torch.testing.assert_close(out[a:b], want.transpose(0, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_equal_segments_sdpa_is_per_segment_attention_on_strided_views():
+    """`_equal_segments_sdpa`: the segments of one length as a batch of one `sdpa` call, on the strided q/k/v views
+    of one qkv output as the blocks hold them, computes what the per-segment reference computes (fp64: the same
+    function), and returns packed [tokens, heads, dim]."""
+    torch.manual_seed(0)
+    qkv = torch.randn(4 * 24, 3, 5, 8, dtype=torch.float64)
+    q, k, v = qkv.unbind(1)
+    assert q.stride(0) == 3 * 5 * 8  # (views into qkv: not contiguous)
+    cu = torch.arange(0, 4 * 24 + 1, 24, dtype=torch.int32)
+    out = va._equal_segments_sdpa(q, k, v, 24, 0.3)
+    assert out.shape == q.shape
+    torch.testing.assert_close(out, va.packed_reference_attention(q, k, v, cu, 0.3), rtol=1e-12, atol=1e-12)
+
+
+def test_packed_attention_routes_equal_segments_to_sdpa(monkeypatch):
+    """Backend "auto": a block whose segments all have one length (known on the host from the token count, the
+    segment count and the longest segment: no read-back) goes to `_equal_segments_sdpa`, unequal ones to the varlen
+    kernel; `equal_segments_sdpa = False` and backend "varlen" send both to the varlen kernel."""
+    calls = []
+
+    def kernel(name):
+        def run(q, k, v, *args, **kwargs):
+            calls.append(name)
+            return torch.zeros_like(q)
+        return run
+
+    monkeypatch.setattr(va, "_equal_segments_sdpa", kernel("sdpa"))
+    equal = torch.tensor([0, 224, 448])
+    unequal = torch.tensor([0, 224, 448, 544])
+    for cu, backend, flag, want in ((equal, "auto", True, "sdpa"), (unequal, "auto", True, "varlen"),
+                                    (equal, "auto", False, "varlen"), (equal, "varlen", True, "varlen")):  # fmt: skip
+        calls.clear()
+        owner = va.VisionVarlenAttention(backend)
+        monkeypatch.setattr(owner, "equal_segments_sdpa", flag)
+        tokens = int(cu[-1])
+        attention = va._PackedAttention((cu,), fused=(kernel("varlen"), True), owner=owner, tokens=tokens)
+        q = torch.zeros(tokens, 2, 16, dtype=torch.bfloat16)
+        assert attention(q, q, q, cu, 0.25).shape == (tokens, 32)
+        assert calls == [want], (cu, backend, flag, calls)
+    # boundaries a block brings that `prepare` did not see: the varlen kernel
+    calls.clear()
+    attention = va._PackedAttention((), fused=(kernel("varlen"), True), owner=va.VisionVarlenAttention(), tokens=448)
+    attention(torch.zeros(448, 2, 16), torch.zeros(448, 2, 16), torch.zeros(448, 2, 16), equal, 0.25)
+    assert calls == ["varlen"]
 
 
 def _segment_loop_kernel(calls, with_scale=True):
@@ -420,24 +466,34 @@ def _traceable_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None):
 LENGTHS = [(2, 16, 14), (4, 16, 14), (6, 16, 14), (3, 8, 12), (5, 16, 16)]
 
 
-@pytest.mark.parametrize("backend", ["reference", "stand-in kernel"])
+@pytest.mark.parametrize("backend", ["reference", "stand-in kernel", "auto"])
 def test_compiled_blocks_fullgraph_and_no_recompile_per_length(monkeypatch, backend):
     """`vision_attention="varlen_compiled"`: each block through `torch.compile(dynamic=True)`, with no graph break
     (fullgraph) and no recompilation over video lengths and resolutions; fp32 output as the stock tower's. The MLP
-    has 60 units, so the compiled blocks run it padded (`padded_mlp`), inside the same graphs."""
+    has 60 units, so the compiled blocks run it padded (`padded_mlp`), inside the same graphs. Backend "auto" (the
+    stand-in varlen kernel for the windows, as on a GPU without Triton): the full-attention blocks of a single video
+    whose frame pairs have more than 128 tokens run `_equal_segments_sdpa` inside the graph; the one resolution
+    with 96-token frame pairs compiles that block once more, for the varlen kernel (on a GPU the Triton kernel
+    takes them), which a batch of a video and an image (segments of two lengths) reuses."""
     import torch._dynamo.testing
 
-    if backend != "reference":
+    if backend != "reference":  # ("auto": the same stand-in, and `sdpa` for the full blocks of one video)
         monkeypatch.setattr(va, "_load_varlen", lambda: ((_traceable_kernel, True), None))
         monkeypatch.setattr(va, "_FUSED_DTYPES", (torch.float32,))
         monkeypatch.setattr(va, "varlen_unavailable_reason", lambda device, dtype: None)
     torch._dynamo.reset()
     tower, config = make_tower(depth=5, vision_intermediate_size=60)
     v = config.vision_config
-    counter = torch._dynamo.testing.CompileCounter()
-    attention = va.VisionVarlenAttention(
-        "reference" if backend == "reference" else "varlen", compile={"backend": counter, "fullgraph": True}
-    )
+    graphs = []
+
+    class Counter(torch._dynamo.testing.CompileCounter):  # (and the graphs, to look for the `sdpa` call)
+        def __call__(self, gm, example_inputs):
+            graphs.append(gm)
+            return super().__call__(gm, example_inputs)
+
+    counter = Counter()
+    names = {"reference": "reference", "stand-in kernel": "varlen", "auto": "auto"}
+    attention = va.VisionVarlenAttention(names[backend], compile={"backend": counter, "fullgraph": True})
     frames = []
     for t, h, w in LENGTHS:
         grid = torch.tensor([[t, h, w]])
@@ -451,7 +507,11 @@ def test_compiled_blocks_fullgraph_and_no_recompile_per_length(monkeypatch, back
         assert rel(got.last_hidden_state, want.last_hidden_state) < 1e-5
         frames.append(counter.frame_count)
     assert 1 <= frames[0] <= 3, frames  # windowed and full blocks (and one re-trace of the first call's kwargs)
-    assert frames == [frames[0]] * len(LENGTHS), f"recompiled for a new length or resolution: {frames}"
+    # (the full blocks of (3, 8, 12): 96-token frame pairs, not for `sdpa`: one graph more, reused after)
+    more = [0, 0, 0, 1, 1] if backend == "auto" else [0] * len(LENGTHS)
+    assert frames == [frames[0] + m for m in more], f"recompiled for a new length or resolution: {frames}"
+    sdpa = ["scaled_dot_product_attention" in gm.code for gm in graphs]
+    assert any(sdpa) == (backend != "stand-in kernel"), sdpa  # ("reference": its masked sdpa)
     # one compiled function for every block, kept per process and options: a new setting object reuses it
     again = va.VisionVarlenAttention(attention.backend, compile={"backend": counter, "fullgraph": True})
     assert again.block(tower.blocks[0]).func is attention.block(tower.blocks[3]).func
@@ -653,6 +713,37 @@ def test_real_varlen_kernel_on_cuda(compiled, backend):
     stock16 = run(tower16, x.bfloat16())[0]
     fused16 = run(tower16, x.bfloat16(), va.VisionVarlenAttention(backend, compile=compiled))[0]
     assert rel(fused16, exact) <= 1.5 * rel(stock16, exact) + 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
+    reason="needs CUDA and torch.nn.attention.varlen",
+)
+@pytest.mark.parametrize("compiled", [False, True])
+def test_equal_segments_sdpa_on_cuda(monkeypatch, compiled):
+    """One video (4 frame pairs of 224 tokens: one length): its full-attention blocks through `_equal_segments_sdpa`
+    (cuDNN first), plain and compiled, about as accurate as the stock bf16 tower and within bf16 rounding of the
+    tower whose full-attention blocks run the varlen kernel (`equal_segments_sdpa = False`)."""
+    grid = torch.tensor([[4, 16, 14]])
+    tower, config = make_tower(vision_intermediate_size=60)
+    tower = tower.cuda()
+    x = pixels(config, grid=grid).cuda()
+    exact = run(tower, x, grid=grid)[0]
+    tower16 = tower.to(torch.bfloat16)
+    stock16 = run(tower16, x.bfloat16(), grid=grid)[0]
+    calls = []
+    original = va._equal_segments_sdpa
+    if not compiled:  # (eagerly: the call is seen; compiled, the graph holds it)
+        monkeypatch.setattr(va, "_equal_segments_sdpa", lambda *a: calls.append(a[3]) or original(*a))
+    fused = {}
+    for flag in (True, False):
+        monkeypatch.setattr(va.VisionVarlenAttention, "equal_segments_sdpa", flag)
+        fused[flag] = run(tower16, x.bfloat16(), va.VisionVarlenAttention("auto", compile=compiled), grid=grid)[0]
+    assert compiled or calls == [224]  # the one full-attention block of the three
+    for out in fused.values():
+        assert rel(out, exact) <= 1.5 * rel(stock16, exact) + 1e-3
+    assert rel(fused[True], fused[False]) <= rel(stock16, exact) + 1e-3
 
 
 @pytest.mark.gpu

@@ -15,6 +15,9 @@ Variants (each the `block(blk)` callable of the tower's `VisionVarlenAttention`,
   "auto"), given q and k rotated (upstream's rotation, one fused pointwise kernel in the graph);
 * `padded_mlp_rotary_inside`: the same with that kernel rotating q and k itself as it loads them
   (`VisionVarlenAttention.rotary_in_kernel = True`, the default now): the rotated copies are never written;
+* `equal_segments_sdpa`: the same with the full-attention blocks' segments (a video's frame pairs, one length)
+  attended by `sdpa` as a batch, cuDNN first (`VisionVarlenAttention.equal_segments_sdpa = True`, the default now);
+  the variants before it run those blocks through the varlen kernel;
 * `nopad`: inductor's `shape_padding` off, the hook off (unaligned GEMMs);
 * `*_cdt`: with inductor's `coordinate_descent_tuning` (pointwise / reduction kernels tuned).
 
@@ -28,7 +31,8 @@ padded_mlp --repeats 2`: 102.4 / 93.7 ms of kernels against 94.7 / 86.2, `probe_
 against 26.5 + 14.1) and `mode="max-autotune-no-cudagraphs"` (113 s to compile, cuBLAS kept, 100.0 against 101.0
 ms).
 
-For each: the first call (compile), the steady time, the kernels of one call by total time, the relative error
+The tower runs without its CUDA graph here (`tower_graphs = False`: a replayed graph is keyed by the settings, not
+by a variant's block callable). For each: the first call (compile), the steady time, the kernels of one call by total time, the relative error
 against the stock bf16 tower (as `tools/bench.py` reports it), and the compiled code of `compiled`
 (`tower_code.py`).
 
@@ -82,6 +86,7 @@ def main():
     report["stock_s"] = stock_s
     b.set_prunevid(PruneVidConfig.disabled().replace(vision_attention="varlen_compiled"))
     vision = b.model.model.visual._prunevid_vision
+    vision.tower_graphs = False  # (a replayed graph is keyed by the settings, not by the variant's block callable)
 
     tower = b.model.model.visual
 
@@ -102,6 +107,7 @@ def main():
         "padded_mlp_varlen": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True, "varlen"),
         "padded_mlp": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True, "auto"),
         "padded_mlp_rotary_inside": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True, "auto"),
+        "equal_segments_sdpa": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True, "auto"),
         "padded_mlp_cdt": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": cdt}), True,
                            "auto"),
     }
@@ -112,7 +118,8 @@ def main():
 
     def use(name):
         vision.block, pad, vision.backend = variants[name]
-        vision.rotary_in_kernel = name == "padded_mlp_rotary_inside"
+        vision.rotary_in_kernel = name in ("padded_mlp_rotary_inside", "equal_segments_sdpa")
+        vision.equal_segments_sdpa = name == "equal_segments_sdpa"
         for block in tower.blocks:
             block.mlp._prunevid_vision = vision if pad else None
 

@@ -68,7 +68,10 @@ Backends:
         elsewhere the stock path, with a one-time warning naming the reason. Blocks whose segments have at most
         128 tokens (the windowed blocks: 64) use `window_attention.segment_attention` instead, one Triton program
         per window and head, where Triton imports (0.21 against 0.24 ms a block at 64 frames, 0.57 against 0.87 at
-        256, H200: the varlen kernel tiles by 128 query rows; the same function, see that module).
+        256, H200: the varlen kernel tiles by 128 query rows; the same function, see that module). Blocks whose
+        segments all have one length (the full-attention blocks of a video or an image: one segment per frame pair)
+        run `sdpa` over the segments as a batch, cuDNN's kernel first, where they are longer than the Triton kernel
+        takes (`equal_segments_sdpa`).
     "varlen": varlen_attn for every block, or an error.
     "reference": the same packed computation as one block-diagonal masked `sdpa` over the whole packed sequence
         (memory O(tokens^2): for tests and small inputs only). It checks the index bookkeeping of the fused path
@@ -85,10 +88,11 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.utils import logging
 
 from ..prunevid.graphs import CudaGraphs
-from .window_attention import segment_attention, segment_attention_unavailable_reason
+from .window_attention import MAX_SEGMENT, segment_attention, segment_attention_unavailable_reason
 
 
 logger = logging.get_logger(__name__)
@@ -139,6 +143,10 @@ class VisionVarlenAttention:
     # whether the windowed blocks' kernel rotates q and k itself (True: the compiled tower 104.7 -> 100.2 ms at 64
     # frames, 420.7 -> 381.1 at 256, same error, H100, docs/bench/README.md) or gets them rotated by upstream's function
     rotary_in_kernel = True
+    # whether blocks whose segments all have one length (a video's frame pairs in the full-attention blocks, an
+    # image) attend through `sdpa` over the segments as a batch, cuDNN's kernel first (`_equal_segments_sdpa`),
+    # instead of the varlen kernel (1,024-token segments, H100: 2.76 -> 1.70 ms a block at 256 frames)
+    equal_segments_sdpa = True
     # towers' preambles kept (`preamble`): one per video / image grid, least recently used first out
     max_preambles = 16
     # whether the compiled tower is replayed as a CUDA graph per grid (`replay`), and how many graphs a tower keeps
@@ -186,7 +194,8 @@ class VisionVarlenAttention:
             _warn_once(reason)
             return kwargs
         fused, _ = _load_varlen()
-        return {**kwargs, "prunevid_vision": _PackedAttention(cu_seqlens, fused=fused, owner=self, known=known)}
+        attention = _PackedAttention(cu_seqlens, fused=fused, owner=self, known=known, tokens=hidden_states.shape[0])
+        return {**kwargs, "prunevid_vision": attention}
 
     def preamble(self, tower: torch.nn.Module, grid_thw: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Hook 0 (a forward pre-hook on the tower, see `attach`): the tower's kwargs with its preamble filled in
@@ -270,7 +279,8 @@ class VisionVarlenAttention:
             host=tuple((k, v) for k, v in entry.kwargs.items() if k not in names),
             lens=tuple(t[2] for t in entry.tables),
             extra=extra_items,
-            settings=(self.backend, self.rotary_in_kernel, repr(sorted(self.compile_options.items()))),
+            settings=(self.backend, self.rotary_in_kernel, self.equal_segments_sdpa,
+                      repr(sorted(self.compile_options.items()))),
         )  # fmt: skip
         if runner.replayed != replays:  # (the graph's own buffers: rewritten by its next replay)
             outputs = tuple(t.clone() for t in outputs)
@@ -466,6 +476,15 @@ def _boundary_table(cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     return cu, cu.to(torch.int32).contiguous(), int(lengths.max()) if lengths.numel() else 0
 
 
+def _one_length(table: tuple[torch.Tensor, torch.Tensor, int], tokens: int | None) -> bool:
+    """Whether the segments of `table` (`_boundary_table`) over `tokens` tokens all have its longest length and are
+    longer than the windowed kernel takes (`window_attention.MAX_SEGMENT`): `_equal_segments_sdpa` can run them.
+    On the host, without a read-back: lengths of at most `max_len` adding up to `segments * max_len` are all
+    `max_len`."""
+    segments, max_len = table[1].numel() - 1, table[2]
+    return max_len > MAX_SEGMENT and tokens == segments * max_len
+
+
 def _is_patch_conv(proj: Any) -> bool:
     """Whether `proj` is what upstream builds: a `Conv3d` without bias, padding, dilation or groups, whose stride
     is its kernel (each output is one whole patch) and with no hooks that a direct read of its weight would skip
@@ -486,23 +505,26 @@ class _PackedAttention:
     """One tower call's packed attention: the segment tables, prepared once, and the kernel call per block."""
 
     def __init__(self, cu_seqlens: tuple[torch.Tensor, ...], fused, owner: VisionVarlenAttention,
-                 known: list[tuple[torch.Tensor, torch.Tensor, int]] = ()) -> None:  # fmt: skip
+                 known: list[tuple[torch.Tensor, torch.Tensor, int]] = (), tokens: int | None = None) -> None:  # fmt: skip
         self.fused = fused
         self.block = owner.block
         self.short_segments = fused is not None and owner.backend == "auto"  # `segment_attention` where it runs
         self.rotary_in_kernel = owner.rotary_in_kernel
         self.tables: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        self.equal: list[bool] = []  # per table: its segments all have its longest length (`equal_segments_sdpa`)
         for cu in cu_seqlens:
             table = next((t for t in known if t[0] is cu), None)  # a preamble's (`VisionVarlenAttention.preamble`)
             self.tables.append(table if table is not None else _boundary_table(cu))
+            self.equal.append(self.short_segments and owner.equal_segments_sdpa and _one_length(self.tables[-1], tokens))
 
-    def _table(self, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int]:
-        for original, cu32, max_len in self.tables:
+    def _table(self, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
+        for (original, cu32, max_len), equal in zip(self.tables, self.equal):
             if original is cu_seqlens:
-                return cu32, max_len
-        table = _boundary_table(cu_seqlens)  # a block called with boundaries not seen in prepare
+                return cu32, max_len, equal
+        table = _boundary_table(cu_seqlens)  # a block called with boundaries not seen in prepare (the varlen kernel)
         self.tables.append(table)
-        return table[1:]
+        self.equal.append(False)
+        return *table[1:], False
 
     def __call__(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor, scale: float,
@@ -513,9 +535,10 @@ class _PackedAttention:
         (None: `query` and `key` come rotated); returns [tokens, heads * head_dim], heads concatenated per token as
         upstream's attention output. With `rotary_in_kernel` the windowed blocks' kernel rotates inside (the same
         fp32 rotation, rounded back to the input dtype; the rotated copies are never written); otherwise, and on
-        every other path, `rotary` runs first."""
+        every other path, `rotary` runs first. Blocks whose segments have one length go to `_equal_segments_sdpa`
+        where `equal_segments_sdpa` is on (and no windowed kernel takes them)."""
         tokens = query.shape[0]
-        cu32, max_len = self._table(cu_seqlens)
+        cu32, max_len, equal = self._table(cu_seqlens)
         windowed = self.short_segments and segment_attention_unavailable_reason(query, max_len) is None
         tables = (None, None)
         if rotary is not None and windowed and self.rotary_in_kernel:
@@ -524,6 +547,8 @@ class _PackedAttention:
             query, key = rotary(query, key, cos, sin)
         if windowed:
             out = segment_attention(query, key, value, cu32, max_len, scale, *tables)  # the windowed blocks
+        elif equal:
+            out = _equal_segments_sdpa(query, key, value, max_len, scale)  # full attention over a video's frame pairs
         elif self.fused is not None:
             out = _varlen(self.fused, query, key, value, cu32, max_len, scale)
         else:
@@ -559,6 +584,30 @@ def _varlen(fused, query, key, value, cu32, max_len, scale):
     if abs(scale - default) > 1e-12 * default:
         query = query * (scale / default)
     return varlen_attn(query, key, value, cu32, cu32, max_len, max_len)
+
+
+# `_equal_segments_sdpa`'s kernels in order of preference (`sdpa_kernel(..., set_priority=True)`): cuDNN's fused
+# attention where it runs these shapes, else flash-attention, which runs wherever the varlen kernel does (the same
+# kernel family); not the memory-efficient kernel, which has returned wrong values for strided inputs
+# (pytorch/pytorch#112577), nor the math path (memory O(length^2) per segment and head)
+_EQUAL_SEGMENTS_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]
+
+
+def _equal_segments_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, length: int,
+                         scale: float) -> torch.Tensor:  # fmt: skip
+    """Attention within consecutive segments of `length` tokens each (what the varlen kernel computes over such
+    boundaries), as one `sdpa` call over the segments as a batch: the packed `[tokens, heads, dim]` tensors viewed
+    as `[segments, heads, length, dim]` (no copy: any row stride, e.g. strided views of one qkv output), cuDNN's
+    kernel first (`_EQUAL_SEGMENTS_BACKENDS`), which is faster than the varlen kernel on these shapes (a video's
+    1,024-token frame pairs, 16 heads of 80: 2.76 -> 1.70 ms at 256 frames on an H100, `tools/probe_window_attn.py
+    --window 1024`). The same function (rounding only). Returns `[tokens, heads, dim]`."""
+
+    def batched(t):
+        return t.unflatten(0, (-1, length)).transpose(1, 2)
+
+    with sdpa_kernel(_EQUAL_SEGMENTS_BACKENDS, set_priority=True):
+        out = F.scaled_dot_product_attention(batched(query), batched(key), batched(value), scale=scale)
+    return out.transpose(1, 2).flatten(0, 1)
 
 
 def packed_reference_attention(
