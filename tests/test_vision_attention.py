@@ -208,6 +208,22 @@ def test_packed_attention_routes_equal_segments_to_sdpa(monkeypatch):
     assert calls == ["varlen"]
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_equal_segments_sdpa_leaves_torchs_sdpa_settings_as_they_were(compiled):
+    """`_equal_segments_sdpa` restricts `sdpa`'s kernels for its own call only: torch's enabled kernels and their
+    priority order are the same after it, eagerly and compiled (as the blocks call it)."""
+    def state():
+        return torch._C._get_sdp_priority_order(), torch.nn.attention._cur_sdpa_kernel_backends()
+
+    before = state()
+    q = torch.randn(4 * 24, 5, 8)
+    fn = torch.compile(va._equal_segments_sdpa, backend="aot_eager", fullgraph=True) if compiled else (
+        va._equal_segments_sdpa)  # fmt: skip
+    for _ in range(2):
+        fn(q, q, q, 24, 0.3)
+        assert state() == before
+
+
 def _segment_loop_kernel(calls, with_scale=True):
     """A stand-in for torch's varlen_attn (same arguments; per-segment sdpa) that records its calls."""
 
@@ -723,8 +739,9 @@ def test_real_varlen_kernel_on_cuda(compiled, backend):
 @pytest.mark.parametrize("compiled", [False, True])
 def test_equal_segments_sdpa_on_cuda(monkeypatch, compiled):
     """One video (4 frame pairs of 224 tokens: one length): its full-attention blocks through `_equal_segments_sdpa`
-    (cuDNN first), plain and compiled, about as accurate as the stock bf16 tower and within bf16 rounding of the
-    tower whose full-attention blocks run the varlen kernel (`equal_segments_sdpa = False`)."""
+    (cuDNN's kernel on Hopper), plain and compiled, about as accurate as the stock bf16 tower and within bf16
+    rounding of the tower whose full-attention blocks run the varlen kernel (`equal_segments_sdpa = False`). The
+    kernel `sdpa` picks afterwards for the language model's shapes is the one it picked before."""
     grid = torch.tensor([[4, 16, 14]])
     tower, config = make_tower(vision_intermediate_size=60)
     tower = tower.cuda()
@@ -732,6 +749,8 @@ def test_equal_segments_sdpa_on_cuda(monkeypatch, compiled):
     exact = run(tower, x, grid=grid)[0]
     tower16 = tower.to(torch.bfloat16)
     stock16 = run(tower16, x.bfloat16(), grid=grid)[0]
+    lm = [torch.randn(1, 28, 2048, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    choice = [torch._fused_sdp_choice(*lm, is_causal=causal) for causal in (True, False)]
     calls = []
     original = va._equal_segments_sdpa
     if not compiled:  # (eagerly: the call is seen; compiled, the graph holds it)
@@ -744,6 +763,7 @@ def test_equal_segments_sdpa_on_cuda(monkeypatch, compiled):
     for out in fused.values():
         assert rel(out, exact) <= 1.5 * rel(stock16, exact) + 1e-3
     assert rel(fused[True], fused[False]) <= rel(stock16, exact) + 1e-3
+    assert [torch._fused_sdp_choice(*lm, is_causal=causal) for causal in (True, False)] == choice
 
 
 @pytest.mark.gpu

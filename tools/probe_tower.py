@@ -16,7 +16,7 @@ Variants (each the `block(blk)` callable of the tower's `VisionVarlenAttention`,
 * `padded_mlp_rotary_inside`: the same with that kernel rotating q and k itself as it loads them
   (`VisionVarlenAttention.rotary_in_kernel = True`, the default now): the rotated copies are never written;
 * `equal_segments_sdpa`: the same with the full-attention blocks' segments (a video's frame pairs, one length)
-  attended by `sdpa` as a batch, cuDNN first (`VisionVarlenAttention.equal_segments_sdpa = True`, the default now);
+  attended by `sdpa` as a batch, cuDNN's kernel on Hopper (`VisionVarlenAttention.equal_segments_sdpa = True`, the default now);
   the variants before it run those blocks through the varlen kernel;
 * `nopad`: inductor's `shape_padding` off, the hook off (unaligned GEMMs);
 * `*_cdt`: with inductor's `coordinate_descent_tuning` (pointwise / reduction kernels tuned).

@@ -70,8 +70,8 @@ Backends:
         per window and head, where Triton imports (0.21 against 0.24 ms a block at 64 frames, 0.57 against 0.87 at
         256, H200: the varlen kernel tiles by 128 query rows; the same function, see that module). Blocks whose
         segments all have one length (the full-attention blocks of a video or an image: one segment per frame pair)
-        run `sdpa` over the segments as a batch, cuDNN's kernel first, where they are longer than the Triton kernel
-        takes (`equal_segments_sdpa`).
+        run `sdpa` over the segments as a batch (cuDNN's or flash-attention's kernel), where they are longer than
+        the Triton kernel takes (`equal_segments_sdpa`).
     "varlen": varlen_attn for every block, or an error.
     "reference": the same packed computation as one block-diagonal masked `sdpa` over the whole packed sequence
         (memory O(tokens^2): for tests and small inputs only). It checks the index bookkeeping of the fused path
@@ -144,7 +144,7 @@ class VisionVarlenAttention:
     # frames, 420.7 -> 381.1 at 256, same error, H100, docs/bench/README.md) or gets them rotated by upstream's function
     rotary_in_kernel = True
     # whether blocks whose segments all have one length (a video's frame pairs in the full-attention blocks, an
-    # image) attend through `sdpa` over the segments as a batch, cuDNN's kernel first (`_equal_segments_sdpa`),
+    # image) attend through `sdpa` over the segments as a batch, cuDNN's kernel on Hopper (`_equal_segments_sdpa`),
     # instead of the varlen kernel (1,024-token segments, H100: 2.76 -> 1.70 ms a block at 256 frames)
     equal_segments_sdpa = True
     # towers' preambles kept (`preamble`): one per video / image grid, least recently used first out
@@ -586,10 +586,12 @@ def _varlen(fused, query, key, value, cu32, max_len, scale):
     return varlen_attn(query, key, value, cu32, cu32, max_len, max_len)
 
 
-# `_equal_segments_sdpa`'s kernels in order of preference (`sdpa_kernel(..., set_priority=True)`): cuDNN's fused
-# attention where it runs these shapes, else flash-attention, which runs wherever the varlen kernel does (the same
-# kernel family); not the memory-efficient kernel, which has returned wrong values for strided inputs
-# (pytorch/pytorch#112577), nor the math path (memory O(length^2) per segment and head)
+# `_equal_segments_sdpa`'s kernels: cuDNN's fused attention or flash-attention, whichever torch's own order puts
+# first (cuDNN on Hopper with the lent torch 2.11, as for the stock language model; flash-attention, which runs
+# wherever the varlen kernel does, elsewhere); not the memory-efficient kernel, which has returned wrong values for
+# strided inputs (pytorch/pytorch#112577), nor the math path (memory O(length^2) per segment and head). No
+# `set_priority`: writing torch's priority order, even back to what it read, made the stock language model's `sdpa`
+# pick flash-attention instead of cuDNN afterwards (H100, torch 2.11: its 256-frame prefill 1.15 -> 1.45 s)
 _EQUAL_SEGMENTS_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]
 
 
@@ -598,14 +600,14 @@ def _equal_segments_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     """Attention within consecutive segments of `length` tokens each (what the varlen kernel computes over such
     boundaries), as one `sdpa` call over the segments as a batch: the packed `[tokens, heads, dim]` tensors viewed
     as `[segments, heads, length, dim]` (no copy: any row stride, e.g. strided views of one qkv output), cuDNN's
-    kernel first (`_EQUAL_SEGMENTS_BACKENDS`), which is faster than the varlen kernel on these shapes (a video's
+    kernel where torch picks it (`_EQUAL_SEGMENTS_BACKENDS`), which is faster than the varlen kernel on these shapes (a video's
     1,024-token frame pairs, 16 heads of 80: 2.76 -> 1.70 ms at 256 frames on an H100, `tools/probe_window_attn.py
     --window 1024`). The same function (rounding only). Returns `[tokens, heads, dim]`."""
 
     def batched(t):
         return t.unflatten(0, (-1, length)).transpose(1, 2)
 
-    with sdpa_kernel(_EQUAL_SEGMENTS_BACKENDS, set_priority=True):
+    with sdpa_kernel(_EQUAL_SEGMENTS_BACKENDS):
         out = F.scaled_dot_product_attention(batched(query), batched(key), batched(value), scale=scale)
     return out.transpose(1, 2).flatten(0, 1)
 
