@@ -16,8 +16,8 @@ Variants (each the `block(blk)` callable of the tower's `VisionVarlenAttention`,
 * `padded_mlp_rotary_inside`: the same with that kernel rotating q and k itself as it loads them
   (`VisionVarlenAttention.rotary_in_kernel = True`, the default now): the rotated copies are never written;
 * `equal_segments_sdpa`: the same with the full-attention blocks' segments (a video's frame pairs, one length)
-  attended by `sdpa` as a batch, cuDNN's kernel on Hopper (`VisionVarlenAttention.equal_segments_sdpa = True`, the default now);
-  the variants before it run those blocks through the varlen kernel;
+  attended by `sdpa` as a batch, cuDNN's kernel on Hopper (`VisionVarlenAttention.equal_segments_sdpa = True`, the
+  default now); the variants before it run those blocks through the varlen kernel;
 * `nopad`: inductor's `shape_padding` off, the hook off (unaligned GEMMs);
 * `*_cdt`: with inductor's `coordinate_descent_tuning` (pointwise / reduction kernels tuned).
 
@@ -32,9 +32,9 @@ against 26.5 + 14.1) and `mode="max-autotune-no-cudagraphs"` (113 s to compile, 
 ms).
 
 The tower runs without its CUDA graph here (`tower_graphs = False`: a replayed graph is keyed by the settings, not
-by a variant's block callable). For each: the first call (compile), the steady time, the kernels of one call by total time, the relative error
-against the stock bf16 tower (as `tools/bench.py` reports it), and the compiled code of `compiled`
-(`tower_code.py`).
+by a variant's block callable). For each: the first call (compile), the steady time, the kernels of one call by
+total time, the relative error against the stock bf16 tower (as `tools/bench.py` reports it), and the compiled code
+of `compiled` (`tower_code.py`).
 
     python3 tools/probe_tower.py --frames 64 --long 256 [--out DIR] [--repeats 5] [--variants NAME ...]
 """

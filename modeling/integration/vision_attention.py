@@ -505,7 +505,8 @@ class _PackedAttention:
     """One tower call's packed attention: the segment tables, prepared once, and the kernel call per block."""
 
     def __init__(self, cu_seqlens: tuple[torch.Tensor, ...], fused, owner: VisionVarlenAttention,
-                 known: list[tuple[torch.Tensor, torch.Tensor, int]] = (), tokens: int | None = None) -> None:  # fmt: skip
+                 known: list[tuple[torch.Tensor, torch.Tensor, int]] = (),
+                 tokens: int | None = None) -> None:  # fmt: skip
         self.fused = fused
         self.block = owner.block
         self.short_segments = fused is not None and owner.backend == "auto"  # `segment_attention` where it runs
@@ -515,7 +516,8 @@ class _PackedAttention:
         for cu in cu_seqlens:
             table = next((t for t in known if t[0] is cu), None)  # a preamble's (`VisionVarlenAttention.preamble`)
             self.tables.append(table if table is not None else _boundary_table(cu))
-            self.equal.append(self.short_segments and owner.equal_segments_sdpa and _one_length(self.tables[-1], tokens))
+            equal = self.short_segments and owner.equal_segments_sdpa and _one_length(self.tables[-1], tokens)
+            self.equal.append(equal)
 
     def _table(self, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
         for (original, cu32, max_len), equal in zip(self.tables, self.equal):
@@ -590,8 +592,9 @@ def _varlen(fused, query, key, value, cu32, max_len, scale):
 # first (cuDNN on Hopper with the lent torch 2.11, as for the stock language model; flash-attention, which runs
 # wherever the varlen kernel does, elsewhere); not the memory-efficient kernel, which has returned wrong values for
 # strided inputs (pytorch/pytorch#112577), nor the math path (memory O(length^2) per segment and head). No
-# `set_priority`: writing torch's priority order, even back to what it read, made the stock language model's `sdpa`
-# pick flash-attention instead of cuDNN afterwards (H100, torch 2.11: its 256-frame prefill 1.15 -> 1.45 s)
+# `set_priority`: this restriction leaves torch's priority order alone (a first version wrote it, and back; in its
+# one benchmark run every stock config's cuDNN prefill was 25% slower, which a direct check did not reproduce:
+# docs/bench/README.md, seventeenth step)
 _EQUAL_SEGMENTS_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]
 
 
@@ -600,9 +603,9 @@ def _equal_segments_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     """Attention within consecutive segments of `length` tokens each (what the varlen kernel computes over such
     boundaries), as one `sdpa` call over the segments as a batch: the packed `[tokens, heads, dim]` tensors viewed
     as `[segments, heads, length, dim]` (no copy: any row stride, e.g. strided views of one qkv output), cuDNN's
-    kernel where torch picks it (`_EQUAL_SEGMENTS_BACKENDS`), which is faster than the varlen kernel on these shapes (a video's
-    1,024-token frame pairs, 16 heads of 80: 2.76 -> 1.70 ms at 256 frames on an H100, `tools/probe_window_attn.py
-    --window 1024`). The same function (rounding only). Returns `[tokens, heads, dim]`."""
+    kernel where torch picks it (`_EQUAL_SEGMENTS_BACKENDS`), which is faster than the varlen kernel on these shapes
+    (a video's 1,024-token frame pairs, 16 heads of 80: 2.76 -> 1.70 ms at 256 frames on an H100,
+    `tools/probe_window_attn.py --window 1024`). The same function (rounding only). Returns `[tokens, heads, dim]`."""
 
     def batched(t):
         return t.unflatten(0, (-1, length)).transpose(1, 2)
