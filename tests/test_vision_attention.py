@@ -741,7 +741,8 @@ def test_equal_segments_sdpa_on_cuda(monkeypatch, compiled):
     """One video (4 frame pairs of 224 tokens: one length): its full-attention blocks through `_equal_segments_sdpa`
     (cuDNN's kernel on Hopper), plain and compiled, about as accurate as the stock bf16 tower and within bf16
     rounding of the tower whose full-attention blocks run the varlen kernel (`equal_segments_sdpa = False`). The
-    kernel `sdpa` picks afterwards for the language model's shapes is the one it picked before."""
+    kernel `sdpa` picks afterwards for the language model's shapes is the one it picked before. Compiled, the
+    tower's CUDA graph replays the same output bit for bit."""
     grid = torch.tensor([[4, 16, 14]])
     tower, config = make_tower(vision_intermediate_size=60)
     tower = tower.cuda()
@@ -764,6 +765,13 @@ def test_equal_segments_sdpa_on_cuda(monkeypatch, compiled):
         assert rel(out, exact) <= 1.5 * rel(stock16, exact) + 1e-3
     assert rel(fused[True], fused[False]) <= rel(stock16, exact) + 1e-3
     assert [torch._fused_sdp_choice(*lm, is_causal=causal) for causal in (True, False)] == choice
+    if compiled:  # the tower's CUDA graph over the batched kernel: recorded at the second call, replayed after
+        monkeypatch.setattr(va.VisionVarlenAttention, "equal_segments_sdpa", True)
+        again = [run(tower16, x.bfloat16(), va.VisionVarlenAttention("auto", compile=True), grid=grid)[0]
+                 for _ in range(2)]  # fmt: skip
+        runner = tower16._prunevid_tower_graphs
+        assert (runner.recorded, runner.replayed) == (1, 2)
+        assert all(torch.equal(out, fused[True]) for out in again)  # (the same kernels)
 
 
 @pytest.mark.gpu
