@@ -256,3 +256,23 @@ def test_probe_syncs_names_where_a_sync_came_from_and_profiles_a_call_on_the_cpu
     inputs = probe_syncs.bench.make_inputs(b.processor, 4, b.args.size, b.device, b.dtype)
     text = probe_syncs.profile_after_tower(b, inputs, rows=400)
     assert "before_language_model" in text and "conv3d" not in text  # Stage 1, not the tower's patch embedding
+
+
+def test_probe_lm_gemms_times_every_projection_and_the_regroupings_on_the_cpu(tmp_path, monkeypatch):
+    """`tools/probe_lm_gemms.py --quick`: every projection of a decoder layer and the two regroupings, per row
+    count; a layer's time is the sum of its seven projections; the fused q/k/v GEMM has their three outputs."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import probe_lm_gemms
+
+    monkeypatch.setattr(sys, "argv", ["probe_lm_gemms.py", "--quick", "--out", str(tmp_path)])
+    assert probe_lm_gemms.main() == 0
+    report = json.loads((tmp_path / "probe_lm_gemms.json").read_text())
+    assert list(report["rows"]) == ["7", "33"]
+    names = [*probe_lm_gemms.shapes(1, 1, 1, 1), "layer", "layer_regrouped"]
+    for rec in report["rows"].values():
+        assert list(rec) == names
+        parts = sum(rec[n]["ms"] for n in ("q", "k", "v", "o", "gate", "up", "down"))
+        assert rec["layer"]["ms"] == pytest.approx(parts, abs=1e-3)
+    assert probe_lm_gemms.shapes(*report["dims"])["qkv_fused"][1] == 64 + 2 * 16

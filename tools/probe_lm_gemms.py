@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""GPU probe for issue 20: how fast are the language model's GEMMs at the row counts a pruned prefill gives them?
+
+`fast()`'s pruned prefill at 256 frames runs its LLM layers at ~464 TFLOP/s, stock's at ~560 (H100, docs/bench/
+README.md, seventeenth step): the same layers and kernels, on 3,680 rows before the Stage-2 layer and 1,407 after it
+against stock's 32,805. A first suspect is the GEMMs' tiling at few rows (e.g. 1,407 x 3,584 outputs in 256 x 128
+tiles are 154 tiles on 132 SMs). Timed here, with the 7B language model's shapes (random bf16 weights and inputs,
+CUDA events, medians of `--repeats` after warm-up), for each row count: every projection of a decoder layer as
+`F.linear` (q, k, v with bias; o; gate, up; down), their TFLOP/s, and two regroupings that torch's GEMM could run
+instead: q/k/v as one GEMM over the concatenated weights, gate/up as one. The layer's GEMM time per row count and its
+share of a measured prefill say how much of the gap the GEMMs are, and whether a regrouping (which stock's best would
+get too) is worth building.
+
+    python3 tools/probe_lm_gemms.py [--rows 1407 3680 8229 32805] [--out DIR]
+    python3 tools/probe_lm_gemms.py --quick     # tiny shapes on the CPU (smoke test of the script)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HIDDEN, Q_OUT, KV_OUT, INTERMEDIATE = 3584, 3584, 512, 18944  # Qwen2.5-VL-7B's language model
+
+
+def shapes(hidden: int, q_out: int, kv_out: int, intermediate: int) -> dict[str, tuple[int, int, bool]]:
+    """Name -> (in features, out features, bias) of one decoder layer's projections, then the regroupings."""
+    return {
+        "q": (hidden, q_out, True),
+        "k": (hidden, kv_out, True),
+        "v": (hidden, kv_out, True),
+        "o": (q_out, hidden, False),
+        "gate": (hidden, intermediate, False),
+        "up": (hidden, intermediate, False),
+        "down": (intermediate, hidden, False),
+        "qkv_fused": (hidden, q_out + 2 * kv_out, True),
+        "gate_up_fused": (hidden, 2 * intermediate, False),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, nargs="+", default=[1407, 3680, 8229, 32805])
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/probe-lm-gemms"))
+    ap.add_argument("--quick", action="store_true", help="tiny shapes on the CPU (smoke test of the script)")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    cuda = not args.quick
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("needs CUDA (or --quick)")
+    dev, dt = (torch.device("cuda"), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
+    dims = (HIDDEN, Q_OUT, KV_OUT, INTERMEDIATE) if cuda else (64, 64, 16, 160)
+    rows_list = args.rows if cuda else [7, 33]
+    g = torch.Generator(device=dev).manual_seed(0)
+    weights = {name: (torch.randn(n_out, n_in, device=dev, dtype=dt, generator=g) * n_in**-0.5,
+                      torch.randn(n_out, device=dev, dtype=dt, generator=g) if bias else None)
+               for name, (n_in, n_out, bias) in shapes(*dims).items()}  # fmt: skip
+
+    def timed(fn) -> float:
+        for _ in range(3):
+            fn()
+        if not cuda:
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(args.repeats):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        return statistics.median(times)
+
+    report = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if cuda else "cpu",
+              "dims": dims, "repeats": args.repeats, "rows": {}}  # fmt: skip
+    for rows in rows_list:
+        inputs = {n_in: torch.randn(rows, n_in, device=dev, dtype=dt, generator=g) for n_in, _, _ in
+                  shapes(*dims).values()}  # fmt: skip
+        rec = {}
+        for name, (weight, bias) in weights.items():
+            x = inputs[weight.shape[1]]
+            ms = timed(lambda: F.linear(x, weight, bias))
+            rec[name] = {"ms": round(ms, 4), "tflops": round(2 * rows * weight.numel() / ms / 1e9, 1)}
+        layer = sum(rec[n]["ms"] for n in ("q", "k", "v", "o", "gate", "up", "down"))
+        regrouped = sum(rec[n]["ms"] for n in ("qkv_fused", "o", "gate_up_fused", "down"))
+        flops = 2 * rows * sum(weights[n][0].numel() for n in ("q", "k", "v", "o", "gate", "up", "down"))
+        rec["layer"] = {"ms": round(layer, 4), "tflops": round(flops / layer / 1e9, 1)}
+        rec["layer_regrouped"] = {"ms": round(regrouped, 4), "tflops": round(flops / regrouped / 1e9, 1)}
+        report["rows"][str(rows)] = rec
+        print(f"[{rows} rows] " + ", ".join(f"{k} {v['ms']:.3f} ms ({v['tflops']} TF/s)" for k, v in rec.items()),
+              flush=True)  # fmt: skip
+        (args.out / "probe_lm_gemms.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
