@@ -204,6 +204,25 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def event_times(fn, repeats: int, warmup: int = 0) -> list[float]:
+    """Milliseconds of `repeats` calls of `fn` on the GPU, each between two CUDA events and synchronised, after
+    `warmup` untimed calls (the probes' kernel timings)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
 # ---------------------------------------------------------------------------------------------------------- model
 def build_model(args, device, dtype):
     import torch

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench import event_times
+
 HIDDEN, Q_OUT, KV_OUT, INTERMEDIATE = 3584, 3584, 512, 18944  # Qwen2.5-VL-7B's language model
 
 
@@ -65,22 +67,13 @@ def main() -> int:
                for name, (n_in, n_out, bias) in shapes(*dims).items()}  # fmt: skip
 
     def timed(fn) -> float:
+        if cuda:
+            return statistics.median(event_times(fn, args.repeats, warmup=3))
         for _ in range(3):
             fn()
-        if not cuda:
-            t0 = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t0) * 1e3
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(args.repeats):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        return statistics.median(times)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
 
     report = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if cuda else "cpu",
               "dims": dims, "repeats": args.repeats, "rows": {}}  # fmt: skip

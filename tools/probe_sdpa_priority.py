@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bench import event_times
+
 
 def main() -> None:
     set_priority = sys.argv[1] == "priority"
@@ -28,17 +30,7 @@ def main() -> None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     def timed(fn, n=5):
-        fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(n):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        return round(statistics.median(times), 2)
+        return round(statistics.median(event_times(fn, n, warmup=1)), 2)
 
     def show(tag):
         choice = torch._fused_sdp_choice(q, k, v, is_causal=True)

@@ -51,6 +51,8 @@ def main():
     from modeling.integration import window_attention
     from modeling.integration.window_attention import segment_attention
 
+    from bench import event_times
+
     dev, dt = torch.device("cuda"), torch.bfloat16
     H, D, W = args.heads, args.head_dim, args.window
     scale = D**-0.5
@@ -123,15 +125,7 @@ def main():
             try:
                 for _ in range(3):
                     out = fn()
-                torch.cuda.synchronize()
-                times = []
-                for _ in range(args.repeats):
-                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    a.record()
-                    fn()
-                    b.record()
-                    torch.cuda.synchronize()
-                    times.append(a.elapsed_time(b))
+                times = event_times(fn, args.repeats)
                 err = float((out.float() - (rotated_ref if "rotary" in name else ref)).abs().max())
                 rows[name] = {"ms": round(statistics.median(times), 4), "min_ms": round(min(times), 4),
                               "max_abs_diff_vs_varlen": err}  # fmt: skip
