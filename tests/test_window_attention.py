@@ -89,6 +89,18 @@ INTERPRETED = textwrap.dedent(
         else:
             raise AssertionError("bad rotary tables were accepted")
 
+    # the head dimension in steps (`CHUNK` columns for the scores, `OUT_CHUNK` for the output, where the kernel
+    # rotates): the same attention for any steps, down to 16 columns and up to the whole padded head
+    q, k, v, cu = packed([64, 64, 37, 1, 5], 3, 80, torch.float16, seed=4)
+    tables = rotary_tables(171, 80)
+    want = per_segment_attention(*apply_rotary_pos_emb_vision(q, k, *tables), v, [64, 64, 37, 1, 5], 0.3)
+    kept = wa.CHUNK, wa.OUT_CHUNK
+    for steps in ((16, 16), (16, 64), (32, 64), (64, 32), (128, 128)):
+        wa.CHUNK, wa.OUT_CHUNK = steps
+        got = wa.segment_attention(q, k, v, cu, 64, 0.3, *tables)
+        assert float((got.float() - want).abs().max()) < 2e-3, steps
+    wa.CHUNK, wa.OUT_CHUNK = kept
+
     # the order of the programs (a window's heads side by side, or each head over all windows) changes no bit
     q, k, v, cu = packed([64, 64, 37, 1, 5], 3, 80, torch.float16, seed=3)
     tables = rotary_tables(171, 80)
@@ -122,7 +134,8 @@ def test_segment_attention_is_softmax_attention_per_segment_interpreted():
     """The kernel (Triton's CPU interpreter, float16) computes each segment's softmax attention: ragged segments
     of 1 to 128 tokens, head dims 8, 16, 48, 72 and 80 (padded to the next power of two inside), strided inputs;
     given rotary tables, the attention of upstream's `apply_rotary_pos_emb_vision(q, k, cos, sin)` (bad tables
-    raise); it passes torch's custom-op checks and compiles to one graph for every token count."""
+    raise), for any steps over the head dimension (`CHUNK`, `OUT_CHUNK`); it passes torch's custom-op checks and
+    compiles to one graph for every token count."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)  # fmt: skip

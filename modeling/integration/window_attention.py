@@ -10,7 +10,9 @@ Here one program computes one (segment, head) whole: it loads the segment's quer
 the `n x n` scores in fp32, takes the softmax in fp32 and multiplies the probabilities (in the input dtype, as
 flash-attention does) by the values with fp32 accumulation. Measured (H200, docs/bench/h200-2026-12-05-window/):
 0.21 against the varlen kernel's 0.24 ms a block at 64 frames, 0.57 against 0.87 ms at 256 (still about 3x the
-memory floor at 64 frames); the compiled tower 90.8 -> 89.6 ms and 346.5 -> 339.0 ms. The function is the varlen
+memory floor at 64 frames); the compiled tower 90.8 -> 89.6 ms and 346.5 -> 339.0 ms. Where it rotates q and k
+itself (the tower's default), it takes the head dimension in steps (`CHUNK`, `OUT_CHUNK`), so that the rotation's
+fp32 tiles fit in registers (docs/bench/README.md, eighteenth step). The function is the varlen
 kernel's and upstream's per-window `sdpa`: exact softmax attention within each segment; only the rounding differs,
 as between any two attention kernels (`tests/test_window_attention.py` checks it against `sdpa` per segment; the
 GPU test against the varlen kernel).
@@ -47,6 +49,13 @@ NUM_WARPS = 4  # warps per program (`tools/probe_window_attn.py` times 2 and 8: 
 # rotary tables and qkv rows from L2 once, instead of each head once over all windows (False: the tables, 84 MB at
 # 256 frames, then come from memory 16 times; `tools/probe_window_attn.py` times both). The outputs are the same.
 HEADS_INNER = True
+# columns of the head dimension per step where the kernel rotates q and k, for the scores and for the output (powers
+# of two from 16, the smallest `tl.dot` takes): the rotation's fp32 tiles of one step, not of the whole padded head,
+# are held at a time (254 -> 126 registers a thread for the tower's heads of 80; 0.979 -> 0.785 ms a block at 256
+# frames, 0.360 -> 0.309 at 64, H100; `tools/probe_window_attn.py` times (16, 16), (16, 64), (32, 32), (32, 64),
+# (32, 128), (64, 64)). Without the rotation the head is one step (as measured before the steps: 0.52 ms at 256)
+CHUNK = 32
+OUT_CHUNK = 64
 _DTYPES = (torch.float16, torch.bfloat16)
 
 __all__ = ["MAX_SEGMENT", "segment_attention", "segment_attention_unavailable_reason"]
@@ -69,16 +78,18 @@ def segment_attention_unavailable_reason(query: Tensor, max_len: int) -> str | N
 if triton is not None:
 
     @triton.jit
-    def _rotated(X, token, head, s_t, s_h, COS, SIN, sc_t, ss_t, dims, tile_ok, HEAD_DIM: tl.constexpr,
-                 ROTARY: tl.constexpr):  # fmt: skip
-        """A ``[BLOCK_N, BLOCK_D]`` tile of one head of ``X``, rotated as upstream's `apply_rotary_pos_emb_vision`
-        does where ``ROTARY`` (in fp32: ``x * cos + rotate_half(x) * sin``, then back to the input dtype)."""
-        x = tl.load(X + token * s_t + head * s_h + dims[None, :], mask=tile_ok, other=0.0)
+    def _chunk(X, token, head, s_t, s_h, COS, SIN, sc_t, ss_t, dims, tile_ok, HEAD_DIM: tl.constexpr,
+               ROTARY: tl.constexpr):  # fmt: skip
+        """Columns ``dims`` (one ``[BLOCK_N, CHUNK]`` chunk) of one head of ``X``, rotated as upstream's
+        `apply_rotary_pos_emb_vision` does where ``ROTARY`` (in fp32: ``x * cos + rotate_half(x) * sin``, then back
+        to the input dtype); a column's partner in ``rotate_half`` is read from its own place in the row."""
+        row = X + token * s_t + head * s_h
+        x = tl.load(row + dims[None, :], mask=tile_ok, other=0.0)
         if ROTARY:
             half = HEAD_DIM // 2
             lower = dims < half  # rotate_half(x) = cat(-x[half:], x[:half])
             partner = tl.where(lower, dims + half, dims - half)
-            other = tl.load(X + token * s_t + head * s_h + partner[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+            other = tl.load(row + partner[None, :], mask=tile_ok, other=0.0).to(tl.float32)
             cos = tl.load(COS + token * sc_t + dims[None, :], mask=tile_ok, other=0.0)
             sin = tl.load(SIN + token * ss_t + dims[None, :], mask=tile_ok, other=0.0)
             turned = tl.where(lower[None, :], -other, other)
@@ -89,12 +100,14 @@ if triton is not None:
     def _segment_attention_kernel(
         Q, K, V, O, CU, COS, SIN, scale,
         sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, so_t, so_h, sc_t, ss_t,
-        n_heads, n_segments, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        ROTARY: tl.constexpr, HEADS_INNER: tl.constexpr,
+        n_heads, n_segments, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+        OUT_CHUNK: tl.constexpr, ROTARY: tl.constexpr, HEADS_INNER: tl.constexpr,
     ):  # fmt: skip
         """One (segment, head): ``O = softmax(scale * Q K^T) V`` over the segment's ``n <= BLOCK_N`` tokens, with
         ``Q`` and ``K`` rotated first where ``ROTARY``. A 1-D grid of ``n_segments * n_heads`` programs (no limit
-        of 65,535 on either count), ordered by ``HEADS_INNER``."""
+        of 65,535 on either count), ordered by ``HEADS_INNER``. The head dimension is taken in chunks: of ``CHUNK``
+        columns for the scores (summed over the chunks in order), of ``OUT_CHUNK`` for the output (written chunk by
+        chunk), so that the rotation's fp32 tiles stay small and no tile is padded far past the head (80 -> 128)."""
         program = tl.program_id(0)
         if HEADS_INNER:
             segment = program // n_heads
@@ -105,18 +118,25 @@ if triton is not None:
         start = tl.load(CU + segment)
         n = tl.load(CU + segment + 1) - start
         rows = tl.arange(0, BLOCK_N)
-        dims = tl.arange(0, BLOCK_D)
         row_ok = rows < n
-        tile_ok = row_ok[:, None] & (dims < HEAD_DIM)[None, :]
         token = (start + rows).to(tl.int64)[:, None]
-        q = _rotated(Q, token, head, sq_t, sq_h, COS, SIN, sc_t, ss_t, dims, tile_ok, HEAD_DIM, ROTARY)
-        k = _rotated(K, token, head, sk_t, sk_h, COS, SIN, sc_t, ss_t, dims, tile_ok, HEAD_DIM, ROTARY)
-        v = tl.load(V + token * sv_t + head * sv_h + dims[None, :], mask=tile_ok, other=0.0)
-        scores = tl.dot(q, tl.trans(k)) * scale  # fp32 accumulation
-        scores = tl.where(row_ok[None, :], scores, float("-inf"))  # keys past the segment's end
+        scores = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
+        for c in tl.static_range(0, HEAD_DIM, CHUNK):
+            dims = c + tl.arange(0, CHUNK)
+            tile_ok = row_ok[:, None] & (dims < HEAD_DIM)[None, :]
+            q = _chunk(Q, token, head, sq_t, sq_h, COS, SIN, sc_t, ss_t, dims, tile_ok, HEAD_DIM, ROTARY)
+            k = _chunk(K, token, head, sk_t, sk_h, COS, SIN, sc_t, ss_t, dims, tile_ok, HEAD_DIM, ROTARY)
+            scores = tl.dot(q, tl.trans(k), scores)  # fp32 accumulation
+        scores = tl.where(row_ok[None, :], scores * scale, float("-inf"))  # keys past the segment's end
         probs = tl.exp(scores - tl.max(scores, axis=1)[:, None])
-        out = tl.dot(probs.to(v.dtype), v) / tl.sum(probs, axis=1)[:, None]
-        tl.store(O + token * so_t + head * so_h + dims[None, :], out.to(O.dtype.element_ty), mask=tile_ok)
+        total = tl.sum(probs, axis=1)[:, None]
+        probs = probs.to(Q.dtype.element_ty)
+        for c in tl.static_range(0, HEAD_DIM, OUT_CHUNK):
+            dims = c + tl.arange(0, OUT_CHUNK)
+            tile_ok = row_ok[:, None] & (dims < HEAD_DIM)[None, :]
+            v = tl.load(V + token * sv_t + head * sv_h + dims[None, :], mask=tile_ok, other=0.0)
+            out = tl.dot(probs, v) / total
+            tl.store(O + token * so_t + head * so_h + dims[None, :], out.to(O.dtype.element_ty), mask=tile_ok)
 
 
 @torch.library.custom_op("prunevid::segment_attention", mutates_args=())
@@ -156,12 +176,14 @@ def segment_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Ten
     if tokens == 0 or segments <= 0:
         return out
     cos_arg, sin_arg = (cos, sin) if rotary else (query, query)  # (not read without ROTARY)
+    block_d = max(16, triton.next_power_of_2(head_dim))  # (a chunk need not be wider than the head)
     _segment_attention_kernel[(segments * heads,)](
         query, key, value, out, cu_seqlens, cos_arg, sin_arg, float(scale),
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         out.stride(0), out.stride(1), cos_arg.stride(0), sin_arg.stride(0), heads, segments,
         HEAD_DIM=head_dim, BLOCK_N=max(16, triton.next_power_of_2(max_len)),
-        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), ROTARY=rotary, HEADS_INNER=HEADS_INNER,
+        CHUNK=min(CHUNK, block_d) if rotary else block_d, OUT_CHUNK=min(OUT_CHUNK, block_d) if rotary else block_d,
+        ROTARY=rotary, HEADS_INNER=HEADS_INNER,
         num_warps=NUM_WARPS, num_stages=1,
     )  # fmt: skip
     return out
