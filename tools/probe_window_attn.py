@@ -5,7 +5,8 @@ The compiled varlen tower spends 8.9 of its 84 ms of kernels at 64 frames in fla
 (docs/bench/h200-2026-12-05-layers/probe_prefill.json), 28 of its 32 calls over windows of 64 tokens: a kernel
 whose query tile is 128 rows does half its work on nothing there, and head_dim 80 runs as 96. Timed here, on the
 tower's shapes ([tokens, 16 heads, 80], windows of 64 tokens, the packed layout the blocks hold), CUDA events,
-medians of `--repeats` calls after warm-up, each variant's output against varlen's:
+medians of `--repeats` calls after warm-up (the variants interleaved over 3 rounds), each variant's output against
+varlen's:
 
 * `varlen`: what the tower runs (`torch.nn.attention.varlen.varlen_attn` over `cu_seqlens`);
 * `sdpa_<backend>`: the equal windows as a batch, `[windows, heads, 64, 80]` views of the packed tensors, through
@@ -18,9 +19,15 @@ medians of `--repeats` calls after warm-up, each variant's output against varlen
   the compiled blocks) then the kernel, against the kernel given the tables (it rotates q and k as it loads them);
   their difference is compared with the varlen kernel on the rotated inputs;
   `segment_attention_rotary_inside_heads_outer`: the same kernel with its programs in the order used before
-  `window_attention.HEADS_INNER` (each head over all windows, so the rotary tables come from memory once per head).
+  `window_attention.HEADS_INNER` (each head over all windows, so the rotary tables come from memory once per head);
+  `segment_attention_rotary_inside_chunks_<a>_<b>`: the kernel taking the head dimension `a` columns a step for
+  the scores and `b` for the output (`window_attention.CHUNK`, `OUT_CHUNK`);
+* `before_rotary_inside` (with `--before FILE`): the same call through another copy of window_attention.py (e.g.
+  `git show <commit>:modeling/integration/window_attention.py`), interleaved with this one's.
 
-    python3 tools/probe_window_attn.py [--tokens 32768 131072] [--out DIR]
+`--only NAME ...` times the variants whose names contain one of the NAMEs (and `varlen`, the reference).
+
+    python3 tools/probe_window_attn.py [--tokens 32768 131072] [--before FILE] [--only NAME ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ def main():
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--head-dim", type=int, default=80)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--before", type=Path, help="another copy of window_attention.py to time against this one")
+    ap.add_argument("--only", nargs="+", help="time only the variants whose names contain one of these")
     ap.add_argument("--out", type=Path, default=Path("/tmp/probe-window"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -52,6 +61,17 @@ def main():
     from modeling.integration.window_attention import segment_attention
 
     from bench import event_times
+
+    before = None
+    if args.before is not None:  # its custom op renamed, so that both register
+        import importlib.util
+
+        source = args.before.read_text().replace('"prunevid::segment_attention"', '"prunevid_before::segment_attention"')
+        copy = args.out / "window_attention_before.py"
+        copy.write_text(source)
+        spec = importlib.util.spec_from_file_location("window_attention_before", copy)
+        before = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(before)
 
     dev, dt = torch.device("cuda"), torch.bfloat16
     H, D, W = args.heads, args.head_dim, args.window
@@ -115,23 +135,43 @@ def main():
             finally:
                 window_attention.HEADS_INNER = True
         variants["segment_attention_rotary_inside_heads_outer"] = heads_outer
+        for chunks in ((16, 16), (32, 64), (32, 128), (64, 64), (16, 64), (32, 32)):
+            def chunked(chunks=chunks):  # the head dimension in other steps (scores, output)
+                kept = window_attention.CHUNK, window_attention.OUT_CHUNK
+                window_attention.CHUNK, window_attention.OUT_CHUNK = chunks
+                try:
+                    return segment_attention(qs, ks, vs, cu, W, scale, cos, sin).reshape(T, -1)
+                finally:
+                    window_attention.CHUNK, window_attention.OUT_CHUNK = kept
+            variants["segment_attention_rotary_inside_chunks_%d_%d" % chunks] = chunked
+        if before is not None:
+            variants["before_rotary_inside"] = lambda: before.segment_attention(
+                qs, ks, vs, cu, W, scale, cos, sin).reshape(T, -1)
+            variants["before_no_rotary"] = lambda: before.segment_attention(q, k, v, cu, W, scale).reshape(T, -1)
         variants["compiled_sdpa"] = lambda: compiled_sdpa(q, k, v)
         variants["compiled_math"] = lambda: compiled_math(q, k, v)
+        if args.only:
+            variants = {n: f for n, f in variants.items() if n == "varlen" or any(o in n for o in args.only)}
         ref = variants["varlen"]().float()
         rotated_ref = varlen_attn(*(t.contiguous() for t in (*apply_rotary_pos_emb_vision(qs, ks, cos, sin), vs)),
                                   cu, cu, W, W, scale=scale).reshape(T, -1).float()  # fmt: skip
-        rows = {}
-        for name, fn in variants.items():
+        rows, times = {}, {}
+        for name, fn in variants.items():  # warm-up (compiles) and each output against the varlen kernel's
             try:
                 for _ in range(3):
                     out = fn()
-                times = event_times(fn, args.repeats)
                 err = float((out.float() - (rotated_ref if "rotary" in name else ref)).abs().max())
-                rows[name] = {"ms": round(statistics.median(times), 4), "min_ms": round(min(times), 4),
-                              "max_abs_diff_vs_varlen": err}  # fmt: skip
+                rows[name], times[name] = {"max_abs_diff_vs_varlen": err}, []
             except Exception as exc:  # noqa: BLE001 - a backend that cannot run these shapes
                 rows[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-            print(f"[{T} tokens] {name:16s} {rows[name]}", flush=True)
+        rounds = 3  # the variants interleaved: each round times every one of them
+        for _ in range(rounds):
+            for name in times:
+                times[name] += event_times(variants[name], max(1, args.repeats // rounds))
+        for name, row in rows.items():
+            if name in times:
+                row.update(ms=round(statistics.median(times[name]), 4), min_ms=round(min(times[name]), 4))
+            print(f"[{T} tokens] {name:16s} {row}", flush=True)
         report["shapes"][str(T)] = rows
         (args.out / "probe_window_attn.json").write_text(json.dumps(report, indent=1))
     return 0
