@@ -250,3 +250,29 @@ def test_segment_attention_on_cuda_against_the_varlen_kernel(rotary):
     err, flash_err = (float((t.float() - want).abs().max()) for t in (got, flash))
     print(f"segment_attention (rotary inside: {rotary}) max abs error {err:.5f}, varlen {flash_err:.5f}")
     assert err <= 2 * flash_err + 1e-3
+
+
+def _kernel_registers():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kernel_registers", ROOT / "tools" / "kernel_registers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(wa.triton is None or _kernel_registers().ptxas_path() is None,
+                    reason="needs Triton with its NVIDIA backend's ptxas (installed with torch's CUDA wheels)")
+def test_rotating_kernel_in_steps_fits_in_registers():
+    """Compiled for sm_90 (H100 / H200) on this machine by `tools/kernel_registers.py` (Triton's compiler and its
+    ptxas, no GPU): with the rotation inside, the tower's heads of 80 taken in the module's steps (`CHUNK`,
+    `OUT_CHUNK`) hold at most 128 registers a thread (four 4-warp programs per SM) without spilling, against
+    nearly all 255 for the whole padded head in one step (what the kernel did before: two programs per SM); every
+    read of q, k, v and the tables is a vector load."""
+    kr = _kernel_registers()
+    steps = kr.compile_kernel(head_dim=80, window=64, rotary=True)
+    whole = kr.compile_kernel(head_dim=80, window=64, chunk=128, out_chunk=128, rotary=True)
+    assert (steps["chunk"], steps["out_chunk"]) == (wa.CHUNK, wa.OUT_CHUNK)
+    assert steps["registers"] <= 128 < 200 <= whole["registers"], (steps, whole)
+    assert steps["spill_store_bytes"] == steps["spill_load_bytes"] == 0, steps
+    assert steps["scalar_loads"] <= 2 < steps["vector_loads"], steps  # (2: the segment's two boundaries)
