@@ -8,6 +8,7 @@ outputs of magnitude ~1 (float16 keeps 11 bits); bfloat16 on the GPU, within 2x 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -22,6 +23,9 @@ import modeling.integration.vision_attention as va
 import modeling.integration.window_attention as wa
 
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("kernel_registers", ROOT / "tools" / "kernel_registers.py")
+kernel_registers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kernel_registers)
 
 
 def per_segment_attention(q, k, v, lengths, scale):
@@ -252,16 +256,7 @@ def test_segment_attention_on_cuda_against_the_varlen_kernel(rotary):
     assert err <= 2 * flash_err + 1e-3
 
 
-def _kernel_registers():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("kernel_registers", ROOT / "tools" / "kernel_registers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.skipif(wa.triton is None or _kernel_registers().ptxas_path() is None,
+@pytest.mark.skipif(wa.triton is None or kernel_registers.ptxas_path() is None,
                     reason="needs Triton with its NVIDIA backend's ptxas (installed with torch's CUDA wheels)")
 def test_rotating_kernel_in_steps_fits_in_registers():
     """Compiled for sm_90 (H100 / H200) on this machine by `tools/kernel_registers.py` (Triton's compiler and its
@@ -269,9 +264,8 @@ def test_rotating_kernel_in_steps_fits_in_registers():
     `OUT_CHUNK`) hold at most 128 registers a thread (four 4-warp programs per SM) without spilling, against
     nearly all 255 for the whole padded head in one step (what the kernel did before: two programs per SM); every
     read of q, k, v and the tables is a vector load."""
-    kr = _kernel_registers()
-    steps = kr.compile_kernel(head_dim=80, window=64, rotary=True)
-    whole = kr.compile_kernel(head_dim=80, window=64, chunk=128, out_chunk=128, rotary=True)
+    steps = kernel_registers.compile_kernel(head_dim=80, window=64, rotary=True)
+    whole = kernel_registers.compile_kernel(head_dim=80, window=64, chunk=128, out_chunk=128, rotary=True)
     assert (steps["chunk"], steps["out_chunk"]) == (wa.CHUNK, wa.OUT_CHUNK)
     assert steps["registers"] <= 128 < 200 <= whole["registers"], (steps, whole)
     assert steps["spill_store_bytes"] == steps["spill_load_bytes"] == 0, steps

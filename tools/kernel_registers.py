@@ -45,11 +45,9 @@ def compile_kernel(head_dim: int = 80, window: int = 64, chunk: int | None = Non
     from modeling.integration import window_attention as wa
 
     kernel = wa._segment_attention_kernel
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    chunk = min(wa.CHUNK if chunk is None else chunk, block_d) if rotary else block_d
-    out_chunk = min(wa.OUT_CHUNK if out_chunk is None else out_chunk, block_d) if rotary else block_d
-    constants = {"HEAD_DIM": head_dim, "BLOCK_N": max(16, triton.next_power_of_2(window)), "CHUNK": chunk,
-                 "OUT_CHUNK": out_chunk, "ROTARY": rotary, "HEADS_INNER": wa.HEADS_INNER}  # fmt: skip
+    steps = (wa.CHUNK if chunk is None else chunk, wa.OUT_CHUNK if out_chunk is None else out_chunk)
+    constants = wa._constants(head_dim, window, rotary, steps)  # (as `segment_attention` launches it)
+    chunk, out_chunk = constants["CHUNK"], constants["OUT_CHUNK"]
     signature = {}
     for name in kernel.arg_names:
         if name in constants:

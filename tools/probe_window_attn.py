@@ -66,12 +66,25 @@ def main():
     if args.before is not None:  # its custom op renamed, so that both register
         import importlib.util
 
-        source = args.before.read_text().replace('"prunevid::segment_attention"', '"prunevid_before::segment_attention"')
+        source = args.before.read_text()
+        source = source.replace('"prunevid::segment_attention"', '"prunevid_before::segment_attention"')
         copy = args.out / "window_attention_before.py"
         copy.write_text(source)
         spec = importlib.util.spec_from_file_location("window_attention_before", copy)
         before = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(before)
+
+    def with_settings(call, **settings):  # `call` with some of window_attention's settings changed while it runs
+        def run():
+            kept = {name: getattr(window_attention, name) for name in settings}
+            for name, value in settings.items():
+                setattr(window_attention, name, value)
+            try:
+                return call()
+            finally:
+                for name, value in kept.items():
+                    setattr(window_attention, name, value)
+        return run
 
     dev, dt = torch.device("cuda"), torch.bfloat16
     H, D, W = args.heads, args.head_dim, args.window
@@ -108,14 +121,9 @@ def main():
                 with sdpa_kernel([backend]):
                     return sdpa(q, k, v)
             variants[f"sdpa_{name}"] = call
-        for warps in (4, 2, 8):
-            def triton_call(warps=warps):
-                window_attention.NUM_WARPS = warps
-                try:
-                    return segment_attention(q, k, v, cu, W, scale).reshape(T, -1)
-                finally:
-                    window_attention.NUM_WARPS = 4
-            variants["segment_attention" + ("" if warps == 4 else f"_{warps}warps")] = triton_call
+        variants["segment_attention"] = lambda: segment_attention(q, k, v, cu, W, scale).reshape(T, -1)
+        for warps in (2, 8):
+            variants[f"segment_attention_{warps}warps"] = with_settings(variants["segment_attention"], NUM_WARPS=warps)
         # with the rotary embedding (the tower's blocks): upstream's rotation compiled (one fused pointwise kernel,
         # as inside the compiled blocks) then the kernel, against the kernel rotating q and k itself; q, k, v as
         # the strided views of one qkv projection output that the blocks hold
@@ -126,24 +134,13 @@ def main():
         cos, sin = emb.cos(), emb.sin()
         variants["rotary_then_segment_attention"] = lambda: segment_attention(
             *compiled_rotary(qs, ks, cos, sin), vs, cu, W, scale).reshape(T, -1)
-        variants["segment_attention_rotary_inside"] = lambda: segment_attention(
+        inside = variants["segment_attention_rotary_inside"] = lambda: segment_attention(
             qs, ks, vs, cu, W, scale, cos, sin).reshape(T, -1)
-        def heads_outer():  # the programs' order before: each head over all windows (the tables read 16 times)
-            window_attention.HEADS_INNER = False
-            try:
-                return segment_attention(qs, ks, vs, cu, W, scale, cos, sin).reshape(T, -1)
-            finally:
-                window_attention.HEADS_INNER = True
-        variants["segment_attention_rotary_inside_heads_outer"] = heads_outer
-        for chunks in ((16, 16), (32, 64), (32, 128), (64, 64), (16, 64), (32, 32)):
-            def chunked(chunks=chunks):  # the head dimension in other steps (scores, output)
-                kept = window_attention.CHUNK, window_attention.OUT_CHUNK
-                window_attention.CHUNK, window_attention.OUT_CHUNK = chunks
-                try:
-                    return segment_attention(qs, ks, vs, cu, W, scale, cos, sin).reshape(T, -1)
-                finally:
-                    window_attention.CHUNK, window_attention.OUT_CHUNK = kept
-            variants["segment_attention_rotary_inside_chunks_%d_%d" % chunks] = chunked
+        # the programs' order before: each head over all windows (the tables read 16 times)
+        variants["segment_attention_rotary_inside_heads_outer"] = with_settings(inside, HEADS_INNER=False)
+        for chunk, out_chunk in ((16, 16), (32, 64), (32, 128), (64, 64), (16, 64), (32, 32)):  # other steps
+            variants[f"segment_attention_rotary_inside_chunks_{chunk}_{out_chunk}"] = with_settings(
+                inside, CHUNK=chunk, OUT_CHUNK=out_chunk)
         if before is not None:
             variants["before_rotary_inside"] = lambda: before.segment_attention(
                 qs, ks, vs, cu, W, scale, cos, sin).reshape(T, -1)

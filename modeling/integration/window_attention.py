@@ -176,17 +176,25 @@ def segment_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Ten
     if tokens == 0 or segments <= 0:
         return out
     cos_arg, sin_arg = (cos, sin) if rotary else (query, query)  # (not read without ROTARY)
-    block_d = max(16, triton.next_power_of_2(head_dim))  # (a chunk need not be wider than the head)
     _segment_attention_kernel[(segments * heads,)](
         query, key, value, out, cu_seqlens, cos_arg, sin_arg, float(scale),
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         out.stride(0), out.stride(1), cos_arg.stride(0), sin_arg.stride(0), heads, segments,
-        HEAD_DIM=head_dim, BLOCK_N=max(16, triton.next_power_of_2(max_len)),
-        CHUNK=min(CHUNK, block_d) if rotary else block_d, OUT_CHUNK=min(OUT_CHUNK, block_d) if rotary else block_d,
-        ROTARY=rotary, HEADS_INNER=HEADS_INNER,
-        num_warps=NUM_WARPS, num_stages=1,
+        **_constants(head_dim, max_len, rotary), num_warps=NUM_WARPS, num_stages=1,
     )  # fmt: skip
     return out
+
+
+def _constants(head_dim: int, max_len: int, rotary: bool,
+               steps: tuple[int, int] | None = None) -> dict[str, int | bool]:  # fmt: skip
+    """The kernel's compile-time constants for heads of ``head_dim``, segments of at most ``max_len`` tokens and
+    the rotation on or off, with this module's settings (``steps``: other ``(CHUNK, OUT_CHUNK)``): what
+    `segment_attention` launches with, and what `tools/kernel_registers.py` compiles."""
+    block_d = max(16, triton.next_power_of_2(head_dim))  # (a step need not be wider than the padded head)
+    chunk, out_chunk = steps or (CHUNK, OUT_CHUNK)
+    chunk, out_chunk = (min(chunk, block_d), min(out_chunk, block_d)) if rotary else (block_d, block_d)
+    return {"HEAD_DIM": head_dim, "BLOCK_N": max(16, triton.next_power_of_2(max_len)), "CHUNK": chunk,
+            "OUT_CHUNK": out_chunk, "ROTARY": rotary, "HEADS_INNER": HEADS_INNER}  # fmt: skip
 
 
 @segment_attention.register_fake
