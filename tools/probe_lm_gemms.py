@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from bench import event_times
 
 HIDDEN, Q_OUT, KV_OUT, INTERMEDIATE = 3584, 3584, 512, 18944  # Qwen2.5-VL-7B's language model
+LAYER = ("q", "k", "v", "o", "gate", "up", "down")  # a decoder layer's projections
+REGROUPED = ("qkv_fused", "o", "gate_up_fused", "down")  # the same layer with q/k/v and gate/up as one GEMM each
 
 
 def shapes(hidden: int, q_out: int, kv_out: int, intermediate: int) -> dict[str, tuple[int, int, bool]]:
@@ -85,9 +87,9 @@ def main() -> int:
             x = inputs[weight.shape[1]]
             ms = timed(lambda: F.linear(x, weight, bias))
             rec[name] = {"ms": round(ms, 4), "tflops": round(2 * rows * weight.numel() / ms / 1e9, 1)}
-        layer = sum(rec[n]["ms"] for n in ("q", "k", "v", "o", "gate", "up", "down"))
-        regrouped = sum(rec[n]["ms"] for n in ("qkv_fused", "o", "gate_up_fused", "down"))
-        flops = 2 * rows * sum(weights[n][0].numel() for n in ("q", "k", "v", "o", "gate", "up", "down"))
+        layer = sum(rec[n]["ms"] for n in LAYER)
+        regrouped = sum(rec[n]["ms"] for n in REGROUPED)
+        flops = 2 * rows * sum(weights[n][0].numel() for n in LAYER)
         rec["layer"] = {"ms": round(layer, 4), "tflops": round(flops / layer / 1e9, 1)}
         rec["layer_regrouped"] = {"ms": round(regrouped, 4), "tflops": round(flops / regrouped / 1e9, 1)}
         report["rows"][str(rows)] = rec
