@@ -589,6 +589,55 @@ def test_mlp_hook_is_stock_eagerly_and_pads_while_compiling(monkeypatch):
         assert len(graphs) == 1, "recompiled for a new setting object or length"
 
 
+def test_mlp_residual_is_the_block_mlp_line_fp32():
+    """`mlp_residual`: `residual + mlp(x)` with the sum in `down_proj`'s GEMM (`residual_addmm`, the residual plus
+    the bias as its C), padded (60 units) or not (64), for 2-D and 3-D inputs; None for a module that is not
+    upstream's plain gated MLP."""
+    for units in (60, 64):
+        upstream, ours, x = _vision_mlp(units)
+        residual = torch.randn_like(x)
+        with torch.no_grad():
+            want = residual + upstream(x)
+            got = va.mlp_residual(ours, x, residual)
+            assert got.shape == want.shape and rel(got, want) < 1e-6
+            got3 = va.mlp_residual(ours, x.view(1, *x.shape), residual.view(1, *x.shape))
+            assert got3.shape == (1, *x.shape) and rel(got3[0], want) < 1e-6
+    ours.up_proj.register_forward_pre_hook(lambda *args: None)
+    assert va.mlp_residual(ours, x, residual) is None
+
+
+def test_block_mlp_hook_is_stock_eagerly_and_sums_in_the_gemm_while_compiling(monkeypatch):
+    """The `vision-mlp-residual` hook: eagerly, None (the stock line runs); in the compiled blocks
+    (`varlen_compiled`, backend "reference" on the CPU), every block's MLP residual added by `residual_addmm`, the
+    tower's output as the stock tower's (fp32); with `residual_in_gemm` off, no block calls it (stock's add)."""
+    tower, config = make_tower(depth=3)
+    x = pixels(config)
+    want = run(tower, x)
+    with torch.no_grad(), monkeypatch.context() as patched:
+        patched.setattr(va, "mlp_residual", lambda *args, **kwargs: pytest.fail("summed in an eager call"))
+        eager = va.VisionVarlenAttention("reference")
+        assert eager.block_mlp(tower.blocks[0], torch.randn(4, config.vision_config.hidden_size)) is None
+        assert all(rel(a, b) < 1e-5 for a, b in zip(run(tower, x, eager), want))
+    for in_gemm in (True, False):
+        torch._dynamo.reset()
+        graphs = []
+
+        def backend(gm, example_inputs):
+            graphs.append(gm)
+            return gm.forward
+
+        attention = va.VisionVarlenAttention("reference", compile={"backend": backend, "fullgraph": True})
+        kept = va.VisionVarlenAttention.residual_in_gemm
+        va.VisionVarlenAttention.residual_in_gemm = in_gemm
+        try:
+            with torch.no_grad():
+                got = run(tower, x, attention)
+        finally:
+            va.VisionVarlenAttention.residual_in_gemm = kept
+        assert graphs and all(("residual_addmm" in gm.code) == in_gemm for gm in graphs), in_gemm
+        assert all(rel(a, b) < 1e-5 for a, b in zip(got, want))
+
+
 def test_compiled_setting_falls_back_uncompiled_where_the_kernel_cannot_run(caplog):
     """On the CPU (no varlen kernel) "varlen_compiled" runs the stock tower, bitwise, with nothing compiled."""
     tower, config = make_tower()

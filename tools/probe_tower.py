@@ -18,6 +18,8 @@ Variants (each the `block(blk)` callable of the tower's `VisionVarlenAttention`,
 * `equal_segments_sdpa`: the same with the full-attention blocks' segments (a video's frame pairs, one length)
   attended by `sdpa` as a batch, cuDNN's kernel on Hopper (`VisionVarlenAttention.equal_segments_sdpa = True`, the
   default now); the variants before it run those blocks through the varlen kernel;
+* `residual_in_gemm`: the same with the MLP's residual added inside `down_proj`'s GEMM (the `vision-mlp-residual`
+  hook, `VisionVarlenAttention.residual_in_gemm = True`, the default now); every variant before it adds it after;
 * `nopad`: inductor's `shape_padding` off, the hook off (unaligned GEMMs);
 * `*_cdt`: with inductor's `coordinate_descent_tuning` (pointwise / reduction kernels tuned).
 
@@ -110,6 +112,7 @@ def main():
         "equal_segments_sdpa": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True, "auto"),
         "padded_mlp_cdt": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True, "options": cdt}), True,
                            "auto"),
+        "residual_in_gemm": (runner(lambda blk, *a, **k: blk(*a, **k), {"dynamic": True}), True, "auto"),
     }
     names = args.variants or list(variants)
     unknown = sorted(set(names) - set(variants))
@@ -118,10 +121,11 @@ def main():
 
     def use(name):
         vision.block, pad, vision.backend = variants[name]
-        vision.rotary_in_kernel = name in ("padded_mlp_rotary_inside", "equal_segments_sdpa")
-        vision.equal_segments_sdpa = name == "equal_segments_sdpa"
+        vision.rotary_in_kernel = name in ("padded_mlp_rotary_inside", "equal_segments_sdpa", "residual_in_gemm")
+        vision.equal_segments_sdpa = name in ("equal_segments_sdpa", "residual_in_gemm")
+        type(vision).residual_in_gemm = name == "residual_in_gemm"
         for block in tower.blocks:
-            block.mlp._prunevid_vision = vision if pad else None
+            block.mlp._prunevid_vision = block._prunevid_vision = vision if pad else None
 
     def call():
         with torch.no_grad():
