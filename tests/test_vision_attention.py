@@ -785,6 +785,32 @@ def test_real_varlen_kernel_on_cuda(compiled, backend):
     not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
     reason="needs CUDA and torch.nn.attention.varlen",
 )
+def test_residual_in_gemm_on_cuda(monkeypatch):
+    """The compiled tower (bf16, "auto") with every block's MLP residual added by cuBLAS's `addmm`
+    (`residual_in_gemm`; the CPU test shows it traced in every block): about as accurate as the stock bf16 tower and
+    as the compiled tower without it."""
+    tower, config = make_tower(vision_intermediate_size=60)
+    tower = tower.cuda()
+    x = pixels(config).cuda()
+    exact = run(tower, x)[0]
+    tower16 = tower.to(torch.bfloat16)
+    stock16 = run(tower16, x.bfloat16())[0]
+    got = {}
+    for in_gemm in (False, True):
+        monkeypatch.setattr(va.VisionVarlenAttention, "residual_in_gemm", in_gemm)
+        torch._dynamo.reset()
+        got[in_gemm] = run(tower16, x.bfloat16(), va.VisionVarlenAttention("auto", compile=True))[0]
+    print(f"relative error: stock bf16 {rel(stock16, exact):.5f}, compiled {rel(got[False], exact):.5f}, "
+          f"residual in the GEMM {rel(got[True], exact):.5f}")
+    assert rel(got[True], exact) <= 1.5 * rel(stock16, exact) + 1e-3
+    assert rel(got[True], exact) <= 1.5 * rel(got[False], exact) + 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
+    reason="needs CUDA and torch.nn.attention.varlen",
+)
 @pytest.mark.parametrize("compiled", [False, True])
 def test_equal_segments_sdpa_on_cuda(monkeypatch, compiled):
     """One video (4 frame pairs of 224 tokens: one length): its full-attention blocks through `_equal_segments_sdpa`
