@@ -627,15 +627,23 @@ def test_block_mlp_hook_is_stock_eagerly_and_sums_in_the_gemm_while_compiling(mo
             return gm.forward
 
         attention = va.VisionVarlenAttention("reference", compile={"backend": backend, "fullgraph": True})
-        kept = va.VisionVarlenAttention.residual_in_gemm
-        va.VisionVarlenAttention.residual_in_gemm = in_gemm
-        try:
-            with torch.no_grad():
-                got = run(tower, x, attention)
-        finally:
-            va.VisionVarlenAttention.residual_in_gemm = kept
+        monkeypatch.setattr(va.VisionVarlenAttention, "residual_in_gemm", in_gemm)
+        with torch.no_grad():
+            got = run(tower, x, attention)
         assert graphs and all(("residual_addmm" in gm.code) == in_gemm for gm in graphs), in_gemm
         assert all(rel(a, b) < 1e-5 for a, b in zip(got, want))
+    # an MLP with a hook of its own (e.g. a user's, reading its output) is called as a module: its hook runs (set
+    # before compiling: dynamo does not guard on hooks added later)
+    monkeypatch.setattr(va.VisionVarlenAttention, "residual_in_gemm", True)
+    torch._dynamo.reset()
+    seen = []
+    handle = tower.blocks[1].mlp.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    try:
+        with torch.no_grad():
+            got = run(tower, x, va.VisionVarlenAttention("reference", compile={"backend": backend, "fullgraph": True}))
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and all(rel(a, b) < 1e-5 for a, b in zip(got, want))
 
 
 def test_compiled_setting_falls_back_uncompiled_where_the_kernel_cannot_run(caplog):

@@ -327,10 +327,12 @@ class VisionVarlenAttention:
         """Hook 6 (`Qwen2_5_VLVisionBlock.forward`, before its MLP line): while `torch.compile` traces the tower's
         blocks and `residual_in_gemm` is on (a class setting), the line's `hidden_states +
         mlp(norm2(hidden_states))` with the sum inside `down_proj`'s GEMM ([`mlp_residual`]); None otherwise (eager
-        calls, and an MLP that `padded_mlp` does not recognise), so the stock line runs. Reads nothing of `self`."""
+        calls, an MLP that `padded_mlp` does not recognise, and one with hooks of its own, which its call would run),
+        so the stock line runs. Reads nothing of `self`."""
         if not (torch.compiler.is_compiling() and VisionVarlenAttention.residual_in_gemm):
             return None
-        if _gated_linears(block.mlp) is None:
+        mlp = block.mlp
+        if mlp._forward_hooks or mlp._forward_pre_hooks or hasattr(mlp, "_hf_hook") or _gated_linears(mlp) is None:
             return None
         return mlp_residual(block.mlp, block.norm2(hidden_states), hidden_states)
 
