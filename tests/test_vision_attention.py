@@ -80,6 +80,17 @@ def rel(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
+def bf16_tower_on_cuda(grid=GRID):
+    """A tiny tower on CUDA (60 MLP units: the compiled blocks pad them) for the GPU tests: the tower and pixels in
+    bf16, the fp32 tower's output (exact) and the stock bf16 tower's."""
+    tower, config = make_tower(vision_intermediate_size=60)
+    tower = tower.cuda()
+    x = pixels(config, grid=grid).cuda()
+    exact = run(tower, x, grid=grid)[0]
+    tower16, x16 = tower.to(torch.bfloat16), x.bfloat16()
+    return tower16, x16, exact, run(tower16, x16, grid=grid)[0]
+
+
 @pytest.fixture(autouse=True)
 def _fresh_warnings():
     va._warned.clear()
@@ -778,13 +789,8 @@ def test_backend_validation():
 def test_real_varlen_kernel_on_cuda(compiled, backend):
     """The real kernel, plain and compiled (the compiled tower's MLP of 60 units runs padded), about as accurate
     as the stock bf16 tower; "auto" runs the windowed blocks through the Triton kernel (`window_attention`)."""
-    tower, config = make_tower(vision_intermediate_size=60)
-    tower = tower.cuda()
-    x = pixels(config).cuda()
-    exact = run(tower, x)[0]
-    tower16 = tower.to(torch.bfloat16)
-    stock16 = run(tower16, x.bfloat16())[0]
-    fused16 = run(tower16, x.bfloat16(), va.VisionVarlenAttention(backend, compile=compiled))[0]
+    tower16, x16, exact, stock16 = bf16_tower_on_cuda()
+    fused16 = run(tower16, x16, va.VisionVarlenAttention(backend, compile=compiled))[0]
     assert rel(fused16, exact) <= 1.5 * rel(stock16, exact) + 1e-3
 
 
@@ -797,17 +803,12 @@ def test_residual_in_gemm_on_cuda(monkeypatch):
     """The compiled tower (bf16, "auto") with every block's MLP residual added by cuBLAS's `addmm`
     (`residual_in_gemm`; the CPU test shows it traced in every block): about as accurate as the stock bf16 tower and
     as the compiled tower without it."""
-    tower, config = make_tower(vision_intermediate_size=60)
-    tower = tower.cuda()
-    x = pixels(config).cuda()
-    exact = run(tower, x)[0]
-    tower16 = tower.to(torch.bfloat16)
-    stock16 = run(tower16, x.bfloat16())[0]
+    tower16, x16, exact, stock16 = bf16_tower_on_cuda()
     got = {}
     for in_gemm in (False, True):
         monkeypatch.setattr(va.VisionVarlenAttention, "residual_in_gemm", in_gemm)
         torch._dynamo.reset()
-        got[in_gemm] = run(tower16, x.bfloat16(), va.VisionVarlenAttention("auto", compile=True))[0]
+        got[in_gemm] = run(tower16, x16, va.VisionVarlenAttention("auto", compile=True))[0]
     print(f"relative error: stock bf16 {rel(stock16, exact):.5f}, compiled {rel(got[False], exact):.5f}, "
           f"residual in the GEMM {rel(got[True], exact):.5f}")
     assert rel(got[True], exact) <= 1.5 * rel(stock16, exact) + 1e-3
@@ -827,12 +828,7 @@ def test_equal_segments_sdpa_on_cuda(monkeypatch, compiled):
     kernel `sdpa` picks afterwards for the language model's shapes is the one it picked before. Compiled, the
     tower's CUDA graph replays the same output bit for bit."""
     grid = torch.tensor([[4, 16, 14]])
-    tower, config = make_tower(vision_intermediate_size=60)
-    tower = tower.cuda()
-    x = pixels(config, grid=grid).cuda()
-    exact = run(tower, x, grid=grid)[0]
-    tower16 = tower.to(torch.bfloat16)
-    stock16 = run(tower16, x.bfloat16(), grid=grid)[0]
+    tower16, x16, exact, stock16 = bf16_tower_on_cuda(grid)
     lm = [torch.randn(1, 28, 2048, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
     choice = [torch._fused_sdp_choice(*lm, is_causal=causal) for causal in (True, False)]
     calls = []
@@ -842,7 +838,7 @@ def test_equal_segments_sdpa_on_cuda(monkeypatch, compiled):
     fused = {}
     for flag in (True, False):
         monkeypatch.setattr(va.VisionVarlenAttention, "equal_segments_sdpa", flag)
-        fused[flag] = run(tower16, x.bfloat16(), va.VisionVarlenAttention("auto", compile=compiled), grid=grid)[0]
+        fused[flag] = run(tower16, x16, va.VisionVarlenAttention("auto", compile=compiled), grid=grid)[0]
     assert compiled or calls == [224]  # the one full-attention block of the three
     for out in fused.values():
         assert rel(out, exact) <= 1.5 * rel(stock16, exact) + 1e-3
@@ -850,7 +846,7 @@ def test_equal_segments_sdpa_on_cuda(monkeypatch, compiled):
     assert [torch._fused_sdp_choice(*lm, is_causal=causal) for causal in (True, False)] == choice
     if compiled:  # the tower's CUDA graph over the batched kernel: recorded at the second call, replayed after
         monkeypatch.setattr(va.VisionVarlenAttention, "equal_segments_sdpa", True)
-        again = [run(tower16, x.bfloat16(), va.VisionVarlenAttention("auto", compile=True), grid=grid)[0]
+        again = [run(tower16, x16, va.VisionVarlenAttention("auto", compile=True), grid=grid)[0]
                  for _ in range(2)]  # fmt: skip
         runner = tower16._prunevid_tower_graphs
         assert (runner.recorded, runner.replayed) == (1, 2)

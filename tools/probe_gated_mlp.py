@@ -66,30 +66,31 @@ def main():
     from bench import event_times
 
     @triton.jit
-    def tma_kernel(xd, gd, ud, BG, BU, od, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):  # fmt: skip
-        program = tl.program_id(0)
-        tiles_m = tl.cdiv(M, BLOCK_M)
-        tiles_n = tl.cdiv(N, BLOCK_N)
+    def one_tile(xd, gd, ud, BG, BU, od, N, K, tile, tiles_m, tiles_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):  # fmt: skip
+        """Tile `tile` of the output (in groups of GROUP_M row tiles per column tile): both products over K, the
+        biases, `silu(gate) * up`, stored."""
         per_group = GROUP_M * tiles_n
-        first_m = (program // per_group) * GROUP_M
+        first_m = (tile // per_group) * GROUP_M
         group_m = min(tiles_m - first_m, GROUP_M)
-        tile_m = first_m + (program % per_group) % group_m
-        tile_n = (program % per_group) // group_m
-        off_m = tile_m * BLOCK_M
-        off_n = tile_n * BLOCK_N
+        off_m = (first_m + (tile % per_group) % group_m) * BLOCK_M
+        off_n = ((tile % per_group) // group_m) * BLOCK_N
         gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, tl.cdiv(K, BLOCK_K)):
+        for k in range(tl.cdiv(K, BLOCK_K)):
             x = xd.load([off_m, k * BLOCK_K])
-            g = gd.load([off_n, k * BLOCK_K])
-            u = ud.load([off_n, k * BLOCK_K])
-            gate = tl.dot(x, g.T, gate)
-            up = tl.dot(x, u.T, up)
+            gate = tl.dot(x, gd.load([off_n, k * BLOCK_K]).T, gate)
+            up = tl.dot(x, ud.load([off_n, k * BLOCK_K]).T, up)
         cols = off_n + tl.arange(0, BLOCK_N)
         gate += tl.load(BG + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
         up += tl.load(BU + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
         od.store([off_m, off_n], (gate * tl.sigmoid(gate) * up).to(od.dtype))
+
+    @triton.jit
+    def tma_kernel(xd, gd, ud, BG, BU, od, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):  # fmt: skip
+        one_tile(xd, gd, ud, BG, BU, od, N, K, tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N),
+                 BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)  # fmt: skip
 
     @triton.jit
     def persistent_kernel(xd, gd, ud, BG, BU, od, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -97,52 +98,32 @@ def main():
                           WARP_SPECIALIZE: tl.constexpr):  # fmt: skip
         tiles_m = tl.cdiv(M, BLOCK_M)
         tiles_n = tl.cdiv(N, BLOCK_N)
-        k_tiles = tl.cdiv(K, BLOCK_K)
-        per_group = GROUP_M * tiles_n
         for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_SMS, flatten=True,
                              warp_specialize=WARP_SPECIALIZE):  # fmt: skip
-            first_m = (tile // per_group) * GROUP_M
-            group_m = min(tiles_m - first_m, GROUP_M)
-            off_m = (first_m + (tile % per_group) % group_m) * BLOCK_M
-            off_n = ((tile % per_group) // group_m) * BLOCK_N
-            gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for k in range(k_tiles):
-                x = xd.load([off_m, k * BLOCK_K])
-                gate = tl.dot(x, gd.load([off_n, k * BLOCK_K]).T, gate)
-                up = tl.dot(x, ud.load([off_n, k * BLOCK_K]).T, up)
-            cols = off_n + tl.arange(0, BLOCK_N)
-            gate += tl.load(BG + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-            up += tl.load(BU + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-            od.store([off_m, off_n], (gate * tl.sigmoid(gate) * up).to(od.dtype))
+            one_tile(xd, gd, ud, BG, BU, od, N, K, tile, tiles_m, tiles_n, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
 
-    def persistent_call(x, wg, wu, bg, bu, cfg):
-        bm, bn, bk, warps, stages, group, ws = cfg
-        m, k = x.shape
-        n = wg.shape[0]
+    def launch(kernel, x, wg, wu, bg, bu, bm, bn, bk, warps, stages, group, programs=None, **extra):
+        """`kernel` over TMA descriptors of x, the weights and a new output, on `programs` programs (default:
+        one per tile)."""
+        (m, k), n = x.shape, wg.shape[0]
         out = x.new_empty((m, n))
         descs = (TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(wg, [bn, bk]),
                  TensorDescriptor.from_tensor(wu, [bn, bk]))  # fmt: skip
-        od = TensorDescriptor.from_tensor(out, [bm, bn])
-        grid = (min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
-        persistent_kernel[grid](*descs, bg, bu, od, m, n, k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group,
-                                NUM_SMS=sms, WARP_SPECIALIZE=ws, num_warps=warps, num_stages=stages)  # fmt: skip
+        tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+        kernel[(min(programs or tiles, tiles),)](
+            *descs, bg, bu, TensorDescriptor.from_tensor(out, [bm, bn]), m, n, k, BLOCK_M=bm, BLOCK_N=bn,
+            BLOCK_K=bk, GROUP_M=group, num_warps=warps, num_stages=stages, **extra,
+        )  # fmt: skip
         return out
 
     def tma_call(x, wg, wu, bg, bu, cfg):
-        bm, bn, bk, warps, stages, group = cfg
-        m, k = x.shape
-        n = wg.shape[0]
-        out = x.new_empty((m, n))
-        descs = (TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(wg, [bn, bk]),
-                 TensorDescriptor.from_tensor(wu, [bn, bk]))  # fmt: skip
-        od = TensorDescriptor.from_tensor(out, [bm, bn])
-        grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-        tma_kernel[grid](*descs, bg, bu, od, m, n, k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group,
-                         num_warps=warps, num_stages=stages)  # fmt: skip
-        return out
+        return launch(tma_kernel, x, wg, wu, bg, bu, *cfg)
+
+    def persistent_call(x, wg, wu, bg, bu, cfg):
+        *tile, ws = cfg
+        return launch(persistent_kernel, x, wg, wu, bg, bu, *tile, programs=sms, NUM_SMS=sms, WARP_SPECIALIZE=ws)
 
     device = torch.device("cuda")
     dtype = torch.bfloat16

@@ -334,7 +334,7 @@ class VisionVarlenAttention:
         mlp = block.mlp
         if mlp._forward_hooks or mlp._forward_pre_hooks or hasattr(mlp, "_hf_hook") or _gated_linears(mlp) is None:
             return None
-        return mlp_residual(block.mlp, block.norm2(hidden_states), hidden_states)
+        return mlp_residual(mlp, block.norm2(hidden_states), hidden_states)
 
 
 def padded_mlp(module: torch.nn.Module, hidden_states: torch.Tensor, multiple: int = 8) -> torch.Tensor | None:
