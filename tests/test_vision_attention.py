@@ -601,18 +601,30 @@ def test_mlp_hook_is_stock_eagerly_and_pads_while_compiling(monkeypatch):
 
 
 def test_mlp_residual_is_the_block_mlp_line_fp32():
-    """`mlp_residual`: `residual + mlp(x)` with the sum in `down_proj`'s GEMM (`residual_addmm`, the residual plus
-    the bias as its C), padded (60 units) or not (64), for 2-D and 3-D inputs; None for a module that is not
-    upstream's plain gated MLP."""
-    for units in (60, 64):
+    """`mlp_residual`: `residual + mlp(x)` as one GEMM (`residual_addmm`: the residual itself as its C, the bias a
+    unit of the padded intermediate), 60 units (padded to 64, the bias in the padding), 63 (the bias fills the last
+    unit) or 64 (padded to 72), for 2-D and 3-D inputs, with or without a bias; nothing added outside the GEMM; None
+    for a module that is not upstream's plain gated MLP."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    for units, bias in ((60, True), (63, True), (64, True), (60, False)):
         upstream, ours, x = _vision_mlp(units)
+        if not bias:
+            upstream.down_proj.bias = ours.down_proj.bias = None
         residual = torch.randn_like(x)
         with torch.no_grad():
             want = residual + upstream(x)
             got = va.mlp_residual(ours, x, residual)
-            assert got.shape == want.shape and rel(got, want) < 1e-6
+            assert got.shape == want.shape and rel(got, want) < 1e-6, (units, bias)
             got3 = va.mlp_residual(ours, x.view(1, *x.shape), residual.view(1, *x.shape))
             assert got3.shape == (1, *x.shape) and rel(got3[0], want) < 1e-6
+            graph = make_fx(lambda h, r: va.mlp_residual(ours, h, r))(x, residual).graph
+        (gemm,) = [n for n in graph.nodes if n.target is torch.ops.prunevid.residual_addmm.default]
+        c, a, weight = gemm.args
+        while c.op != "placeholder" and c.target in (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default):
+            c = c.args[0]
+        assert c.op == "placeholder" and c.name == "r_1" and weight.meta["val"].shape[1] % 8 == 0, (units, bias)
+        assert not [n for n in graph.nodes if n.target is torch.ops.aten.add.Tensor]  # (gate and up: two addmm)
     ours.up_proj.register_forward_pre_hook(lambda *args: None)
     assert va.mlp_residual(ours, x, residual) is None
 

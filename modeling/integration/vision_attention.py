@@ -357,22 +357,28 @@ def padded_mlp(module: torch.nn.Module, hidden_states: torch.Tensor, multiple: i
 def mlp_residual(module: torch.nn.Module, hidden_states: torch.Tensor, residual: torch.Tensor,
                  multiple: int = 8) -> torch.Tensor | None:  # fmt: skip
     """`residual + down_proj(act_fn(gate_proj(x)) * up_proj(x))` (the vision block's MLP line, `x` the normed
-    input) with the sum inside `down_proj`'s GEMM: `residual + down_proj.bias` is cuBLAS's `addmm` C, read in the
-    GEMM's epilogue ([`residual_addmm`]), instead of the GEMM's output written, read back and added to the residual
-    by a pointwise kernel (a write and two reads of `[tokens, hidden]` a block: the compiled tower's standalone add,
-    13.6 ms at 256 frames on an H100). Under `torch.compile` the bias joins the residual in the kernel that makes
-    the residual (the previous add, fused with `norm2`). The intermediate is padded as in [`padded_mlp`]. The same
-    function; the rounding differs (the bias is added to the residual in the input dtype, and the product joins
-    them in fp32 and is rounded once), as between any two GEMMs. None when `module` is not upstream's gated MLP."""
+    input) as one GEMM: cuBLAS's `addmm` with the residual as its C, read in the GEMM's epilogue
+    ([`residual_addmm`]), instead of the GEMM's output written, read back and added to the residual by a
+    pointwise kernel (a write and two reads of `[tokens, hidden]` a block). `down_proj`'s bias is one more unit of
+    the intermediate, padded as in [`padded_mlp`]: that unit is 1 (a `where` in the kernel that multiplies gate and
+    up) and meets the bias as its column of the padded `down_proj` weight, so no pass adds the bias either (adding it
+    to the residual first took the pass the GEMM's C saves: 14.8 ms of the tower at 256 frames on an H100). The same
+    function; the rounding differs (the bias and the residual join the product in the GEMM's fp32 and the sum is
+    rounded once), as between any two GEMMs. None when `module` is not upstream's gated MLP."""
     linears = _gated_linears(module)
     if linears is None:
         return None
-    pad = -linears[0].out_features % multiple
-    down = linears[2]
+    units, down = linears[0].out_features, linears[2]
+    pad = -(units + (down.bias is not None)) % multiple + (down.bias is not None)  # room for the bias's unit
     hidden = _gated_product(module, hidden_states, pad)
-    c = residual if down.bias is None else residual + down.bias
-    weight = F.pad(down.weight, (0, pad))
-    return residual_addmm(c.reshape(-1, c.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), weight).view(c.shape)
+    if down.bias is None:
+        weight = F.pad(down.weight, (0, pad))
+    else:
+        weight = torch.cat([down.weight, down.bias[:, None], down.weight.new_zeros(down.out_features, pad - 1)], 1)
+        unit = torch.arange(units + pad, device=hidden.device) == units
+        hidden = torch.where(unit, torch.ones((), dtype=hidden.dtype, device=hidden.device), hidden)
+    flat = residual.reshape(-1, residual.shape[-1])
+    return residual_addmm(flat, hidden.reshape(-1, hidden.shape[-1]), weight).view(residual.shape)
 
 
 def _gated_linears(module: torch.nn.Module) -> tuple[torch.nn.Linear, torch.nn.Linear, torch.nn.Linear] | None:
