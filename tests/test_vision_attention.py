@@ -22,6 +22,7 @@ from torch._dynamo.utils import counters
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen2_5_vl_upstream  # top-level only from 5.20
 
 import modeling.integration.vision_attention as va
+import modeling.integration.window_attention as wa
 from modeling.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel, Qwen2_5_VLMLP
 from modeling.demo.offline import tiny_config
 from modeling.prunevid.config import PruneVidConfig
@@ -217,6 +218,42 @@ def test_packed_attention_routes_equal_segments_to_sdpa(monkeypatch):
     attention = va._PackedAttention((), fused=(kernel("varlen"), True), owner=va.VisionVarlenAttention(), tokens=448)
     attention(torch.zeros(448, 2, 16), torch.zeros(448, 2, 16), torch.zeros(448, 2, 16), equal, 0.25)
     assert calls == ["varlen"]
+
+
+def test_packed_attention_traces_whole_for_long_and_short_segments():
+    """Traced as the compiled blocks call it (the attention object in the block's kwargs, `dynamic=True`, so its
+    longest-segment lengths are symbolic), backend "auto" takes a full-attention block (segments longer than the
+    windowed kernel's `MAX_SEGMENT`) and a windowed one without a graph break (`fullgraph=True`), to the same outputs
+    as eagerly: whether the windowed kernel takes a block is decided on the host. (It was decided in the trace, and
+    the reason string with a symbolic length broke the graph of every full-attention block: the rest of the block,
+    MLP included, ran outside the compiled graph, so `residual_in_gemm` never took effect on a GPU.)"""
+    full = torch.tensor([0, 224, 448])  # two frame pairs of 224 tokens: longer than MAX_SEGMENT
+    windows = torch.tensor([0, 16, 64, 112, 160, 208, 256, 304, 352, 400, 448])  # short: the windowed kernel's
+    assert int((full[1:] - full[:-1]).max()) > wa.MAX_SEGMENT >= int((windows[1:] - windows[:-1]).max())
+
+    def varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=None):  # a traceable stand-in for torch's varlen kernel
+        return va.packed_reference_attention(q, k, v, cu_q, scale)
+
+    def attention_owner():
+        return va.VisionVarlenAttention("auto")
+
+    attention = va._PackedAttention((full, windows), fused=(varlen, True), owner=attention_owner(), tokens=448)
+    assert attention.short == [False, True] and attention.equal == [True, False]
+    q, k, v = (torch.randn(448, 2, 16, dtype=torch.bfloat16) for _ in range(3))
+    # with the blocks' input known (`prepare` passes it), also whether the kernel runs for it (not on this CPU)
+    def short(like):
+        return va._PackedAttention((full, windows), fused=(varlen, True), owner=attention_owner(), like=like).short
+
+    assert short(q) == [False, wa.segment_attention_unavailable_reason(q, 48) is None]
+    assert short(q.float()) == [False, False]  # (the kernel takes float16 and bfloat16)
+
+    def call(q, k, v, cu, **kwargs):
+        return kwargs["prunevid_vision"](q, k, v, cu, 0.25)
+
+    torch._dynamo.reset()
+    traced = torch.compile(call, backend="eager", fullgraph=True, dynamic=True)
+    for cu in (windows, full, windows, full):  # (a length seen to change is traced symbolic: automatic dynamic)
+        assert torch.equal(traced(q, k, v, cu, prunevid_vision=attention), call(q, k, v, cu, prunevid_vision=attention))
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -804,6 +841,28 @@ def test_real_varlen_kernel_on_cuda(compiled, backend):
     tower16, x16, exact, stock16 = bf16_tower_on_cuda()
     fused16 = run(tower16, x16, va.VisionVarlenAttention(backend, compile=compiled))[0]
     assert rel(fused16, exact) <= 1.5 * rel(stock16, exact) + 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
+    reason="needs CUDA and torch.nn.attention.varlen",
+)
+def test_compiled_tower_whole_blocks_on_cuda(monkeypatch):
+    """The compiled tower (bf16, "auto": the windowed kernel, `sdpa` for the full blocks) traces every block whole
+    (`fullgraph=True`: a graph break raises) on this torch, and with `residual_in_gemm` every block's MLP line is
+    `residual_addmm` in the generated code (torch 2.11 broke the full blocks' graphs at the windowed kernel's reason
+    string, and their MLP lines ran outside the graph)."""
+    from torch._inductor.utils import run_and_get_code
+
+    tower16, x16, exact, stock16 = bf16_tower_on_cuda()
+    monkeypatch.setattr(va.VisionVarlenAttention, "residual_in_gemm", True)
+    torch._dynamo.reset()
+    attention = va.VisionVarlenAttention("auto", compile={"fullgraph": True})
+    with torch.no_grad():
+        out, codes = run_and_get_code(lambda: run(tower16, x16, attention)[0])
+    assert codes and all("residual_addmm" in code for code in codes), len(codes)
+    assert rel(out, exact) <= 1.5 * rel(stock16, exact) + 1e-3
 
 
 @pytest.mark.gpu

@@ -199,7 +199,8 @@ class VisionVarlenAttention:
             _warn_once(reason)
             return kwargs
         fused, _ = _load_varlen()
-        attention = _PackedAttention(cu_seqlens, fused=fused, owner=self, known=known, tokens=hidden_states.shape[0])
+        attention = _PackedAttention(cu_seqlens, fused=fused, owner=self, known=known, tokens=hidden_states.shape[0],
+                                     like=hidden_states)  # fmt: skip
         return {**kwargs, "prunevid_vision": attention}
 
     def preamble(self, tower: torch.nn.Module, grid_thw: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -579,27 +580,39 @@ class _PackedAttention:
 
     def __init__(self, cu_seqlens: tuple[torch.Tensor, ...], fused, owner: VisionVarlenAttention,
                  known: list[tuple[torch.Tensor, torch.Tensor, int]] = (),
-                 tokens: int | None = None) -> None:  # fmt: skip
+                 tokens: int | None = None, like: torch.Tensor | None = None) -> None:  # fmt: skip
         self.fused = fused
         self.block = owner.block
         self.short_segments = fused is not None and owner.backend == "auto"  # `segment_attention` where it runs
         self.rotary_in_kernel = owner.rotary_in_kernel
         self.tables: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         self.equal: list[bool] = []  # per table: its segments all have its longest length (`equal_segments_sdpa`)
+        # per table: whether `segment_attention` takes it (its segments fit the kernel, which runs for tensors like
+        # `like`, the blocks' input), decided here, on the host: in a traced block `max_len` is symbolic, and the
+        # reason string for a longer segment broke the graph of every full-attention block (torch 2.11)
+        self._like = None if like is None else like.new_empty(0)
+        self.short: list[bool] = []
         for cu in cu_seqlens:
             table = next((t for t in known if t[0] is cu), None)  # a preamble's (`VisionVarlenAttention.preamble`)
             self.tables.append(table if table is not None else _boundary_table(cu))
             equal = self.short_segments and owner.equal_segments_sdpa and _one_length(self.tables[-1], tokens)
             self.equal.append(equal)
+            self.short.append(self._short(self.tables[-1][2]))
 
-    def _table(self, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
-        for (original, cu32, max_len), equal in zip(self.tables, self.equal):
+    def _table(self, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int, bool, bool]:
+        for (original, cu32, max_len), equal, short in zip(self.tables, self.equal, self.short):
             if original is cu_seqlens:
-                return cu32, max_len, equal
+                return cu32, max_len, equal, short
         table = _boundary_table(cu_seqlens)  # a block called with boundaries not seen in prepare (the varlen kernel)
         self.tables.append(table)
         self.equal.append(False)
-        return *table[1:], False
+        self.short.append(self._short(table[2]))
+        return *table[1:], False, self.short[-1]
+
+    def _short(self, max_len: int) -> bool:
+        if not (self.short_segments and 0 < max_len <= MAX_SEGMENT):
+            return False
+        return self._like is None or segment_attention_unavailable_reason(self._like, max_len) is None
 
     def __call__(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor, scale: float,
@@ -613,8 +626,8 @@ class _PackedAttention:
         every other path, `rotary` runs first. Blocks whose segments have one length go to `_equal_segments_sdpa`
         where `equal_segments_sdpa` is on (and no windowed kernel takes them)."""
         tokens = query.shape[0]
-        cu32, max_len, equal = self._table(cu_seqlens)
-        windowed = self.short_segments and segment_attention_unavailable_reason(query, max_len) is None
+        cu32, max_len, equal, short = self._table(cu_seqlens)
+        windowed = short and segment_attention_unavailable_reason(query, max_len) is None
         tables = (None, None)
         if rotary is not None and windowed and self.rotary_in_kernel:
             tables = (cos, sin)
