@@ -150,9 +150,10 @@ class VisionVarlenAttention:
     # towers' preambles kept (`preamble`): one per video / image grid, least recently used first out
     max_preambles = 16
     # whether the compiled blocks add the MLP's residual inside `down_proj`'s GEMM (`mlp_residual`: cuBLAS's `addmm`
-    # with the residual as its C) instead of a pointwise add after it (alone 2.25 -> 1.85 ms a block at 256 frames,
-    # H100, `tools/probe_gated_mlp.py`). Off until the whole compiled tower has been timed and tested with it on a GPU
-    # (`tools/probe_tower.py --variants equal_segments_sdpa residual_in_gemm`; docs/bench/README.md, nineteenth step)
+    # with the residual as its C, the bias a unit of the intermediate) instead of a pointwise add after it (alone 2.25
+    # -> 1.85 ms a block at 256 frames, H100, `tools/probe_gated_mlp.py`). Off until the whole compiled tower has been
+    # timed with it on a GPU: the twentieth step's runs did not run it (a graph break on torch 2.11, since fixed;
+    # `tools/probe_tower.py --variants equal_segments_sdpa residual_in_gemm`; docs/bench/README.md)
     residual_in_gemm = False
     # whether the compiled tower is replayed as a CUDA graph per grid (`replay`), and how many graphs a tower keeps
     tower_graphs = True
