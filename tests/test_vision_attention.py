@@ -81,6 +81,13 @@ def rel(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
+# the GPU tests' condition: CUDA and torch's varlen attention for bf16
+needs_varlen_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
+    reason="needs CUDA and torch.nn.attention.varlen",
+)
+
+
 def bf16_tower_on_cuda(grid=GRID):
     """A tiny tower on CUDA (60 MLP units: the compiled blocks pad them) for the GPU tests: the tower and pixels in
     bf16, the fp32 tower's output (exact) and the stock bf16 tower's."""
@@ -829,10 +836,7 @@ def test_backend_validation():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
-    reason="needs CUDA and torch.nn.attention.varlen",
-)
+@needs_varlen_cuda
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("backend", ["varlen", "auto"])
 def test_real_varlen_kernel_on_cuda(compiled, backend):
@@ -844,10 +848,7 @@ def test_real_varlen_kernel_on_cuda(compiled, backend):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
-    reason="needs CUDA and torch.nn.attention.varlen",
-)
+@needs_varlen_cuda
 def test_compiled_tower_whole_blocks_on_cuda(monkeypatch):
     """The compiled tower (bf16, "auto": the windowed kernel, `sdpa` for the full blocks) traces every block whole
     (`fullgraph=True`: a graph break raises) on this torch, and with `residual_in_gemm` every block's MLP line is
@@ -866,10 +867,7 @@ def test_compiled_tower_whole_blocks_on_cuda(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
-    reason="needs CUDA and torch.nn.attention.varlen",
-)
+@needs_varlen_cuda
 def test_residual_in_gemm_on_cuda(monkeypatch):
     """The compiled tower (bf16, "auto") with every block's MLP residual added by cuBLAS's `addmm`
     (`residual_in_gemm`; the CPU test shows it traced in every block): about as accurate as the stock bf16 tower and
@@ -887,10 +885,7 @@ def test_residual_in_gemm_on_cuda(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
-    reason="needs CUDA and torch.nn.attention.varlen",
-)
+@needs_varlen_cuda
 @pytest.mark.parametrize("compiled", [False, True])
 def test_equal_segments_sdpa_on_cuda(monkeypatch, compiled):
     """One video (4 frame pairs of 224 tokens: one length): its full-attention blocks through `_equal_segments_sdpa`
@@ -925,10 +920,7 @@ def test_equal_segments_sdpa_on_cuda(monkeypatch, compiled):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
-    reason="needs CUDA and torch.nn.attention.varlen",
-)
+@needs_varlen_cuda
 def test_preamble_on_cuda_is_the_same_tower(monkeypatch):
     """On the fused path of the GPU (the grid on the GPU, as `generate` passes it), the tower with its preamble
     filled in computes what it computes without, bit for bit (the same kernels on the same tables)."""
@@ -949,10 +941,7 @@ def test_preamble_on_cuda_is_the_same_tower(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
-    reason="needs CUDA and torch.nn.attention.varlen",
-)
+@needs_varlen_cuda
 def test_compiled_tower_replayed_as_a_cuda_graph_on_cuda(monkeypatch):
     """The compiled tower through its CUDA graph (`VisionVarlenAttention.replay`): recorded at the grid's second
     call and replayed after, also across setting switches (a new object per call here) and pixels; every output
