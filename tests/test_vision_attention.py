@@ -14,6 +14,7 @@ as accurate as the stock bf16 path; both are ~1e-2 here (bf16 keeps 8 bits of ma
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -645,10 +646,11 @@ def test_mlp_hook_is_stock_eagerly_and_pads_while_compiling(monkeypatch):
 
 
 def test_mlp_residual_is_the_block_mlp_line_fp32():
-    """`mlp_residual`: `residual + mlp(x)` as one GEMM (`residual_addmm`: the residual itself as its C, the bias a
-    unit of the padded intermediate), 60 units (padded to 64, the bias in the padding), 63 (the bias fills the last
-    unit) or 64 (padded to 72), for 2-D and 3-D inputs, with or without a bias; nothing added outside the GEMM; None
-    for a module that is not upstream's plain gated MLP."""
+    """`mlp_residual`: `residual + mlp(x)` as one GEMM written into the residual in place (`residual_addmm_`: the
+    residual itself as its C, the bias a unit of the padded intermediate), 60 units (padded to 64, the bias in the
+    padding), 63 (the bias fills the last unit) or 64 (padded to 72), for 2-D and 3-D inputs, with or without a bias;
+    nothing added outside the GEMM; a residual that is not contiguous is left as it is (the sum in a new tensor);
+    None for a module that is not upstream's plain gated MLP, its residual untouched."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     for units, bias in ((60, True), (63, True), (64, True), (60, False)):
@@ -658,19 +660,25 @@ def test_mlp_residual_is_the_block_mlp_line_fp32():
         residual = torch.randn_like(x)
         with torch.no_grad():
             want = residual + upstream(x)
-            got = va.mlp_residual(ours, x, residual)
-            assert got.shape == want.shape and rel(got, want) < 1e-6, (units, bias)
-            got3 = va.mlp_residual(ours, x.view(1, *x.shape), residual.view(1, *x.shape))
-            assert got3.shape == (1, *x.shape) and rel(got3[0], want) < 1e-6
-            graph = make_fx(lambda h, r: va.mlp_residual(ours, h, r))(x, residual).graph
-        (gemm,) = [n for n in graph.nodes if n.target is torch.ops.prunevid.residual_addmm.default]
+            inplace = residual.clone()
+            got = va.mlp_residual(ours, x, inplace)
+            assert got is inplace and rel(got, want) < 1e-6, (units, bias)
+            inplace = residual.clone().view(1, *x.shape)
+            got3 = va.mlp_residual(ours, x.view(1, *x.shape), inplace)
+            assert got3 is inplace and rel(got3[0], want) < 1e-6
+            strided = residual.t().contiguous().t()  # the same values, column-major
+            got_t = va.mlp_residual(ours, x, strided)
+            assert got_t.is_contiguous() and rel(got_t, want) < 1e-6 and torch.equal(strided, residual)
+            graph = make_fx(lambda h, r: va.mlp_residual(ours, h, r))(x, residual.clone()).graph
+        (gemm,) = [n for n in graph.nodes if n.target is torch.ops.prunevid.residual_addmm_.default]
         c, a, weight = gemm.args
         while c.op != "placeholder" and c.target in (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default):
             c = c.args[0]
         assert c.op == "placeholder" and c.name == "r_1" and weight.meta["val"].shape[1] % 8 == 0, (units, bias)
         assert not [n for n in graph.nodes if n.target is torch.ops.aten.add.Tensor]  # (gate and up: two addmm)
     ours.up_proj.register_forward_pre_hook(lambda *args: None)
-    assert va.mlp_residual(ours, x, residual) is None
+    untouched = residual.clone()
+    assert va.mlp_residual(ours, x, untouched) is None and torch.equal(untouched, residual)
 
 
 def test_block_mlp_hook_is_stock_eagerly_and_sums_in_the_gemm_while_compiling(monkeypatch):
@@ -853,7 +861,7 @@ def test_compiled_tower_whole_blocks_on_cuda(monkeypatch):
     """The compiled tower (bf16, "auto": the windowed kernel, `sdpa` for the full blocks) traces every block whole
     (`fullgraph=True`: a graph break raises) on this torch, and with `residual_in_gemm` every block's MLP line is
     `residual_addmm` in the generated code (torch 2.11 broke the full blocks' graphs at the windowed kernel's reason
-    string, and their MLP lines ran outside the graph)."""
+    string, and their MLP lines ran outside the graph), written into the block's residual itself (no copy of it)."""
     from torch._inductor.utils import run_and_get_code
 
     tower16, x16, exact, stock16 = bf16_tower_on_cuda()
@@ -862,7 +870,11 @@ def test_compiled_tower_whole_blocks_on_cuda(monkeypatch):
     attention = va.VisionVarlenAttention("auto", compile={"fullgraph": True})
     with torch.no_grad():
         out, codes = run_and_get_code(lambda: run(tower16, x16, attention)[0])
-    assert codes and all("residual_addmm" in code for code in codes), len(codes)
+    assert codes and all("residual_addmm_" in code for code in codes), len(codes)
+    # written into the residual's own buffer (inductor re-inplaces the op; a copy of C first is what it saves)
+    for code in codes:
+        for buffer in re.findall(r"residual_addmm_\.default\((buf\d+),", code):
+            assert f"return ({buffer}, )" in code and not re.search(rf"{buffer} = .*(clone|copy|empty)", code), buffer
     assert rel(out, exact) <= 1.5 * rel(stock16, exact) + 1e-3
 
 

@@ -328,7 +328,8 @@ class VisionVarlenAttention:
     def block_mlp(self, block: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor | None:
         """Hook 6 (`Qwen2_5_VLVisionBlock.forward`, before its MLP line): while `torch.compile` traces the tower's
         blocks and `residual_in_gemm` is on (a class setting), the line's `hidden_states +
-        mlp(norm2(hidden_states))` with the sum inside `down_proj`'s GEMM ([`mlp_residual`]); None otherwise (eager
+        mlp(norm2(hidden_states))` with the sum inside `down_proj`'s GEMM, written into `hidden_states` (the block's
+        own intermediate, `hidden_states + attn(...)` just before the hook: [`mlp_residual`]); None otherwise (eager
         calls, an MLP that `padded_mlp` does not recognise, and one with hooks of its own, which its call would run),
         so the stock line runs. Reads nothing of `self`."""
         if not (torch.compiler.is_compiling() and VisionVarlenAttention.residual_in_gemm):
@@ -359,14 +360,19 @@ def padded_mlp(module: torch.nn.Module, hidden_states: torch.Tensor, multiple: i
 def mlp_residual(module: torch.nn.Module, hidden_states: torch.Tensor, residual: torch.Tensor,
                  multiple: int = 8) -> torch.Tensor | None:  # fmt: skip
     """`residual + down_proj(act_fn(gate_proj(x)) * up_proj(x))` (the vision block's MLP line, `x` the normed
-    input) as one GEMM: cuBLAS's `addmm` with the residual as its C, read in the GEMM's epilogue
-    ([`residual_addmm`]), instead of the GEMM's output written, read back and added to the residual by a
-    pointwise kernel (a write and two reads of `[tokens, hidden]` a block). `down_proj`'s bias is one more unit of
-    the intermediate, padded as in [`padded_mlp`]: that unit is 1 (a `where` in the kernel that multiplies gate and
-    up) and meets the bias as its column of the padded `down_proj` weight, so no pass adds the bias either (adding it
-    to the residual first took the pass the GEMM's C saves: 14.8 ms of the tower at 256 frames on an H100). The same
-    function; the rounding differs (the bias and the residual join the product in the GEMM's fp32 and the sum is
-    rounded once), as between any two GEMMs. None when `module` is not upstream's gated MLP."""
+    input) as one GEMM that **adds into `residual` in place**: cuBLAS's `addmm_` with the residual as its C, read
+    and written in the GEMM's epilogue ([`residual_addmm_`]), instead of the GEMM's output written, read back and
+    added to the residual by a pointwise kernel (a write and two reads of `[tokens, hidden]` a block). In place,
+    because an out-of-place `addmm` first copies its C into its output (ATen's `addmm_out`: the copy took the pass
+    the epilogue saves, 7.1 ms of the tower at 256 frames on an H100); the block's residual is its own intermediate
+    (`hidden_states + attn(...)`, dead after the line), so nothing else sees the write. `down_proj`'s bias is one
+    more unit of the intermediate, padded as in [`padded_mlp`]: that unit is 1 (a `where` in the kernel that
+    multiplies gate and up) and meets the bias as its column of the padded `down_proj` weight, so no pass adds the
+    bias either (adding it to the residual first took the pass the GEMM's C saves: 14.8 ms of the tower at 256
+    frames on an H100). The same function; the rounding differs (the bias and the residual join the product in
+    the GEMM's fp32 and the sum is rounded once), as between any two GEMMs. Returns `residual` (a contiguous copy
+    of it when it is not contiguous, so the sum is never written into a temporary); None when `module` is not
+    upstream's gated MLP, and `residual` is then untouched."""
     linears = _gated_linears(module)
     if linears is None:
         return None
@@ -379,8 +385,9 @@ def mlp_residual(module: torch.nn.Module, hidden_states: torch.Tensor, residual:
         weight = torch.cat([down.weight, down.bias[:, None], down.weight.new_zeros(down.out_features, pad - 1)], 1)
         unit = torch.arange(units + pad, device=hidden.device) == units
         hidden = torch.where(unit, torch.ones((), dtype=hidden.dtype, device=hidden.device), hidden)
-    flat = residual.reshape(-1, residual.shape[-1])
-    return residual_addmm(flat, hidden.reshape(-1, hidden.shape[-1]), weight).view(residual.shape)
+    out = residual.contiguous()
+    residual_addmm_(out.view(-1, out.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), weight)
+    return out
 
 
 def _gated_linears(module: torch.nn.Module) -> tuple[torch.nn.Linear, torch.nn.Linear, torch.nn.Linear] | None:
@@ -406,16 +413,13 @@ def _gated_product(module: torch.nn.Module, hidden_states: torch.Tensor, pad: in
     return gate * F.linear(hidden_states, *rows(module.up_proj))
 
 
-@torch.library.custom_op("prunevid::residual_addmm", mutates_args=())
-def residual_addmm(c: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`c + a @ weight.T` as one `torch.addmm` (cuBLAS: `c` read in the GEMM's epilogue). A custom op, so that
-    `torch.compile` keeps the GEMM with its C instead of splitting it into a GEMM and a pointwise add."""
-    return torch.addmm(c, a, weight.t())
-
-
-@residual_addmm.register_fake
-def _(c: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return c.new_empty((a.shape[0], weight.shape[0]))
+@torch.library.custom_op("prunevid::residual_addmm_", mutates_args=("c",))
+def residual_addmm_(c: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> None:
+    """`c += a @ weight.T` as one in-place `addmm_` (cuBLAS: `c` read and written in the GEMM's epilogue). A custom
+    op, so that `torch.compile` keeps the GEMM with its C instead of splitting it into a GEMM and a pointwise add;
+    a mutating one, so that inductor writes the sum into `c`'s own buffer (it re-inplaces the op where `c` is not
+    read afterwards, as a block's residual is not) instead of a copy of it."""
+    c.addmm_(a, weight.t())
 
 
 def attach(tower: torch.nn.Module, vision: VisionVarlenAttention | None) -> None:
@@ -733,5 +737,5 @@ def vision_attention_for(config: Any) -> VisionVarlenAttention | None:
 
 
 __all__ = ["BACKENDS", "VisionVarlenAttention", "attach", "compiled_block_runner", "mlp_residual",
-           "packed_reference_attention", "padded_mlp", "preamble_functions", "residual_addmm",
+           "packed_reference_attention", "padded_mlp", "preamble_functions", "residual_addmm_",
            "varlen_unavailable_reason", "vision_attention_for"]  # fmt: skip
