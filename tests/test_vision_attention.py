@@ -721,6 +721,34 @@ def test_block_mlp_hook_is_stock_eagerly_and_sums_in_the_gemm_while_compiling(mo
     assert len(seen) == 1 and all(rel(a, b) < 1e-5 for a, b in zip(got, want))
 
 
+def test_block_mlp_hook_leaves_the_stock_line_with_autograd_on():
+    """With autograd on, the compiled blocks keep the stock MLP line (`residual_addmm_` has no backward): the
+    tower's gradients are the stock tower's, none lost (with the GEMM line they were None, without an error)."""
+    assert va.VisionVarlenAttention.residual_in_gemm  # the default
+    tower, config = make_tower(depth=2)
+    x = pixels(config)
+    grads = []
+    for attention in (None, "compiled"):
+        torch._dynamo.reset()
+        graphs = []
+
+        def backend(gm, example_inputs):
+            graphs.append(gm)
+            return gm.forward
+
+        if attention:
+            attention = va.VisionVarlenAttention("reference", compile={"backend": backend, "fullgraph": True})
+        tower.zero_grad(set_to_none=True)
+        va.attach(tower, attention)
+        try:
+            tower(x, grid_thw=GRID).last_hidden_state.pow(2).mean().backward()
+        finally:
+            va.attach(tower, None)
+        grads.append([p.grad for p in tower.blocks[0].mlp.parameters()])
+        assert bool(graphs) == bool(attention) and not any("residual_addmm" in gm.code for gm in graphs)
+    assert all(g is not None for g in grads[1]) and all(rel(a, b) < 1e-5 for a, b in zip(*grads))
+
+
 def test_compiled_setting_falls_back_uncompiled_where_the_kernel_cannot_run(caplog):
     """On the CPU (no varlen kernel) "varlen_compiled" runs the stock tower, bitwise, with nothing compiled."""
     tower, config = make_tower()

@@ -19,8 +19,8 @@ Variants (each the `block(blk)` callable of the tower's `VisionVarlenAttention`,
   attended by `sdpa` as a batch, cuDNN's kernel on Hopper (`VisionVarlenAttention.equal_segments_sdpa = True`, the
   default now); the variants before it run those blocks through the varlen kernel;
 * `residual_in_gemm`: the same with the MLP's residual added inside `down_proj`'s GEMM (the `vision-mlp-residual`
-  hook, `VisionVarlenAttention.residual_in_gemm = True`, off by default until this variant is measured); every
-  other variant adds it after;
+  hook, `VisionVarlenAttention.residual_in_gemm = True`, the default since the twenty-first step); every other
+  variant adds it after;
 * `nopad`: inductor's `shape_padding` off, the hook off (unaligned GEMMs);
 * `*_cdt`: with inductor's `coordinate_descent_tuning` (pointwise / reduction kernels tuned).
 

@@ -149,12 +149,11 @@ class VisionVarlenAttention:
     equal_segments_sdpa = True
     # towers' preambles kept (`preamble`): one per video / image grid, least recently used first out
     max_preambles = 16
-    # whether the compiled blocks add the MLP's residual inside `down_proj`'s GEMM (`mlp_residual`: cuBLAS's `addmm`
-    # with the residual as its C, the bias a unit of the intermediate) instead of a pointwise add after it (alone 2.25
-    # -> 1.85 ms a block at 256 frames, H100, `tools/probe_gated_mlp.py`). Off until the whole compiled tower has been
-    # timed with it on a GPU: the twentieth step's runs did not run it (a graph break on torch 2.11, since fixed;
-    # `tools/probe_tower.py --variants equal_segments_sdpa residual_in_gemm`; docs/bench/README.md)
-    residual_in_gemm = False
+    # whether the compiled blocks add the MLP's residual inside `down_proj`'s GEMM (`mlp_residual`: cuBLAS's `addmm_`
+    # into the residual, the bias a unit of the intermediate) instead of a pointwise add after it (the compiled tower
+    # 87.2 -> 85.8 ms at 64 frames, 342.1 -> 337.4 at 256, H100, `tools/probe_tower.py --variants equal_segments_sdpa
+    # residual_in_gemm`, docs/bench/README.md, twenty-first step)
+    residual_in_gemm = True
     # whether the compiled tower is replayed as a CUDA graph per grid (`replay`), and how many graphs a tower keeps
     tower_graphs = True
     max_tower_graphs = 2
@@ -331,8 +330,11 @@ class VisionVarlenAttention:
         mlp(norm2(hidden_states))` with the sum inside `down_proj`'s GEMM, written into `hidden_states` (the block's
         own intermediate, `hidden_states + attn(...)` just before the hook: [`mlp_residual`]); None otherwise (eager
         calls, an MLP that `padded_mlp` does not recognise, and one with hooks of its own, which its call would run),
-        so the stock line runs. Reads nothing of `self`."""
+        so the stock line runs; and None with autograd on (`residual_addmm_` has no backward: a gradient through it
+        would be lost without an error). Reads nothing of `self`."""
         if not (torch.compiler.is_compiling() and VisionVarlenAttention.residual_in_gemm):
+            return None
+        if torch.is_grad_enabled():
             return None
         mlp = block.mlp
         if mlp._forward_hooks or mlp._forward_pre_hooks or hasattr(mlp, "_hf_hook") or _gated_linears(mlp) is None:
