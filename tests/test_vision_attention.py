@@ -82,6 +82,17 @@ def rel(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
+def recording_backend():
+    """A `torch.compile` backend that runs every graph as traced (no compiler), and the list it records them in."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    return backend, graphs
+
+
 # the GPU tests' condition: CUDA and torch's varlen attention for bf16
 needs_varlen_cuda = pytest.mark.skipif(
     not torch.cuda.is_available() or va.varlen_unavailable_reason(torch.device("cuda"), torch.bfloat16) is not None,
@@ -630,12 +641,7 @@ def test_mlp_hook_is_stock_eagerly_and_pads_while_compiling(monkeypatch):
         with monkeypatch.context() as patched:
             patched.setattr(va, "padded_mlp", lambda *args, **kwargs: pytest.fail("padded in an eager call"))
             assert torch.equal(ours(x), want)  # eager: the hook returns None, the stock line runs
-        graphs = []
-
-        def backend(gm, example_inputs):
-            graphs.append(gm)
-            return gm.forward
-
+        backend, graphs = recording_backend()
         compiled = torch.compile(lambda module, h: module(h), backend=backend, dynamic=True, fullgraph=True)
         assert rel(compiled(ours, x), want) < 1e-6
         assert len(graphs) == 1 and "pad" in graphs[0].code
@@ -695,12 +701,7 @@ def test_block_mlp_hook_is_stock_eagerly_and_sums_in_the_gemm_while_compiling(mo
         assert all(rel(a, b) < 1e-5 for a, b in zip(run(tower, x, eager), want))
     for in_gemm in (True, False):
         torch._dynamo.reset()
-        graphs = []
-
-        def backend(gm, example_inputs):
-            graphs.append(gm)
-            return gm.forward
-
+        backend, graphs = recording_backend()
         attention = va.VisionVarlenAttention("reference", compile={"backend": backend, "fullgraph": True})
         monkeypatch.setattr(va.VisionVarlenAttention, "residual_in_gemm", in_gemm)
         with torch.no_grad():
@@ -727,26 +728,23 @@ def test_block_mlp_hook_leaves_the_stock_line_with_autograd_on():
     assert va.VisionVarlenAttention.residual_in_gemm  # the default
     tower, config = make_tower(depth=2)
     x = pixels(config)
-    grads = []
-    for attention in (None, "compiled"):
-        torch._dynamo.reset()
-        graphs = []
 
-        def backend(gm, example_inputs):
-            graphs.append(gm)
-            return gm.forward
-
-        if attention:
-            attention = va.VisionVarlenAttention("reference", compile={"backend": backend, "fullgraph": True})
+    def mlp_grads(attention):
         tower.zero_grad(set_to_none=True)
         va.attach(tower, attention)
         try:
             tower(x, grid_thw=GRID).last_hidden_state.pow(2).mean().backward()
         finally:
             va.attach(tower, None)
-        grads.append([p.grad for p in tower.blocks[0].mlp.parameters()])
-        assert bool(graphs) == bool(attention) and not any("residual_addmm" in gm.code for gm in graphs)
-    assert all(g is not None for g in grads[1]) and all(rel(a, b) < 1e-5 for a, b in zip(*grads))
+        return [p.grad for p in tower.blocks[0].mlp.parameters()]
+
+    torch._dynamo.reset()
+    backend, graphs = recording_backend()
+    want = mlp_grads(None)
+    assert not graphs
+    got = mlp_grads(va.VisionVarlenAttention("reference", compile={"backend": backend, "fullgraph": True}))
+    assert graphs and not any("residual_addmm" in gm.code for gm in graphs)
+    assert all(g is not None for g in got) and all(rel(a, b) < 1e-5 for a, b in zip(got, want))
 
 
 def test_compiled_setting_falls_back_uncompiled_where_the_kernel_cannot_run(caplog):
@@ -888,7 +886,7 @@ def test_real_varlen_kernel_on_cuda(compiled, backend):
 def test_compiled_tower_whole_blocks_on_cuda(monkeypatch):
     """The compiled tower (bf16, "auto": the windowed kernel, `sdpa` for the full blocks) traces every block whole
     (`fullgraph=True`: a graph break raises) on this torch, and with `residual_in_gemm` every block's MLP line is
-    `residual_addmm` in the generated code (torch 2.11 broke the full blocks' graphs at the windowed kernel's reason
+    `residual_addmm_` in the generated code (torch 2.11 broke the full blocks' graphs at the windowed kernel's reason
     string, and their MLP lines ran outside the graph), written into the block's residual itself (no copy of it)."""
     from torch._inductor.utils import run_and_get_code
 

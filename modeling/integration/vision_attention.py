@@ -386,7 +386,7 @@ def mlp_residual(module: torch.nn.Module, hidden_states: torch.Tensor, residual:
     else:
         weight = torch.cat([down.weight, down.bias[:, None], down.weight.new_zeros(down.out_features, pad - 1)], 1)
         unit = torch.arange(units + pad, device=hidden.device) == units
-        hidden = torch.where(unit, torch.ones((), dtype=hidden.dtype, device=hidden.device), hidden)
+        hidden = hidden.masked_fill(unit, 1)
     out = residual.contiguous()
     residual_addmm_(out.view(-1, out.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), weight)
     return out
