@@ -27,6 +27,12 @@ much longer a replaying bucket may be to serve a run whose own bucket has no gra
 `fast()`: 0.25 since the twelfth step, 0 before); `--tower-window 0 1` for each: without and with the recording of
 the runs that ran eagerly while the next prefill's vision tower runs (`LayerGraphs.record_while_tower_runs`; on
 in the twelfth step, off since the thirteenth: it made the stream slower).
+`--interleave` instead: a stream of `--videos` new clips, each called once by every config of `--configs` in turn
+(the order rotated clip by clip), each config with its own Stage-1/2 and layer graphs (as fresh as a process that
+runs only that config: no config replays what another recorded), after a warm-up of each on the bench clip: the
+ratios of the medians over all clips and over the stream's second half (the steady state), and what each recorded.
+
+    python3 tools/probe_new_videos.py --interleave --videos 16 --configs stock_compiled fast fast_no_layers
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ def main(argv=None):
     ap.add_argument("--reuse-longer", type=float, nargs="*", default=[0.25])
     ap.add_argument("--tower-window", type=int, nargs="*", default=[1])
     ap.add_argument("--graph-slots", type=int, nargs="*", default=[])
+    ap.add_argument("--interleave", action="store_true", help="configs interleaved on one stream of new clips")
     ap.add_argument("--out", type=Path, default=Path("/tmp/probe-new-videos"))
     ap.add_argument("--quick", action="store_true", help="tiny model on the CPU (smoke test of the script)")
     args = ap.parse_args(argv)
@@ -79,7 +86,9 @@ def main(argv=None):
     b = bench.probe_bench(args.out / "bench", args.quick)
     main_clip = bench.make_inputs(b.processor, args.frames, b.args.size, b.device, b.dtype, seed=0)
     report = {"env": b.results["env"], "command": " ".join(["python3", "tools/probe_new_videos.py", *sys.argv[1:]])}
-    if args.graph_slots:
+    if args.interleave:
+        interleaved_stream(b, args, main_clip, report)
+    elif args.graph_slots:
         stream(b, args, main_clip, report)
     else:
         new_clips(b, args, main_clip, report)
@@ -175,6 +184,50 @@ def stream(b, args, main_clip, report):
               f" / fast, medians: " + ", ".join(f"{key[7:]} {stock / row['median_ms']:.2f}x" for key, row in
                                                  report.items() if key.startswith("stream_") and "stock" not in key),
               flush=True)  # fmt: skip
+
+
+def interleaved_stream(b, args, main_clip, report):
+    """Every config of `--configs` on one stream of `--videos` new clips, each clip called once by each config (the
+    order rotated per clip), each config with graphs of its own (see the module doc); medians and their ratios to
+    the first config's, over all clips and over the second half."""
+    from modeling.integration.layer_graphs import LayerGraphs
+    from modeling.prunevid.graphs import CudaGraphs
+
+    names = list(args.configs)
+    own = {name: (CudaGraphs(), LayerGraphs()) for name in names}
+
+    def use(name):
+        b.model._prunevid_graphs, b.model._prunevid_layer_graphs = own[name]
+
+    for name in names:
+        use(name)
+        for _ in range(3):
+            b.ttft(main_clip, name)
+    times = {name: [] for name in names}
+    for i in range(args.videos):
+        clip = bench.make_inputs(b.processor, args.frames, b.args.size, b.device, b.dtype, seed=args.first_seed + i)
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            use(name)
+            times[name].append(round(1e3 * b.ttft(clip, name)[0], 1))
+        del clip
+        print(f"clip {i + 1}/{args.videos}: " + ", ".join(f"{n} {times[n][-1]}" for n in names), flush=True)
+    half = args.videos // 2
+    base, base_late = bench.median(times[names[0]]), bench.median(times[names[0]][half:])
+    for name in names:
+        steps, layers = own[name]
+        row = {"ttft_ms": times[name], "median_ms": bench.median(times[name]),
+               "second_half_median_ms": bench.median(times[name][half:]),
+               "steps_recorded": steps.recorded, "steps_replayed": steps.replayed,
+               "layers_recorded": layers.runner.recorded, "layers_replayed": layers.runner.replayed}  # fmt: skip
+        row["ratio_first_config"] = base / row["median_ms"]
+        row["ratio_first_config_second_half"] = base_late / row["second_half_median_ms"]
+        report[f"interleaved_{name}"] = row
+        print(f"[{name}] {args.videos} new clips, interleaved: median {row['median_ms']:.1f} ms "
+              f"({row['ratio_first_config']:.2f}x {names[0]}), second half {row['second_half_median_ms']:.1f} ms "
+              f"({row['ratio_first_config_second_half']:.2f}x); Stage 1/2 graphs recorded {steps.recorded}, replayed "
+              f"{steps.replayed}; layer graphs recorded {layers.runner.recorded}, replayed {layers.runner.replayed}",
+              flush=True)  # fmt: skip
+    use(names[0])
 
 
 if __name__ == "__main__":
