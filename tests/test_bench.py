@@ -276,3 +276,22 @@ def test_probe_lm_gemms_times_every_projection_and_the_regroupings_on_the_cpu(tm
         parts = sum(rec[n]["ms"] for n in ("q", "k", "v", "o", "gate", "up", "down"))
         assert rec["layer"]["ms"] == pytest.approx(parts, abs=1e-3)
     assert probe_lm_gemms.shapes(*report["dims"])["qkv_fused"][1] == 64 + 2 * 16
+
+
+def test_probe_new_videos_interleaves_configs_each_with_graphs_of_its_own_on_the_cpu(tmp_path):
+    """`tools/probe_new_videos.py --interleave --quick`: every config times every clip once; the medians over all
+    clips and over the second half, and their ratios to the first config's."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import probe_new_videos
+
+    probe_new_videos.main(["--quick", "--frames", "4", "--videos", "2", "--interleave", "--configs", "stock_compiled",
+                           "fast", "--out", str(tmp_path)])  # fmt: skip
+    report = json.loads((tmp_path / "probe_new_videos.json").read_text())
+    rows = [report["interleaved_stock_compiled"], report["interleaved_fast"]]
+    for row in rows:
+        assert len(row["ttft_ms"]) == 2 and all(t > 0 for t in row["ttft_ms"])
+        assert row["second_half_median_ms"] == row["ttft_ms"][1]
+    assert rows[0]["ratio_first_config"] == 1.0
+    assert rows[1]["ratio_first_config"] == pytest.approx(rows[0]["median_ms"] / rows[1]["median_ms"])
