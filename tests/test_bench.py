@@ -286,12 +286,17 @@ def test_probe_new_videos_interleaves_configs_each_with_graphs_of_its_own_on_the
     sys.path.insert(0, str(ROOT / "tools"))
     import probe_new_videos
 
-    probe_new_videos.main(["--quick", "--frames", "4", "--videos", "2", "--interleave", "--configs", "stock_compiled",
-                           "fast", "--out", str(tmp_path)])  # fmt: skip
+    probe_new_videos.main(["--quick", "--frames", "4", "--videos", "2", "--calls-per-clip", "2", "--interleave",
+                           "--configs", "stock_compiled", "fast", "--out", str(tmp_path)])  # fmt: skip
     report = json.loads((tmp_path / "probe_new_videos.json").read_text())
     rows = [report["interleaved_stock_compiled"], report["interleaved_fast"]]
     for row in rows:
-        assert len(row["ttft_ms"]) == 2 and all(t > 0 for t in row["ttft_ms"])
+        assert len(row["ttft_ms"]) == len(row["repeats_ms"]) == 2
+        assert all(t > 0 for t in row["ttft_ms"] + row["repeats_ms"])
         assert row["second_half_median_ms"] == row["ttft_ms"][1]
-    assert rows[0]["ratio_first_config"] == 1.0
+        costs = sorted(f - a for f, a in zip(row["ttft_ms"], row["repeats_ms"]))
+        assert row["first_sight_cost_median_ms"] == pytest.approx(sum(costs) / 2)
+    assert rows[0]["ratio_first_config"] == rows[0]["ratio_first_config_repeats"] == 1.0
     assert rows[1]["ratio_first_config"] == pytest.approx(rows[0]["median_ms"] / rows[1]["median_ms"])
+    for (n1, n2), (s1, s2) in zip(rows[0]["after_stage1_stage2"], rows[1]["after_stage1_stage2"]):
+        assert n1 == n2 > s1 >= s2 > 0  # stock keeps every token, fast prunes

@@ -27,12 +27,14 @@ much longer a replaying bucket may be to serve a run whose own bucket has no gra
 `fast()`: 0.25 since the twelfth step, 0 before); `--tower-window 0 1` for each: without and with the recording of
 the runs that ran eagerly while the next prefill's vision tower runs (`LayerGraphs.record_while_tower_runs`; on
 in the twelfth step, off since the thirteenth: it made the stream slower).
-`--interleave` instead: a stream of `--videos` new clips, each called once by every config of `--configs` in turn
-(the order rotated clip by clip), each config with its own Stage-1/2 and layer graphs (as fresh as a process that
-runs only that config: no config replays what another recorded), after a warm-up of each on the bench clip: the
-ratios of the medians over all clips and over the stream's second half (the steady state), and what each recorded.
+`--interleave` instead: a stream of `--videos` new clips, each called `--calls-per-clip` times in a row by every
+config of `--configs` in turn (the order rotated clip by clip), each config with its own Stage-1/2 and layer graphs
+(as fresh as a process that runs only that config: no config replays what another recorded), after a warm-up of
+each on the bench clip: the ratios of the medians of the first sights over all clips and over the stream's second
+half (the steady state) and of the repeats, what a first sight costs beyond the clip's repeats (the clips keep
+different numbers of tokens: the rest of a new clip's time is its content), and what each config recorded.
 
-    python3 tools/probe_new_videos.py --interleave --videos 16 --configs stock_compiled fast fast_no_layers
+    python3 tools/probe_new_videos.py --interleave --videos 16 --calls-per-clip 2 --configs stock_compiled fast
 """
 
 from __future__ import annotations
@@ -187,9 +189,12 @@ def stream(b, args, main_clip, report):
 
 
 def interleaved_stream(b, args, main_clip, report):
-    """Every config of `--configs` on one stream of `--videos` new clips, each clip called once by each config (the
-    order rotated per clip), each config with graphs of its own (see the module doc); medians and their ratios to
-    the first config's, over all clips and over the second half."""
+    """Every config of `--configs` on one stream of `--videos` new clips, each clip called `--calls-per-clip` times
+    in a row by each config in turn (the order rotated per clip), each config with graphs of its own (see the module
+    doc). Per config: the first sight of each clip, its repeats (their median) and the clip's token counts after
+    Stage 1 / 2; the medians over all clips and over the second half, their ratios to the first config's, and the
+    median cost of a first sight (first call less the clip's repeats): the part of a new clip's time that is not
+    its content (a clip that keeps more tokens is slower on its repeats too)."""
     from modeling.integration.layer_graphs import LayerGraphs
     from modeling.prunevid.graphs import CudaGraphs
 
@@ -203,30 +208,46 @@ def interleaved_stream(b, args, main_clip, report):
         use(name)
         for _ in range(3):
             b.ttft(main_clip, name)
-    times = {name: [] for name in names}
+    first = {name: [] for name in names}
+    again = {name: [] for name in names}
+    lengths = {name: [] for name in names}
     for i in range(args.videos):
         clip = bench.make_inputs(b.processor, args.frames, b.args.size, b.device, b.dtype, seed=args.first_seed + i)
         for name in names[i % len(names):] + names[:i % len(names)]:
             use(name)
-            times[name].append(round(1e3 * b.ttft(clip, name)[0], 1))
+            times = [round(1e3 * b.ttft(clip, name)[0], 1) for _ in range(max(1, args.calls_per_clip))]
+            first[name].append(times[0])
+            again[name].append(bench.median(times[1:]))
+            stats = b.model.prunevid_stats
+            lengths[name].append((stats[0].after_stage1, stats[0].after_stage2) if stats else None)
         del clip
-        print(f"clip {i + 1}/{args.videos}: " + ", ".join(f"{n} {times[n][-1]}" for n in names), flush=True)
+        print(f"clip {i + 1}/{args.videos}: " + ", ".join(
+            f"{n} {first[n][-1]}" + (f" / {again[n][-1]:.1f}" if again[n][-1] is not None else "")
+            + (f" {lengths[n][-1]}" if lengths[n][-1] else "") for n in names), flush=True)  # fmt: skip
     half = args.videos // 2
-    base, base_late = bench.median(times[names[0]]), bench.median(times[names[0]][half:])
+    base, base_late = bench.median(first[names[0]]), bench.median(first[names[0]][half:])
+    base_again = bench.median(again[names[0]])
     for name in names:
         steps, layers = own[name]
-        row = {"ttft_ms": times[name], "median_ms": bench.median(times[name]),
-               "second_half_median_ms": bench.median(times[name][half:]),
+        row = {"ttft_ms": first[name], "median_ms": bench.median(first[name]),
+               "second_half_median_ms": bench.median(first[name][half:]), "repeats_ms": again[name],
+               "repeats_median_ms": bench.median(again[name]), "after_stage1_stage2": lengths[name],
                "steps_recorded": steps.recorded, "steps_replayed": steps.replayed,
                "layers_recorded": layers.runner.recorded, "layers_replayed": layers.runner.replayed}  # fmt: skip
         row["ratio_first_config"] = base / row["median_ms"]
         row["ratio_first_config_second_half"] = base_late / row["second_half_median_ms"]
+        extra = [f - a for f, a in zip(first[name], again[name]) if a is not None]
+        row["first_sight_cost_median_ms"] = bench.median(extra)
+        row["ratio_first_config_repeats"] = (
+            base_again / row["repeats_median_ms"] if base_again and row["repeats_median_ms"] else None)
         report[f"interleaved_{name}"] = row
-        print(f"[{name}] {args.videos} new clips, interleaved: median {row['median_ms']:.1f} ms "
+        repeats = (f"; repeats {row['repeats_median_ms']:.1f} ms ({row['ratio_first_config_repeats']:.2f}x), a first "
+                   f"sight costs {row['first_sight_cost_median_ms']:.1f} ms more" if extra else "")
+        print(f"[{name}] {args.videos} new clips, interleaved: first sight {row['median_ms']:.1f} ms "
               f"({row['ratio_first_config']:.2f}x {names[0]}), second half {row['second_half_median_ms']:.1f} ms "
-              f"({row['ratio_first_config_second_half']:.2f}x); Stage 1/2 graphs recorded {steps.recorded}, replayed "
-              f"{steps.replayed}; layer graphs recorded {layers.runner.recorded}, replayed {layers.runner.replayed}",
-              flush=True)  # fmt: skip
+              f"({row['ratio_first_config_second_half']:.2f}x){repeats}; Stage 1/2 graphs recorded {steps.recorded}, "
+              f"replayed {steps.replayed}; layer graphs recorded {layers.runner.recorded}, replayed "
+              f"{layers.runner.replayed}", flush=True)  # fmt: skip
     use(names[0])
 
 
