@@ -189,54 +189,27 @@ def stream(b, args, main_clip, report):
 
 
 def interleaved_stream(b, args, main_clip, report):
-    """Every config of `--configs` on one stream of `--videos` new clips, each clip called `--calls-per-clip` times
-    in a row by each config in turn (the order rotated per clip), each config with graphs of its own (see the module
-    doc). Per config: the first sight of each clip, its repeats (their median) and the clip's token counts after
-    Stage 1 / 2; the medians over all clips and over the second half, their ratios to the first config's, and the
-    median cost of a first sight (first call less the clip's repeats): the part of a new clip's time that is not
-    its content (a clip that keeps more tokens is slower on its repeats too)."""
-    from modeling.integration.layer_graphs import LayerGraphs
-    from modeling.prunevid.graphs import CudaGraphs
-
+    """`bench.Bench.new_clip_stream` (every config of `--configs` on one stream of `--videos` new clips, each clip
+    called `--calls-per-clip` times in a row by each config in turn, each config with graphs of its own), printed:
+    per config the medians of the first sights over all clips and over the second half and of the repeats, their
+    ratios to the first config's, and the median cost of a first sight (first call less the clip's repeats): the
+    part of a new clip's time that is not its content (a clip that keeps more tokens is slower on its repeats too)."""
     names = list(args.configs)
-    own = {name: (CudaGraphs(), LayerGraphs()) for name in names}
-
-    def use(name):
-        b.model._prunevid_graphs, b.model._prunevid_layer_graphs = own[name]
-
-    for name in names:
-        use(name)
-        for _ in range(3):
-            b.ttft(main_clip, name)
-    first = {name: [] for name in names}
-    again = {name: [] for name in names}
-    lengths = {name: [] for name in names}
-    for i in range(args.videos):
-        clip = bench.make_inputs(b.processor, args.frames, b.args.size, b.device, b.dtype, seed=args.first_seed + i)
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            use(name)
-            times = [round(1e3 * b.ttft(clip, name)[0], 1) for _ in range(max(1, args.calls_per_clip))]
-            first[name].append(times[0])
-            again[name].append(bench.median(times[1:]))
-            stats = b.model.prunevid_stats
-            lengths[name].append((stats[0].after_stage1, stats[0].after_stage2) if stats else None)
-        del clip
-        print(f"clip {i + 1}/{args.videos}: " + ", ".join(
-            f"{n} {first[n][-1]}" + (f" / {again[n][-1]:.1f}" if again[n][-1] is not None else "")
-            + (f" {lengths[n][-1]}" if lengths[n][-1] else "") for n in names), flush=True)  # fmt: skip
+    out = b.new_clip_stream(main_clip, args.frames, names, args.videos, args.calls_per_clip,
+                            first_seed=args.first_seed, log=True)  # fmt: skip
+    ms = {name: ([round(1e3 * t, 1) for t in o["first_s"]],
+                 [None if t is None else round(1e3 * t, 1) for t in o["again_s"]]) for name, o in out.items()}
     half = args.videos // 2
-    base, base_late = bench.median(first[names[0]]), bench.median(first[names[0]][half:])
-    base_again = bench.median(again[names[0]])
+    base, base_late = bench.median(ms[names[0]][0]), bench.median(ms[names[0]][0][half:])
+    base_again = bench.median(ms[names[0]][1])
     for name in names:
-        steps, layers = own[name]
-        row = {"ttft_ms": first[name], "median_ms": bench.median(first[name]),
-               "second_half_median_ms": bench.median(first[name][half:]), "repeats_ms": again[name],
-               "repeats_median_ms": bench.median(again[name]), "after_stage1_stage2": lengths[name],
-               "steps_recorded": steps.recorded, "steps_replayed": steps.replayed,
-               "layers_recorded": layers.runner.recorded, "layers_replayed": layers.runner.replayed}  # fmt: skip
+        first, again = ms[name]
+        row = {"ttft_ms": first, "median_ms": bench.median(first), "second_half_median_ms": bench.median(first[half:]),
+               "repeats_ms": again, "repeats_median_ms": bench.median(again),
+               "after_stage1_stage2": out[name]["lengths"], "graphs_recorded_stage12_layers": out[name]["recorded"]}
         row["ratio_first_config"] = base / row["median_ms"]
         row["ratio_first_config_second_half"] = base_late / row["second_half_median_ms"]
-        extra = [f - a for f, a in zip(first[name], again[name]) if a is not None]
+        extra = [f - a for f, a in zip(first, again) if a is not None]
         row["first_sight_cost_median_ms"] = bench.median(extra)
         row["ratio_first_config_repeats"] = (
             base_again / row["repeats_median_ms"] if base_again and row["repeats_median_ms"] else None)
@@ -245,10 +218,8 @@ def interleaved_stream(b, args, main_clip, report):
                    f"sight costs {row['first_sight_cost_median_ms']:.1f} ms more" if extra else "")
         print(f"[{name}] {args.videos} new clips, interleaved: first sight {row['median_ms']:.1f} ms "
               f"({row['ratio_first_config']:.2f}x {names[0]}), second half {row['second_half_median_ms']:.1f} ms "
-              f"({row['ratio_first_config_second_half']:.2f}x){repeats}; Stage 1/2 graphs recorded {steps.recorded}, "
-              f"replayed {steps.replayed}; layer graphs recorded {layers.runner.recorded}, replayed "
-              f"{layers.runner.replayed}", flush=True)  # fmt: skip
-    use(names[0])
+              f"({row['ratio_first_config_second_half']:.2f}x){repeats}; graphs recorded (Stage 1/2, layers) "
+              f"{out[name]['recorded']}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
