@@ -286,8 +286,9 @@ def test_probe_lm_gemms_times_every_projection_and_the_regroupings_on_the_cpu(tm
 
 
 def test_probe_new_videos_interleaves_configs_each_with_graphs_of_its_own_on_the_cpu(tmp_path):
-    """`tools/probe_new_videos.py --interleave --quick`: every config times every clip once; the medians over all
-    clips and over the second half, and their ratios to the first config's."""
+    """`tools/probe_new_videos.py --interleave --quick`: every config calls every clip twice in a row; the first
+    calls and the repeats, the medians over all clips and over the second half, their ratios to the first config's,
+    the median cost of a first sight and the clips' token counts (stock keeps every token, fast prunes)."""
     import json
 
     sys.path.insert(0, str(ROOT / "tools"))

@@ -206,6 +206,12 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def first_and_next(first_s, next_s) -> str:
+    """A new clip's first call and the next, in ms, as `bench.md` and the stream's log print them: "137.8 / 133.8"
+    (the first alone when the clip was called once)."""
+    return f"{1e3 * first_s:.1f}" + ("" if next_s is None else f" / {1e3 * next_s:.1f}")
+
+
 def event_times(fn, repeats: int, warmup: int = 0) -> list[float]:
     """Milliseconds of `repeats` calls of `fn` on the GPU, each between two CUDA events and synchronised, after
     `warmup` untimed calls (the probes' kernel timings)."""
@@ -522,9 +528,8 @@ class Bench:
                 del clip
                 if log:
                     print(f"clip {i + 1}/{videos}: " + ", ".join(
-                        f"{n} {1e3 * out[n]['first_s'][-1]:.1f}" + (f" / {1e3 * out[n]['again_s'][-1]:.1f}" if calls > 1
-                        else "") + (f" {out[n]['lengths'][-1]}" if out[n]["lengths"][-1] else "") for n in names),
-                        flush=True)  # fmt: skip
+                        f"{n} {first_and_next(out[n]['first_s'][-1], out[n]['again_s'][-1])}"
+                        + (f" {out[n]['lengths'][-1]}" if out[n]["lengths"][-1] else "") for n in names), flush=True)
         finally:
             self.model._prunevid_graphs, self.model._prunevid_layer_graphs = kept
         for name, (steps, layers) in own.items():
@@ -1176,8 +1181,8 @@ def markdown(results):
         if busy:
             lines += ["", "GPU busy in one profiled call from pixels (kernels merged) of its wall time, ms: "
                       + "; ".join(busy) + "."]  # fmt: skip
-        fresh = [f"{name} " + ", ".join(f"{1e3 * t:.1f}" + ("" if a is None else f" / {1e3 * a:.1f}") for t, a in
-                                        zip(c["ttft_new_videos_runs_s"], c["ttft_new_videos_repeat_runs_s"]))
+        fresh = [f"{name} " + ", ".join(map(first_and_next, c["ttft_new_videos_runs_s"],
+                                            c["ttft_new_videos_repeat_runs_s"]))
                  for name in HEADLINE_CONFIGS if (c := rec["configs"].get(name)) and c.get("ttft_new_videos_runs_s")]
         if fresh:
             lengths = next((c["new_videos_after_stage1_stage2"] for name in HEADLINE_CONFIGS[1:]

@@ -269,10 +269,10 @@ class PruneVidConfig:
         (``cuda_graphs=True``) and the pruned prefill's decoder layers replayed as CUDA graphs at bucketed lengths
         (``layer_graphs=True``: 40.9 instead of 44.5 ms for the prefill call at 64 frames, the same at 256, on an H200,
         docs/bench/h200-2026-12-05-layers; no gain on the lent H100s since, and a recording in a new clip's second
-        call, docs/bench/h100-2026-12-06-twentysecond; the layers compute the same function on a few padded rows, so their bf16
-        results differ by rounding, and equal the eager layers in fp32 within 1e-4), and the prompt's 3-D positions
-        found without upstream's token-by-token grouping (``rope_index="vectorized"``: the same positions, 2-3 ms
-        less before the tower at 64 frames). The pruning is ``paper()``'s and
+        call, docs/bench/h100-2026-12-06-twentysecond; the layers compute the same function on a few padded rows,
+        so their bf16 results differ by rounding, and equal the eager layers in fp32 within 1e-4), and the prompt's
+        3-D positions found without upstream's token-by-token grouping (``rope_index="vectorized"``: the same
+        positions, 2-3 ms less before the tower at 64 frames). The pruning is ``paper()``'s and
         the Stage-1/2 graphs replay its eager kernels; the tower computes
         the stock function with other kernels, so its bf16 features differ by rounding (relative error 0.017 against
         the stock bf16 tower's output on an H200, 0.015 for the uncompiled varlen tower), and Stage 1's clusters can
