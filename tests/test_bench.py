@@ -285,6 +285,46 @@ def test_probe_lm_gemms_times_every_projection_and_the_regroupings_on_the_cpu(tm
     assert probe_lm_gemms.shapes(*report["dims"])["qkv_fused"][1] == 64 + 2 * 16
 
 
+def test_probe_lm_gemms_times_the_host_at_row_counts_not_seen_before_on_the_cpu(tmp_path, monkeypatch):
+    """`--new-rows`: row counts none of the timed GEMMs had, each projection's host time at its first call with one
+    and right after; a layer's host time is the sum of its seven projections'."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import probe_lm_gemms
+
+    monkeypatch.setattr(sys, "argv", ["probe_lm_gemms.py", "--quick", "--new-rows", "4", "--out", str(tmp_path)])
+    assert probe_lm_gemms.main() == 0
+    report = json.loads((tmp_path / "probe_lm_gemms.json").read_text())
+    assert len(set(report["new_rows"])) == 4 and not set(report["new_rows"]) & {7, 33}
+    host = report["host_us"]["cublas"]
+    assert list(host) == [*probe_lm_gemms.LAYER, "layer"]
+    for phase in ("first", "again"):
+        assert all(host[n][phase] > 0 for n in probe_lm_gemms.LAYER)
+        assert host["layer"][phase] == pytest.approx(sum(host[n][phase] for n in probe_lm_gemms.LAYER), abs=0.2)
+
+
+def test_probe_new_videos_profiles_a_clips_first_call_against_its_third_on_the_cpu(tmp_path):
+    """`tools/probe_new_videos.py --quick` (not interleaved): the clips' calls, then one more clip profiled three
+    times: the host operations of its first call, the three calls' host totals, and the operations whose host time
+    differs most between its first call and its third, largest excess of the first call first."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import probe_new_videos
+
+    probe_new_videos.main(["--quick", "--frames", "4", "--videos", "1", "--calls-per-clip", "2", "--configs", "fast",
+                           "--out", str(tmp_path)])  # fmt: skip
+    rec = json.loads((tmp_path / "probe_new_videos.json").read_text())["fast"]
+    assert len(rec["new_clips"]) == 1 and len(rec["new_clips"][0]["ttft_ms"]) == 2
+    assert "aten::" in rec["profile_top"] and len(rec["host_self_ms"]) == 3 and min(rec["host_self_ms"]) > 0
+    diff = rec["first_against_third"]
+    assert 0 < len(diff) <= 20
+    excess = [r["first_us"] - r["third_us"] for r in diff]
+    assert excess == sorted(excess, reverse=True)
+    assert {"op", "first_us", "third_us", "first_calls", "third_calls"} == set(diff[0])
+
+
 def test_probe_new_videos_interleaves_configs_each_with_graphs_of_its_own_on_the_cpu(tmp_path):
     """`tools/probe_new_videos.py --interleave --quick`: every config calls every clip twice in a row; the first
     calls and the repeats, the medians over all clips and over the second half, their ratios to the first config's,

@@ -13,12 +13,23 @@ get too) is worth building.
 
     python3 tools/probe_lm_gemms.py [--rows 1407 3680 8229 32805] [--out DIR]
     python3 tools/probe_lm_gemms.py --quick     # tiny shapes on the CPU (smoke test of the script)
+
+`--new-rows N` adds what a row count no GEMM of this process has had costs the host. A new clip keeps a new number
+of tokens after Stage 1, so every projection of the eager decoder layers meets a new shape; on an H100 a profiled
+first sight spent 250 us of host time per `addmm` and 170 per `mm` (docs/bench/h100-2026-12-06-twentythird). Here,
+for N row counts drawn from `--new-range` (none of them used before), each projection's host time (device idle
+before the call, so the time is the dispatch alone) at its first call with that count and right after, under each
+`--blas` library (`torch.backends.cuda.preferred_blas_library`, disjoint row counts each), next to the GEMM's own
+device time: whether a new shape makes the layers host-bound, and what padding the rows to a bucket would save.
+
+    python3 tools/probe_lm_gemms.py --rows 1407 --new-rows 24 --blas cublas cublaslt
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -49,10 +60,44 @@ def shapes(hidden: int, q_out: int, kv_out: int, intermediate: int) -> dict[str,
     }
 
 
+def host_costs(weights: dict, rows_list: list[int], blas: list[str], dev: torch.device, dt: torch.dtype) -> dict:
+    """Per `blas` library: the median host time (us) of each projection of `LAYER` as `F.linear` at row counts of
+    `rows_list` it has not had before ("first") and at the same count right after ("again"), with the device idle
+    before each call; and the sums over a layer's projections. The libraries get disjoint row counts (a cuBLAS
+    heuristic cache may be shared between them)."""
+    out = {}
+    for i, library in enumerate(blas):
+        if dev.type == "cuda":
+            torch.backends.cuda.preferred_blas_library(library)
+        times = {name: {"first": [], "again": []} for name in LAYER}
+        for rows in rows_list[i :: len(blas)]:
+            inputs = {n_in: torch.randn(rows, n_in, device=dev, dtype=dt) for n_in in {w.shape[1] for w, _ in
+                      weights.values()}}  # fmt: skip
+            for name in LAYER:
+                weight, bias = weights[name]
+                for phase in ("first", "again"):
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    F.linear(inputs[weight.shape[1]], weight, bias)
+                    times[name][phase].append((time.perf_counter() - t0) * 1e6)
+        rec = {name: {phase: round(statistics.median(v), 1) for phase, v in t.items()} for name, t in times.items()}
+        rec["layer"] = {phase: round(sum(rec[n][phase] for n in LAYER), 1) for phase in ("first", "again")}
+        out[library] = rec
+        print(f"[{library}] host us, first / again: " + ", ".join(f"{k} {v['first']} / {v['again']}"
+              for k, v in rec.items()), flush=True)  # fmt: skip
+    if dev.type == "cuda":
+        torch.backends.cuda.preferred_blas_library(blas[0])
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[1407, 3680, 8229, 32805])
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--new-rows", type=int, default=0, help="row counts not seen before, to time the host with")
+    ap.add_argument("--new-range", type=int, nargs=2, default=[900, 3200])
+    ap.add_argument("--blas", nargs="+", default=["cublas"], choices=["cublas", "cublaslt"])
     ap.add_argument("--out", type=Path, default=Path("/tmp/probe-lm-gemms"))
     ap.add_argument("--quick", action="store_true", help="tiny shapes on the CPU (smoke test of the script)")
     args = ap.parse_args()
@@ -95,6 +140,12 @@ def main() -> int:
         report["rows"][str(rows)] = rec
         print(f"[{rows} rows] " + ", ".join(f"{k} {v['ms']:.3f} ms ({v['tflops']} TF/s)" for k, v in rec.items()),
               flush=True)  # fmt: skip
+        (args.out / "probe_lm_gemms.json").write_text(json.dumps(report, indent=1))
+    if args.new_rows:
+        lo, hi = args.new_range if cuda else (40, 90)
+        fresh = sorted(set(range(lo, hi + 1)) - set(rows_list))
+        report["new_rows"] = random.Random(0).sample(fresh, min(args.new_rows, len(fresh)))
+        report["host_us"] = host_costs(weights, report["new_rows"], args.blas, dev, dt)
         (args.out / "probe_lm_gemms.json").write_text(json.dumps(report, indent=1))
     return 0
 

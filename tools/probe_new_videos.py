@@ -6,7 +6,8 @@ keeps (its output length `L1`, and after Stage 2 `L2`), so whatever is made per 
 keyed on those lengths, the replayed layers' buckets, and, in the attention of the language model, any kernel plan
 built per sequence length. Here, after a warm-up on the bench clip, each config meets `--videos` new clips (the
 bench clip's generator with other seeds), each timed three times in a row (first sight, then twice more), and one
-more new clip under torch.profiler (host and GPU): the host operations that took longest.
+more new clip under torch.profiler (host and GPU), three calls: the host operations that took longest at its first
+sight, and those whose host time differs most between its first call and its third (a replay).
 
     python3 tools/probe_new_videos.py [--frames 64] [--videos 4] [--configs fast stock_compiled] [--out DIR]
     python3 tools/probe_new_videos.py --quick --frames 8 --videos 1   # CPU smoke test
@@ -136,11 +137,36 @@ def new_clips(b, args, main_clip, report):
             if b.device.type == "cuda":
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             b.model.prunevid = b.configs[name]  # the plain technique, as bench.ttft
-            with torch.profiler.profile(activities=activities) as prof:
-                b.generate(clip, 1, timed=False)
-            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70)
+            profiles = []
+            for _ in range(3):  # its first sight, the call that records its graphs, a replay
+                with torch.profiler.profile(activities=activities) as prof:
+                    b.generate(clip, 1, timed=False)
+                profiles.append(prof.key_averages())
+            table = profiles[0].table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70)
             print(f"[{name}] one more new clip under the profiler, host operations by self time:\n{table}", flush=True)
-            report[name] = {"new_clips": rows, "profile_top": table}
+            diff = first_sight_diff(profiles[0], profiles[2])
+            totals = [round(sum(e.self_cpu_time_total for e in prof) / 1e3, 1) for prof in profiles]
+            print(f"[{name}] the same clip's three calls, host self time in all: {totals} ms; its first call against "
+                  f"its third, host self time (us) by difference:\n"
+                  + "\n".join(f"  {r['op']}: {r['first_us']} / {r['third_us']} us, calls {r['first_calls']} / "
+                               f"{r['third_calls']}" for r in diff), flush=True)  # fmt: skip
+            report[name] = {"new_clips": rows, "profile_top": table, "host_self_ms": totals,
+                            "first_against_third": diff}
+
+
+def first_sight_diff(first, third, top: int = 20) -> list[dict]:
+    """The host operations whose self time (us) differs most between two profiled calls (`key_averages()` of
+    each; an operation missing from one counts as 0 there), largest excess of the first call first."""
+    a = {e.key: e for e in first}
+    c = {e.key: e for e in third}
+    rows = []
+    for key in a.keys() | c.keys():
+        fa, fc = a.get(key), c.get(key)
+        rows.append({"op": key, "first_us": round(fa.self_cpu_time_total if fa else 0.0, 1),
+                     "third_us": round(fc.self_cpu_time_total if fc else 0.0, 1),
+                     "first_calls": fa.count if fa else 0, "third_calls": fc.count if fc else 0})  # fmt: skip
+    rows.sort(key=lambda r: r["third_us"] - r["first_us"])
+    return rows[:top]
 
 
 def stream(b, args, main_clip, report):
