@@ -268,9 +268,11 @@ class PruneVidConfig:
         (``vision_attention="varlen_compiled"``), Stage 1 and the Stage-2 scoring replayed as CUDA graphs
         (``cuda_graphs=True``) and the pruned prefill's decoder layers replayed as CUDA graphs at bucketed lengths
         (``layer_graphs=True``: 40.9 instead of 44.5 ms for the prefill call at 64 frames, the same at 256, on an H200,
-        docs/bench/h200-2026-12-05-layers; no gain on the lent H100s since, and a recording in a new clip's second
-        call, docs/bench/h100-2026-12-06-twentysecond; the layers compute the same function on a few padded rows,
-        so their bf16 results differ by rounding, and equal the eager layers in fp32 within 1e-4), and the prompt's
+        docs/bench/h200-2026-12-05-layers; no gain on the faster lent H100s, docs/bench/h100-2026-12-06-twentysecond,
+        15 ms on a slower one: time to first token 130.5 instead of 145.9 ms at 64 frames, 435 instead of 450 at
+        256, docs/bench/h100-2026-12-06-twentythird; they save host time; a new clip's second call records them;
+        the layers compute the same function on a few padded rows, so their bf16 results differ by rounding, and
+        equal the eager layers in fp32 within 1e-4), and the prompt's
         3-D positions found without upstream's token-by-token grouping (``rope_index="vectorized"``: the same
         positions, 2-3 ms less before the tower at 64 frames). The pruning is ``paper()``'s and
         the Stage-1/2 graphs replay its eager kernels; the tower computes
