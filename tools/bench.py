@@ -1170,12 +1170,14 @@ def markdown(results):
                 f"{st.get('visual_tokens')} > {st.get('after_stage1')} > {st.get('after_stage2')} ({st.get('kv_cache_tokens')}) | "
                 f"{1e3 * c['prunevid_overhead_s']:.2f} ({'-' if share is None else f'{100 * share:.1f}%'}) |"
             )  # fmt: skip
-        parts = [f"{name} {1e3 * c['ttft_s']:.1f} = {1e3 * c['vision_s']:.1f} + {1e3 * c['prefill_call_s']:.1f} + "
-                 f"{1e3 * (c['ttft_s'] - c['ttft_derived_s']):.1f}"
-                 for name in HEADLINE_CONFIGS if (c := rec["configs"].get(name)) and "ttft_runs_s" in c]  # fmt: skip
+        parts = [f"{name} {1e3 * c['ttft_s']:.1f} = {1e3 * c['vision_s']:.1f} + {1e3 * c['prefill_call_s']:.1f} "
+                 f"{'-' if rest < 0 else '+'} {abs(rest):.1f}"
+                 for name in HEADLINE_CONFIGS if (c := rec["configs"].get(name)) and "ttft_runs_s" in c
+                 for rest in [1e3 * (c["ttft_s"] - c["ttft_derived_s"])]]  # fmt: skip
         if parts:
             lines += ["", "Time to first token from pixels, ms = tower (timed alone) + prefill call (from the tower's "
-                      "output, timed) + the rest of `generate`: " + "; ".join(parts) + "."]  # fmt: skip
+                      "output, timed) + the rest of `generate` (the difference: the three are medians of separate "
+                      "calls, so on a noisy host it can be negative): " + "; ".join(parts) + "."]  # fmt: skip
         busy = [f"{name} {1e3 * c['gpu_busy_s']:.1f} of {1e3 * c['profiled_wall_s']:.1f}"
                 for name in HEADLINE_CONFIGS if (c := rec["configs"].get(name)) and c.get("gpu_busy_s")]
         if busy:
