@@ -19,8 +19,8 @@ of tokens after Stage 1, so every projection of the eager decoder layers meets a
 first sight spent 250 us of host time per `addmm` and 170 per `mm` (docs/bench/h100-2026-12-06-twentythird). Here,
 for N row counts drawn from `--new-range` (none of them used before), each projection's host time (device idle
 before the call, so the time is the dispatch alone) at its first call with that count and right after, under each
-`--blas` library (`torch.backends.cuda.preferred_blas_library`, disjoint row counts each), next to the GEMM's own
-device time: whether a new shape makes the layers host-bound, and what padding the rows to a bucket would save.
+`--blas` library (`torch.backends.cuda.preferred_blas_library`, disjoint row counts each), next to the GEMMs' own
+device times at `--rows`: whether a new shape makes the layers host-bound, and what padding the rows to a bucket would save.
 
     python3 tools/probe_lm_gemms.py --rows 1407 --new-rows 24 --blas cublas cublaslt
 """
@@ -64,8 +64,9 @@ def host_costs(weights: dict, rows_list: list[int], blas: list[str], dev: torch.
     """Per `blas` library: the median host time (us) of each projection of `LAYER` as `F.linear` at row counts of
     `rows_list` it has not had before ("first") and at the same count right after ("again"), with the device idle
     before each call; and the sums over a layer's projections. The libraries get disjoint row counts (a cuBLAS
-    heuristic cache may be shared between them)."""
+    heuristic cache may be shared between them); the library in use before is restored."""
     out = {}
+    before = torch.backends.cuda.preferred_blas_library() if dev.type == "cuda" else None
     for i, library in enumerate(blas):
         if dev.type == "cuda":
             torch.backends.cuda.preferred_blas_library(library)
@@ -86,8 +87,8 @@ def host_costs(weights: dict, rows_list: list[int], blas: list[str], dev: torch.
         out[library] = rec
         print(f"[{library}] host us, first / again: " + ", ".join(f"{k} {v['first']} / {v['again']}"
               for k, v in rec.items()), flush=True)  # fmt: skip
-    if dev.type == "cuda":
-        torch.backends.cuda.preferred_blas_library(blas[0])
+    if before is not None:
+        torch.backends.cuda.preferred_blas_library(before)
     return out
 
 
