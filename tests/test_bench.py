@@ -320,6 +320,9 @@ def test_probe_new_videos_profiles_a_clips_first_call_against_its_third_on_the_c
                            "--out", str(tmp_path)])  # fmt: skip
     rec = json.loads((tmp_path / "probe_new_videos.json").read_text())["fast"]
     assert len(rec["new_clips"]) == 1 and len(rec["new_clips"][0]["ttft_ms"]) == 2
+    # the steps each call ran eagerly (on the CPU: every step of both stages, every call)
+    for steps in rec["new_clips"][0]["eager_steps"]:
+        assert set(steps) == {"_frame_labels", "_merge_segments", "_stage2_sizes", "_score_and_keep"}, steps
     assert "aten::" in rec["profile_top"] and len(rec["host_self_ms"]) == 3 and min(rec["host_self_ms"]) > 0
     diff = rec["first_against_third"]
     assert 0 < len(diff) <= 20

@@ -124,6 +124,7 @@ def test_runner_is_eager_on_cpu() -> None:
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert a.segments == b.segments and a.num_groups == b.num_groups
     assert runner.recorded == runner.replayed == 0
+    assert runner.eager_runs == {"_frame_labels": 1, "_merge_segments": 1}  # each step of Stage 1, by name
     assert not runner.record(_affine, (torch.ones(2),), scale=2.0)  # (nothing to record on the CPU)
     assert eager(lambda x, y, *, z: (x + y * z,), (torch.ones(2), torch.ones(2)), z=3)[0].tolist() == [4.0, 4.0]
     with pytest.raises(ValueError, match="max_graphs"):
@@ -236,6 +237,11 @@ def test_clips_of_one_shape_share_the_merge_graph() -> None:
         for name in ("features", "source", "group", "is_static", "assignment", "static_mask"):
             assert torch.equal(getattr(a, name), getattr(b, name)), (scenes, seed, name)
     assert runner.recorded == 1 + 2 and runner.replayed == 2 * 4  # the frame labels' graph, two merge graphs
+    assert not runner.eager_runs  # (recorded at the first call: nothing ran eagerly)
+    twice = CudaGraphs(record_after=2)
+    for _ in range(3):
+        merge_video(video(0, frames=24, h=4, w=5, scenes=3, device="cuda"), (24, 4, 5), **SETTINGS, runner=twice)
+    assert twice.eager_runs == {"_frame_labels": 1, "_merge_segments": 1} and twice.replayed == 2 * 2
 
 
 @pytest.mark.gpu

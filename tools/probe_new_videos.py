@@ -45,6 +45,7 @@ import contextlib
 import itertools
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,14 +119,19 @@ def new_clips(b, args, main_clip, report):
                 CudaGraphs.warm_up_again = args.ab_warm_up and i % 2 == 1
                 CudaGraphs.flush_before_capture = args.ab_flush and i % 2 == 1
                 LayerGraphs.record_while_tower_runs = window_default if not args.ab_tower_window else i % 2 == 0
-                times = [round(1e3 * b.ttft(clip, name)[0], 1) for _ in range(args.calls_per_clip)]
+                times, eager = [], []
+                for _ in range(args.calls_per_clip):
+                    before = eager_steps(b.model)
+                    times.append(round(1e3 * b.ttft(clip, name)[0], 1))
+                    eager.append(dict(eager_steps(b.model) - before))
                 stats = b.model.prunevid_stats
                 lengths = (stats[0].after_stage1, stats[0].after_stage2) if stats else None
-                rows.append({"seed": seed - 1, "ttft_ms": times, "after_stage1_stage2": lengths,
+                rows.append({"seed": seed - 1, "ttft_ms": times, "eager_steps": eager, "after_stage1_stage2": lengths,
                              "warm_up_again": CudaGraphs.warm_up_again,
                              "flush_before_capture": CudaGraphs.flush_before_capture,
                              "record_while_tower_runs": LayerGraphs.record_while_tower_runs})  # fmt: skip
                 print(f"[{name}] new clip (seed {seed - 1}): TTFT ms {times} (first sight, then repeats); "
+                      f"Stage-1/2 steps run eagerly by call {eager}; "
                       f"tokens after Stage 1 / 2: {lengths}; warm_up_again {CudaGraphs.warm_up_again}; "
                       f"flush_before_capture {CudaGraphs.flush_before_capture}; record_while_tower_runs "
                       f"{LayerGraphs.record_while_tower_runs}", flush=True)  # fmt: skip
@@ -152,6 +158,12 @@ def new_clips(b, args, main_clip, report):
                                f"{r['third_calls']}" for r in diff), flush=True)  # fmt: skip
             report[name] = {"new_clips": rows, "profile_top": table, "host_self_ms": totals,
                             "first_against_third": diff}
+
+
+def eager_steps(model) -> Counter:
+    """The Stage-1/2 steps the model's graph runner has run eagerly so far, by name (`CudaGraphs.eager_runs`; empty
+    before a config with `cuda_graphs` made the runner)."""
+    return Counter(getattr(getattr(model, "_prunevid_graphs", None), "eager_runs", ()))
 
 
 def first_sight_diff(first, third, top: int = 20) -> list[dict]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
@@ -103,6 +103,7 @@ class CudaGraphs:
         self.recorded = 0  # graphs recorded so far (tests, benchmarks)
         self.replayed = 0  # replays so far
         self.warmups = 0  # warm-up runs before a recording so far
+        self.eager_runs: Counter[str] = Counter()  # calls run eagerly so far, by function name (tests, benchmarks)
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pools: dict[torch.device, Any] = {}
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
@@ -129,30 +130,35 @@ class CudaGraphs:
                  fixed: Sequence[Tensor] = (), **options: Any) -> tuple[Tensor, ...]:  # fmt: skip
         inputs, fixed = tuple(inputs), tuple(fixed)
         if not self._recordable(inputs + fixed):
-            return fn(*inputs, *fixed, **options)
+            return self._eager(fn, inputs, fixed, options)
         key = self._key(fn, inputs, fixed, options)
         device = (inputs + fixed)[0].device  # (`_recordable`: all on one GPU)
         entry = self._graphs.get(key)
         if entry is not None:
             self._graphs.move_to_end(key)
         elif key in self._failed:
-            return fn(*inputs, *fixed, **options)
+            return self._eager(fn, inputs, fixed, options)
         else:
             calls = self._seen.pop(key, 0) + 1
             if calls < self.record_after:
                 self._seen[key] = calls
                 while len(self._seen) > 64 * self.max_graphs:
                     self._seen.popitem(last=False)
-                return fn(*inputs, *fixed, **options)
+                return self._eager(fn, inputs, fixed, options)
             entry = self._record(key, device, fn, inputs, fixed, options, ran_eagerly=calls > 1)
             if entry is None:  # could not be recorded (warned once): eager from now on
-                return fn(*inputs, *fixed, **options)
+                return self._eager(fn, inputs, fixed, options)
         with torch.cuda.device(device):  # (the model may live on another GPU than the current one)
             for buffer, value in zip(entry.inputs, inputs):
                 buffer.copy_(value)
             entry.graph.replay()  # (recording ran nothing: a new graph's first result is its first replay)
         self.replayed += 1
         return entry.outputs
+
+    def _eager(self, fn, inputs: tuple[Tensor, ...], fixed: tuple[Tensor, ...], options: dict) -> tuple[Tensor, ...]:
+        """``fn`` run eagerly, counted in ``eager_runs`` under its name."""
+        self.eager_runs[getattr(fn, "__name__", repr(fn))] += 1
+        return fn(*inputs, *fixed, **options)
 
     def record(self, fn: Callable[..., tuple[Tensor, ...]], inputs: Sequence[Tensor], *, fixed: Sequence[Tensor] = (),
                **options: Any) -> bool:  # fmt: skip
