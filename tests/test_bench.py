@@ -354,3 +354,6 @@ def test_probe_new_videos_interleaves_configs_each_with_graphs_of_its_own_on_the
     assert rows[1]["ratio_first_config"] == pytest.approx(rows[0]["median_ms"] / rows[1]["median_ms"])
     for (n1, n2), (s1, s2) in zip(rows[0]["after_stage1_stage2"], rows[1]["after_stage1_stage2"]):
         assert n1 == n2 > s1 >= s2 > 0  # stock keeps every token, fast prunes
+    # the Stage-1/2 steps run eagerly at the first sights and the repeats: none for stock; on the CPU every step
+    # (two of Stage 1, two of Stage 2) of every call for fast
+    assert rows[0]["eager_steps_first_repeats"] == [0, 0] and rows[1]["eager_steps_first_repeats"] == [2 * 4, 2 * 4]

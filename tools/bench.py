@@ -502,15 +502,16 @@ class Bench:
         order rotated clip by clip, each config with Stage-1/2 and layer graphs of its own (as in a process that runs
         only that config: no config replays what another recorded), each warmed up on `main` first; the model's
         graphs are put back after. Returns per config: `first_s` (each clip's first call), `again_s` (the median of
-        its later calls, None for one call), `lengths` (tokens after Stage 1 / 2 per clip) and `recorded` (graphs
-        recorded: Stage 1/2, layers)."""
+        its later calls, None for one call), `lengths` (tokens after Stage 1 / 2 per clip), `recorded` (graphs
+        recorded: Stage 1/2, layers) and `eager_steps` (Stage-1/2 steps run eagerly, `CudaGraphs.eager_runs`: at
+        the first calls, at the later ones)."""
         from modeling.integration.layer_graphs import LayerGraphs
         from modeling.prunevid.graphs import CudaGraphs
 
         names = list(names)
         kept = (getattr(self.model, "_prunevid_graphs", None), getattr(self.model, "_prunevid_layer_graphs", None))
         own = {name: (CudaGraphs(), LayerGraphs()) for name in names}
-        out = {name: {"first_s": [], "again_s": [], "lengths": []} for name in names}
+        out = {name: {"first_s": [], "again_s": [], "lengths": [], "eager_steps": [0, 0]} for name in names}
         try:
             for name in names:
                 self.model._prunevid_graphs, self.model._prunevid_layer_graphs = own[name]
@@ -520,7 +521,13 @@ class Bench:
                 clip = make_inputs(self.processor, frames, self.args.size, self.device, self.dtype, seed=first_seed + i)
                 for name in names[i % len(names):] + names[: i % len(names)]:
                     self.model._prunevid_graphs, self.model._prunevid_layer_graphs = own[name]
-                    times = [self.ttft(clip, name)[0] for _ in range(max(1, calls))]
+                    steps = own[name][0].eager_runs
+                    before = sum(steps.values())
+                    times = [self.ttft(clip, name)[0]]
+                    first_eager = sum(steps.values()) - before
+                    times += [self.ttft(clip, name)[0] for _ in range(max(1, calls) - 1)]
+                    out[name]["eager_steps"][0] += first_eager
+                    out[name]["eager_steps"][1] += sum(steps.values()) - before - first_eager
                     stats = self.model.prunevid_stats
                     out[name]["first_s"].append(times[0])
                     out[name]["again_s"].append(median(times[1:]))
@@ -731,6 +738,7 @@ class Bench:
                     c["ttft_new_videos_repeat_runs_s"] = f["again_s"]
                     c["new_videos_after_stage1_stage2"] = f["lengths"]
                     c["new_videos_graphs_recorded"] = f["recorded"]
+                    c["new_videos_eager_steps"] = f["eager_steps"]
             else:
                 c["ttft_s"] = c["ttft_derived_s"]
         add_ratios(rec["configs"], self.configs, self.config.text_config)

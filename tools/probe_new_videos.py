@@ -244,7 +244,8 @@ def interleaved_stream(b, args, main_clip, report):
         first, again = ms[name]
         row = {"ttft_ms": first, "median_ms": bench.median(first), "second_half_median_ms": bench.median(first[half:]),
                "repeats_ms": again, "repeats_median_ms": bench.median(again),
-               "after_stage1_stage2": out[name]["lengths"], "graphs_recorded_stage12_layers": out[name]["recorded"]}
+               "after_stage1_stage2": out[name]["lengths"], "graphs_recorded_stage12_layers": out[name]["recorded"],
+               "eager_steps_first_repeats": out[name]["eager_steps"]}
         row["ratio_first_config"] = base / row["median_ms"]
         row["ratio_first_config_second_half"] = base_late / row["second_half_median_ms"]
         extra = [f - a for f, a in zip(first, again) if a is not None]
@@ -257,7 +258,8 @@ def interleaved_stream(b, args, main_clip, report):
         print(f"[{name}] {args.videos} new clips, interleaved: first sight {row['median_ms']:.1f} ms "
               f"({row['ratio_first_config']:.2f}x {names[0]}), second half {row['second_half_median_ms']:.1f} ms "
               f"({row['ratio_first_config_second_half']:.2f}x){repeats}; graphs recorded (Stage 1/2, layers) "
-              f"{out[name]['recorded']}", flush=True)  # fmt: skip
+              f"{out[name]['recorded']}; Stage-1/2 steps run eagerly (first sights, repeats) {out[name]['eager_steps']}",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
