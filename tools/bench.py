@@ -521,13 +521,13 @@ class Bench:
                 clip = make_inputs(self.processor, frames, self.args.size, self.device, self.dtype, seed=first_seed + i)
                 for name in names[i % len(names):] + names[: i % len(names)]:
                     self.model._prunevid_graphs, self.model._prunevid_layer_graphs = own[name]
-                    steps = own[name][0].eager_runs
-                    before = sum(steps.values())
-                    times = [self.ttft(clip, name)[0]]
-                    first_eager = sum(steps.values()) - before
-                    times += [self.ttft(clip, name)[0] for _ in range(max(1, calls) - 1)]
-                    out[name]["eager_steps"][0] += first_eager
-                    out[name]["eager_steps"][1] += sum(steps.values()) - before - first_eager
+                    runs, times, eager = own[name][0].eager_runs, [], []
+                    for _ in range(max(1, calls)):
+                        before = runs.total()
+                        times.append(self.ttft(clip, name)[0])
+                        eager.append(runs.total() - before)
+                    out[name]["eager_steps"][0] += eager[0]
+                    out[name]["eager_steps"][1] += sum(eager[1:])
                     stats = self.model.prunevid_stats
                     out[name]["first_s"].append(times[0])
                     out[name]["again_s"].append(median(times[1:]))
