@@ -17,7 +17,7 @@ import torch
 from conftest import make_inputs
 from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
 from modeling.integration.controller import _score_and_keep, _stage2_sizes
-from modeling.prunevid.graphs import CudaGraphs, eager
+from modeling.prunevid.graphs import CudaGraphs, ReplayingLengths, bucket, eager
 from modeling.prunevid.merge import _frame_labels, _merge_segments, cluster_bound, merge_video, segment_slots
 
 SETTINGS = dict(tau=0.8, temporal_segment_ratio=0.25, cluster_ratio=0.5, k=7, min_tokens_to_cluster=14)
@@ -105,6 +105,46 @@ def test_stage2_steps_on_padded_tokens() -> None:
         (exact,) = _stage2_sizes(query, group, mask, predict=predict, **options)
         (sizes,) = _stage2_sizes(*(padded_inputs[1], padded_inputs[3], padded_inputs[2]), predict=predict, **options)
         assert torch.equal(sizes, exact)
+
+
+class _Counting:
+    """An eager runner that counts replays as `CudaGraphs(record_after=2)` would: a call replays from the second
+    call of its padded length on; `lengths` records the padded length of every call."""
+
+    def __init__(self):
+        self.replayed, self.lengths = 0, []
+
+    def __call__(self, fn, inputs, *, fixed=(), **options):
+        self.replayed += inputs[0].shape[-1] in self.lengths
+        self.lengths.append(inputs[0].shape[-1])
+        return eager(fn, inputs, fixed=fixed, **options)
+
+
+def test_replaying_lengths_pad_to_a_longer_replaying_one() -> None:
+    """A length whose bucket has no graph replaying is padded to the shortest longer one that replays, within
+    `reuse_longer`; otherwise to its own bucket; a runner without a `replayed` count always to its own; a length
+    that stopped replaying (a graph the runner dropped) is forgotten; copies and pickles keep the settings only."""
+    runner = _Counting()
+    lengths = ReplayingLengths(reuse_longer=0.25)
+
+    def call(length, kind="a", runner=runner, lengths=lengths):
+        (out,) = lengths.run(runner, _sum, kind, length, lambda n: (torch.ones(1, n), torch.ones(1, n)))
+        return out.shape[-1]
+
+    assert [call(500), call(500)] == [512, 512]  # (its second call replays)
+    assert call(430) == 512 and lengths.longer == 1  # bucket 432: 512 is at most 1/4 longer
+    assert call(400) == 400  # 512 is more than 1/4 longer
+    assert runner.replayed == 2 and call(420, kind="b") == 432  # another kind: its own bucket
+    lengths.learn("a", 512, replayed=False)  # (the runner dropped it)
+    assert call(430) == 432
+    assert ReplayingLengths(0).pick("a", 432) == 432
+    assert call(430, runner=eager) == 432  # (a runner that counts nothing: its own bucket)
+    for twin in (copy.deepcopy(lengths), pickle.loads(pickle.dumps(lengths))):
+        assert twin.reuse_longer == 0.25 and twin.pick("a", 400) == 400 and twin.longer == 0
+    for bad in (-1, True, "0.25", float("nan")):
+        with pytest.raises(ValueError, match="reuse_longer"):
+            ReplayingLengths(bad)
+    assert bucket(1412) == 1472
 
 
 def test_cluster_bound_is_the_largest_count() -> None:

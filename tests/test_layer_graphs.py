@@ -18,7 +18,7 @@ from conftest import frame_inputs, make_inputs
 from modeling import PruneVidConfig, Qwen2_5_VLPruneVid
 from modeling.integration.compat import cache_of, with_cache
 from modeling.integration.layer_graphs import LayerGraphs, bucket, layer_runs, pad_mask, pad_rows
-from modeling.prunevid.graphs import CudaGraphs, eager
+from modeling.prunevid.graphs import CudaGraphs, ReplayingLengths, eager
 
 
 class Spy:
@@ -188,12 +188,16 @@ class Replaying(Spy):
         return super().__call__(fn, inputs, fixed=fixed, **options)
 
 
-def question_inputs(processor, media, question):
+def question_inputs(processor, media, question, prefix=None):
+    """clip16 and `question` after it; with `prefix`, that text before the video."""
     from modeling import MediaOptions
     from modeling.app.inputs import build_messages, prepare_inputs
 
     small = MediaOptions(min_pixels=28 * 28 * 4, max_pixels=112 * 112, fps=4.0)
-    return prepare_inputs(processor, build_messages(question, [str(media["clip16"])], (), small))
+    conv = build_messages(question, [str(media["clip16"])], (), small)
+    if prefix is not None:
+        conv[0]["content"].insert(0, {"type": "text", "text": prefix})
+    return prepare_inputs(processor, conv)
 
 
 def test_a_new_length_replays_a_longer_bucket(checkpoints, processor, media):
@@ -244,6 +248,60 @@ def test_a_new_length_replays_a_longer_bucket(checkpoints, processor, media):
     own = list(map(bucket, ref["short"][2]))
     assert [n for _, n in runner.lengths] == own and runner.replayed == 3 * len(own)  # (calls 2, 3 and 4 replay)
     assert sorted(n for _, n in runner.recorded_ahead) == sorted(list(map(bucket, ref["long"][2])) + own)
+
+
+class Steps:
+    """An eager runner for Stage 1's and Stage 2's steps that buckets shapes and counts replays as
+    `CudaGraphs(record_after=2)` would: a signature replays from its second call on; `calls` records each call's
+    step and token count."""
+
+    bucket_shapes = True
+
+    def __init__(self, reuse_longer):
+        self.replayed, self.calls, self._seen = 0, [], set()
+        self.lengths = ReplayingLengths(reuse_longer)
+
+    def __call__(self, fn, inputs, *, fixed=(), **options):
+        key = (fn.__name__, *(tuple(t.shape) for t in inputs))
+        self.replayed += key in self._seen
+        self._seen.add(key)
+        self.calls.append((fn.__name__, inputs[0].shape[1]))
+        return eager(fn, inputs, fixed=fixed, **options)
+
+
+def test_a_new_length_scores_on_a_longer_replaying_bucket(checkpoints, processor, media):
+    """With `layer_graphs`, Stage 2's steps (its sizes and its scoring) of a prefill whose length after Stage 1 is
+    new are padded to the shortest longer bucket whose graph replays, up to 1/4 longer (the runner's `lengths`),
+    like the layers: the same tokens; with `reuse_longer=0`, to their own bucket. The question (the scored rows) is the same:
+    the prefixes before the video differ."""
+    question = "Describe in one sentence what moves in this short video."
+    prefix = "First read this note: the clip was filmed on a quiet afternoon in the park. "
+    prompts = {"long": question_inputs(processor, media, question, prefix),
+               "short": question_inputs(processor, media, question)}  # fmt: skip
+    config = PruneVidConfig.paper()
+    model = load(checkpoints["gqa2"], config)
+    ref = {}
+    for name, inputs in prompts.items():
+        ref[name] = generate(model, inputs)
+        ref[name] += (model.prunevid_technique.state.mask.shape[1],)  # the length after Stage 1
+    own, longer = bucket(ref["short"][2]), bucket(ref["long"][2])
+    assert own < longer <= own * 1.25  # (the prefix makes it real: 96 and 112)
+
+    for reuse in (0.25, 0.0):
+        model.prunevid = config.replace(layer_graphs=True)
+        technique = model.prunevid_technique
+        technique.layer_graphs = LayerGraphs(Replaying(), devices=("cpu",), reuse_longer=reuse)
+        technique.runner = Steps(reuse)
+        for _ in range(2):  # the long prompt's Stage-2 buckets replay from its second call on
+            assert torch.equal(generate(model, prompts["long"])[0], ref["long"][0])
+        del technique.runner.calls[:]
+        tokens, logits = generate(model, prompts["short"])
+        assert torch.equal(tokens, ref["short"][0])
+        torch.testing.assert_close(logits, ref["short"][1], rtol=1e-4, atol=1e-4)
+        stage2 = [(fn, n) for fn, n in technique.runner.calls if fn in ("_stage2_sizes", "_score_and_keep")]
+        expected = longer if reuse else own
+        assert stage2 == [("_stage2_sizes", expected), ("_score_and_keep", expected)]
+        assert technique.runner.lengths.longer == (2 if reuse else 0)
 
 
 class Recording(Replaying):

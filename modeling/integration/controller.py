@@ -62,7 +62,7 @@ from ..prunevid.merge import MergeResult, merge_video
 from ..prunevid.select import attention_importance, grouped_topk, kept_counts
 from .cache import StaticFit, cut_cache
 from .compat import gather, gather_rotary, layer_masks
-from .layer_graphs import LayerGraphs, bucket, layer_runs, pad_rows, passthrough
+from .layer_graphs import LayerGraphs, layer_runs, pad_rows, passthrough
 from .prefill_attention import without_length_plans
 from .rope_index import resolve_rule, rope_index
 from .state import PrefillState, VideoRecord, grids_from_positions, left_pad, left_pad_like, row_runs, runs
@@ -352,13 +352,19 @@ class PruneVidController:
         predict = getattr(self.select, "__func__", None) is PruneVidController.select or (
             self.select_keeps_quotas and "select" not in vars(self))
         length = state.query.shape[1]
-        # (integer counts: padded with tokens that count for nothing, clips of one shape share the runner's graph,
-        # and the sizes stay exact)
-        padded = bucket(length) if getattr(self.runner, "bucket_shapes", False) else length
-        inputs = (_pad_tokens(state.query, padded, False), _pad_tokens(state.group, padded, -1),
-                  _pad_tokens(state.mask, padded, 0))  # fmt: skip
-        (sizes,) = self.runner(_stage2_sizes, inputs, keep_ratio=cfg.keep_ratio, rounding=cfg.keep_rounding,
-                               predict=predict)  # fmt: skip
+        options = dict(keep_ratio=cfg.keep_ratio, rounding=cfg.keep_rounding, predict=predict)
+
+        def pad(padded: int) -> tuple[torch.Tensor, ...]:
+            return (_pad_tokens(state.query, padded, False), _pad_tokens(state.group, padded, -1),
+                    _pad_tokens(state.mask, padded, 0))  # fmt: skip
+
+        lengths = getattr(self.runner, "lengths", None) if getattr(self.runner, "bucket_shapes", False) else None
+        if lengths is not None:  # (integer counts: padded with tokens that count for nothing, clips of one shape,
+            # or up to 1/4 shorter than one whose graph replays, share the runner's graph; the sizes stay exact)
+            kind = (_stage2_sizes, state.query.shape[0], state.query.device, *options.values())
+            (sizes,) = lengths.run(self.runner, _stage2_sizes, kind, length, pad, **options)
+        else:
+            (sizes,) = self.runner(_stage2_sizes, pad(length), **options)
         if sizes.is_cuda:  # copied behind Stage 1 and waited for at layer M (`_settle`): meanwhile the host queues
             # the layers before M, instead of waiting here for Stage 1's last kernels and leaving the GPU idle
             host = torch.empty(sizes.shape, dtype=sizes.dtype, pin_memory=True)
@@ -439,18 +445,24 @@ class PruneVidController:
         attn = layer.self_attn
         weights = [p for m in (layer.input_layernorm, attn.q_proj, attn.k_proj) for p in m.parameters()]
         length = hidden_states.shape[1]
-        padded = length
-        if (getattr(self.runner, "bucket_shapes", False) and self.layer_graphs is not None
+        options = dict(layer=layer, n_query=n_query, reduce=cfg.attention_aggregation, keep_ratio=cfg.keep_ratio,
+                       rounding=cfg.keep_rounding)  # fmt: skip
+
+        def pad(padded: int) -> tuple[torch.Tensor, ...]:
+            return (pad_rows(hidden_states, padded), _pad_tokens(state.query, padded, False),
+                    _pad_tokens(state.mask, padded, 0), _pad_tokens(state.group, padded, -1))  # fmt: skip
+
+        lengths = getattr(self.runner, "lengths", None) if getattr(self.runner, "bucket_shapes", False) else None
+        if (lengths is not None and self.layer_graphs is not None
                 and hidden_states.device.type in self.layer_graphs.devices):  # fmt: skip
-            # the replayed layers pad the prefill to `bucket(length)`: the scoring too (its pads are neither keys
-            # nor questions nor candidates), so clips of one shape share its graph; up to rounding, as those layers
-            padded = bucket(length)
-        inputs = (pad_rows(hidden_states, padded), _pad_tokens(state.query, padded, False),
-                  _pad_tokens(state.mask, padded, 0), _pad_tokens(state.group, padded, -1))  # fmt: skip
-        (kept,) = self.runner(
-            _score_and_keep, inputs, fixed=weights, layer=layer, n_query=n_query, reduce=cfg.attention_aggregation,
-            keep_ratio=cfg.keep_ratio, rounding=cfg.keep_rounding,
-        )  # fmt: skip
+            # the replayed layers pad the prefill to a bucket: the scoring too (its pads are neither keys nor
+            # questions nor candidates), so clips of one shape, or up to 1/4 shorter than one whose graph replays,
+            # share its graph; up to rounding, as those layers
+            kind = (_score_and_keep, *hidden_states.shape[::2], hidden_states.dtype, hidden_states.device,
+                    *options.values())  # fmt: skip
+            (kept,) = lengths.run(self.runner, _score_and_keep, kind, length, pad, fixed=weights, **options)
+        else:
+            (kept,) = self.runner(_score_and_keep, pad(length), fixed=weights, **options)
         return kept[:, :length].clone()
 
     # ------------------------------------------------------------------------------------------ hook 2

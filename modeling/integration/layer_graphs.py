@@ -40,7 +40,7 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.utils import logging
 
-from ..prunevid.graphs import CudaGraphs
+from ..prunevid.graphs import CudaGraphs, ReplayingLengths, bucket
 from .compat import CACHE_KWARG, recording_outputs, with_cache
 from .prefill_attention import prefill_backends
 
@@ -52,13 +52,6 @@ __all__ = ["LayerGraphs", "bucket", "layer_runs", "pad_mask", "pad_rows", "passt
 # keyword arguments of a decoder layer call that a replay reproduces (the text positions only serve flash
 # attention's packed sequences, which never replays); any other one with a value keeps the layers eager
 _HANDLED = {"attention_mask", "position_embeddings", "position_ids", CACHE_KWARG, "use_cache"}
-
-
-def bucket(length: int) -> int:
-    """`length` rounded up to a multiple of 1/16 of its power of two, and of 16: from 256 tokens on at most 1/16
-    more (16 buckets per octave), below that at most 15 more. 1,412 -> 1,472; 554 -> 576; 17 -> 32."""
-    step = max(16, 1 << max(0, int(length).bit_length() - 5))
-    return -(-int(length) // step) * step
 
 
 def layer_runs(num_layers: int, pruning_layer: int | None) -> tuple[tuple[int, int], ...]:
@@ -131,7 +124,7 @@ class LayerGraphs:
     rows cost the GPU less than running the layers eagerly costs the host (at 64 frames on the lent H200s the
     replayed layers took 38 ms where the eager ones took 55), and the graph is already there. Otherwise the run
     goes to the runner at its own bucket (eagerly until the runner records it). Which buckets replay is learned
-    from the runner's `replayed` count, call by call (a graph the runner has dropped is forgotten at its next use).
+    from the runner's `replayed` count, call by call (`lengths`, a `ReplayingLengths`).
 
     With `record_while_tower_runs` (off by default), a run that ran eagerly (its bucket's first call) is recorded at
     the next prefill while its vision tower runs (`record_pending`, from a forward hook on the tower that
@@ -157,21 +150,26 @@ class LayerGraphs:
 
     def __init__(self, runner: Callable[..., tuple[Tensor, ...]] | None = None,
                  devices: Sequence[str] = ("cuda",), reuse_longer: float = 0.25) -> None:  # fmt: skip
-        if isinstance(reuse_longer, bool) or not isinstance(reuse_longer, (int, float)) or not reuse_longer >= 0:
-            raise ValueError(f"reuse_longer must be a share >= 0, got {reuse_longer!r}")
         self.runner = runner if runner is not None else CudaGraphs(max_graphs=6)
         self.devices = tuple(devices)
-        self.reuse_longer = float(reuse_longer)
+        self.lengths = ReplayingLengths(reuse_longer)  # per run and input kind: the padded lengths that replay
         self.replayed_runs = 0  # runs computed through `runner` (tests, benchmarks)
-        self.longer_runs = 0  # runs padded beyond their own bucket to a replaying one (tests, benchmarks)
         self._done_until = 0  # the layers before this one were computed by the last run (this prefill)
         self._weights: dict[tuple[torch.nn.Module, ...], list[Tensor]] = {}  # the parameters of each run
-        self._replaying: dict[tuple, set[int]] = {}  # per run and input kind: the padded lengths that replayed
         self._pending: OrderedDict[tuple, tuple] = OrderedDict()  # runs to record in the next tower's window
         self.recorded_in_tower = 0  # runs recorded while a tower ran (tests, benchmarks)
 
     def __repr__(self) -> str:
         return f"LayerGraphs({self.runner!r})"
+
+    @property
+    def reuse_longer(self) -> float:
+        return self.lengths.reuse_longer
+
+    @property
+    def longer_runs(self) -> int:
+        """Runs padded beyond their own bucket to a replaying one (tests, benchmarks)."""
+        return self.lengths.longer
 
     def __deepcopy__(self, memo: dict) -> "LayerGraphs":  # a copied model records its own graphs
         twin = memo[id(self)] = LayerGraphs(copy.deepcopy(self.runner, memo), self.devices, self.reuse_longer)
@@ -204,7 +202,7 @@ class LayerGraphs:
         kind = (layers, *((t.shape[:-2], t.shape[-1], t.dtype, t.device) for t in (hidden_states, cos, sin)),
                 None if mask is None else (mask.shape[:-2], mask.dtype))  # the inputs but their length
         own = bucket(length)
-        padded = self._padded_length(kind, own)
+        padded = self.lengths.pick(kind, own)
         inputs = [pad_rows(hidden_states, padded), pad_rows(cos, padded), pad_rows(sin, padded)]
         if mask is not None:
             inputs.append(pad_mask(mask, length, padded))
@@ -218,10 +216,7 @@ class LayerGraphs:
         out = self.runner(_replay_layers, inputs, fixed=weights, **options)
         if replays is not None:  # (a runner that counts its replays: learn whether this length replays)
             replayed = self.runner.replayed > replays
-            replaying = self._replaying.setdefault(kind, set())
-            (replaying.add if replayed else replaying.discard)(padded)
-            if len(self._replaying) > 64:
-                self._replaying.clear()
+            self.lengths.learn(kind, padded, replayed)
             if self.record_while_tower_runs and hasattr(self.runner, "record"):
                 if not replayed:  # ran eagerly: its own bucket, for its next call
                     self._pend(kind, padded, [(t.shape, t.stride()) for t in inputs], inputs, weights, options)
@@ -269,22 +264,10 @@ class LayerGraphs:
                 self._pending[(kind, padded)] = (specs, weights, options)
                 self._pending.move_to_end((kind, padded), last=False)  # (not now: left for a later window)
                 break
-            self._replaying.setdefault(kind, set()).add(padded)
+            self.lengths.learn(kind, padded, True)
             done += 1
         self.recorded_in_tower += done
         return done
-
-    def _padded_length(self, kind: tuple, own: int) -> int:
-        """The length a run whose bucket is `own` is padded to: `own`, or the shortest longer bucket whose graph
-        replays, within `reuse_longer` (see the class docstring)."""
-        replaying = self._replaying.get(kind, ())
-        if own in replaying:
-            return own
-        longer = [n for n in replaying if own < n <= own * (1 + self.reuse_longer)]
-        if not longer:
-            return own
-        self.longer_runs += 1
-        return min(longer)
 
     def _eager_reason(self, text_model, layers, hidden_states, kwargs) -> str | None:
         """Why this run cannot be replayed, or None."""

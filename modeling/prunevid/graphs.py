@@ -26,18 +26,90 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections import Counter, OrderedDict
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Hashable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["CudaGraphs", "eager"]
+__all__ = ["CudaGraphs", "ReplayingLengths", "bucket", "eager"]
 
 
 def eager(fn: Callable[..., tuple[Tensor, ...]], inputs: Sequence[Tensor], *, fixed: Sequence[Tensor] = (),
           **options: Any) -> tuple[Tensor, ...]:  # fmt: skip
     """The runner that records nothing: ``fn(*inputs, *fixed, **options)``."""
     return fn(*inputs, *fixed, **options)
+
+
+def bucket(length: int) -> int:
+    """`length` rounded up to a multiple of 1/16 of its power of two, and of 16: from 256 tokens on at most 1/16
+    more (16 buckets per octave), below that at most 15 more. 1,412 -> 1,472; 554 -> 576; 17 -> 32."""
+    step = max(16, 1 << max(0, int(length).bit_length() - 5))
+    return -(-int(length) // step) * step
+
+
+class ReplayingLengths:
+    """The padded lengths at which each kind of call replays a recorded graph, learned call by call, and the length
+    a call is padded to: its own `bucket`, or, where that has no graph replaying yet (a clip whose length after
+    Stage 1 is new), the shortest longer length whose graph replays, if that one is at most `reuse_longer` (a share)
+    longer. More padded rows cost the GPU less than an eager call costs the host, and the graph is already there.
+
+    For calls whose padding changes nothing they return but its rows (callers trim them): the decoder layers
+    (`LayerGraphs`) and the Stage-2 steps. Whether a call replayed is read from its runner's `replayed` count
+    (`run`), so a graph the runner has dropped is forgotten at its next use; a runner without that count (`eager`)
+    pads every call to its own bucket.
+
+    Args:
+        reuse_longer: how much longer (a share of the call's own bucket) a replaying length may be; 0 pads every
+            call to its own bucket.
+        max_kinds: kinds of call remembered (all are forgotten past it).
+    """
+
+    def __init__(self, reuse_longer: float = 0.25, max_kinds: int = 64) -> None:
+        if isinstance(reuse_longer, bool) or not isinstance(reuse_longer, (int, float)) or not reuse_longer >= 0:
+            raise ValueError(f"reuse_longer must be a share >= 0, got {reuse_longer!r}")
+        self.reuse_longer = float(reuse_longer)
+        self.max_kinds = max_kinds
+        self.longer = 0  # calls padded beyond their own bucket to a replaying length (tests, benchmarks)
+        self._lengths: dict[Hashable, set[int]] = {}
+
+    def __repr__(self) -> str:
+        return f"ReplayingLengths(reuse_longer={self.reuse_longer}, kinds={len(self._lengths)})"
+
+    def __deepcopy__(self, memo: dict) -> "ReplayingLengths":  # (learned from a runner's graphs, which a copy of
+        return ReplayingLengths(self.reuse_longer, self.max_kinds)  # the model does not share: its own, anew)
+
+    def __reduce__(self) -> tuple:  # pickled as its settings only, as `CudaGraphs`
+        return (ReplayingLengths, (self.reuse_longer, self.max_kinds))
+
+    def pick(self, kind: Hashable, own: int) -> int:
+        """The length a call of `kind` whose own bucket is `own` is padded to (see the class docstring)."""
+        replaying = self._lengths.get(kind, ())
+        if own in replaying:
+            return own
+        longer = [n for n in replaying if own < n <= own * (1 + self.reuse_longer)]
+        if not longer:
+            return own
+        self.longer += 1
+        return min(longer)
+
+    def learn(self, kind: Hashable, padded: int, replayed: bool) -> None:
+        """Note whether a call of `kind` padded to `padded` replayed a graph."""
+        lengths = self._lengths.setdefault(kind, set())
+        (lengths.add if replayed else lengths.discard)(padded)
+        if len(self._lengths) > self.max_kinds:
+            self._lengths.clear()
+
+    def run(self, runner: Callable[..., tuple[Tensor, ...]], fn: Callable[..., tuple[Tensor, ...]], kind: Hashable,
+            length: int, pad: Callable[[int], Sequence[Tensor]], *, fixed: Sequence[Tensor] = (),
+            **options: Any) -> tuple[Tensor, ...]:  # fmt: skip
+        """`runner(fn, pad(n), fixed=fixed, **options)` with `n = pick(kind, bucket(length))`, learning whether it
+        replayed. The outputs keep the padded rows."""
+        replays = getattr(runner, "replayed", None)
+        padded = self.pick(kind, bucket(length)) if replays is not None else bucket(length)
+        out = runner(fn, pad(padded), fixed=fixed, **options)
+        if replays is not None:
+            self.learn(kind, padded, runner.replayed > replays)
+        return out
 
 
 class _Graph(NamedTuple):
@@ -70,7 +142,9 @@ class CudaGraphs:
     initialisations; ``warm_up_again = True`` warms up anyway. A recording then costs about one eager call
     plus the replay, instead of two; it captures without emptying the allocator's caches first (`_capture`).
     ``bucket_shapes``: the callers pad the sizes that follow a clip's content, so that new clips of a known shape
-    replay instead of running eagerly (the class attribute's comment says which and how exactly).
+    replay instead of running eagerly (the class attribute's comment says which and how exactly); ``lengths`` (a
+    :class:`ReplayingLengths`) tells them which padded lengths replay here, so that a new length may take a longer
+    one's graph.
     ``fixed`` tensors (weights) are read in place: the graph is keyed on their addresses, so a model moved or
     reloaded elsewhere gets a new graph.
 
@@ -109,6 +183,7 @@ class CudaGraphs:
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._failed: set[tuple] = set()
         self._seen: OrderedDict[tuple, int] = OrderedDict()  # calls of signatures not recorded yet
+        self.lengths = ReplayingLengths()  # the padded lengths that replay here, for callers that pad (see above)
 
     def __repr__(self) -> str:
         return f"CudaGraphs(max_graphs={self.max_graphs}, record_after={self.record_after}, held={len(self._graphs)})"
@@ -125,6 +200,7 @@ class CudaGraphs:
         self._pools.clear()
         self._streams.clear()
         self._seen.clear()
+        self.lengths = ReplayingLengths(self.lengths.reuse_longer, self.lengths.max_kinds)
 
     def __call__(self, fn: Callable[..., tuple[Tensor, ...]], inputs: Sequence[Tensor], *,
                  fixed: Sequence[Tensor] = (), **options: Any) -> tuple[Tensor, ...]:  # fmt: skip
