@@ -308,18 +308,19 @@ def test_probe_lm_gemms_times_the_host_at_row_counts_not_seen_before_on_the_cpu(
 
 
 def test_probe_new_videos_profiles_a_clips_first_call_against_its_third_on_the_cpu(tmp_path):
-    """`tools/probe_new_videos.py --quick` (not interleaved): the clips' calls, then one more clip profiled three
-    times: the host operations of its first call, the three calls' host totals, and the operations whose host time
+    """`tools/probe_new_videos.py --quick` (not interleaved): the clips' calls (`--ab-stage2-reuse`: every other
+    clip with Stage 2's steps padded to their own bucket only), then one more clip profiled three times: the host operations of its first call, the three calls' host totals, and the operations whose host time
     differs most between its first call and its third, largest excess of the first call first."""
     import json
 
     sys.path.insert(0, str(ROOT / "tools"))
     import probe_new_videos
 
-    probe_new_videos.main(["--quick", "--frames", "4", "--videos", "1", "--calls-per-clip", "2", "--configs", "fast",
-                           "--out", str(tmp_path)])  # fmt: skip
+    probe_new_videos.main(["--quick", "--frames", "4", "--videos", "2", "--calls-per-clip", "2", "--configs", "fast",
+                           "--ab-stage2-reuse", "--out", str(tmp_path)])  # fmt: skip
     rec = json.loads((tmp_path / "probe_new_videos.json").read_text())["fast"]
-    assert len(rec["new_clips"]) == 1 and len(rec["new_clips"][0]["ttft_ms"]) == 2
+    assert len(rec["new_clips"]) == 2 and len(rec["new_clips"][0]["ttft_ms"]) == 2
+    assert [clip["stage2_reuse_longer"] for clip in rec["new_clips"]] == [0.25, 0.0]  # (every other clip: 0)
     # the steps each call ran eagerly (on the CPU: every step of both stages, every call)
     for steps in rec["new_clips"][0]["eager_steps"]:
         assert set(steps) == {"_frame_labels", "_merge_segments", "_stage2_sizes", "_score_and_keep"}, steps

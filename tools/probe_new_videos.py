@@ -18,7 +18,9 @@ up with an eager run on a side stream first, as before the eleventh step), the o
 same with `CudaGraphs.flush_before_capture = True` (a recording first waits for the device and empties the
 allocator's caches, as `torch.cuda.graph` does and as before the twelfth step). `--ab-tower-window`: every other new clip
 with `LayerGraphs.record_while_tower_runs = True` (a layer run that ran eagerly is recorded while the next
-prefill's tower runs, not at its bucket's second call), the others with False.
+prefill's tower runs, not at its bucket's second call), the others with False. `--ab-stage2-reuse`: every other
+new clip with the Stage-1/2 runner's `lengths.reuse_longer = 0` (Stage 2's steps padded to their own bucket only, as
+before the twenty-fifth step), the others with its default (a longer bucket whose graph replays, up to 1/4 longer).
 `--calls-per-clip 1 --graph-slots 6 48` instead: a stream of clips, each called once, once per number of graphs the
 replayed layers may keep (`LayerGraphs`' `CudaGraphs(max_graphs=...)`; `fast()` keeps 6), in that order, each with
 fresh graphs; `--bucket-shapes 0 1` for each slot count: without and with `CudaGraphs.bucket_shapes` (Stage 1's
@@ -77,6 +79,7 @@ def main(argv=None):
     ap.add_argument("--ab-warm-up", action="store_true")
     ap.add_argument("--ab-flush", action="store_true")
     ap.add_argument("--ab-tower-window", action="store_true")
+    ap.add_argument("--ab-stage2-reuse", action="store_true")
     ap.add_argument("--bucket-shapes", type=int, nargs="*", default=[1])
     ap.add_argument("--layer-record-after", type=int, nargs="*", default=[2])
     ap.add_argument("--reuse-longer", type=float, nargs="*", default=[0.25])
@@ -112,6 +115,9 @@ def new_clips(b, args, main_clip, report):
         for name in args.configs:
             for _ in range(3):
                 b.ttft(main_clip, name)
+            # which padded lengths of Stage 2's steps replay (the runner the warm-up made, for a config with graphs)
+            reuse = getattr(getattr(b.model, "_prunevid_graphs", None), "lengths", None)
+            reuse_default = None if reuse is None else reuse.reuse_longer
             rows = []
             for i in range(args.videos):
                 clip = bench.make_inputs(b.processor, args.frames, size, b.device, b.dtype, seed=seed)
@@ -119,6 +125,8 @@ def new_clips(b, args, main_clip, report):
                 CudaGraphs.warm_up_again = args.ab_warm_up and i % 2 == 1
                 CudaGraphs.flush_before_capture = args.ab_flush and i % 2 == 1
                 LayerGraphs.record_while_tower_runs = window_default if not args.ab_tower_window else i % 2 == 0
+                if reuse is not None:
+                    reuse.reuse_longer = 0.0 if args.ab_stage2_reuse and i % 2 == 1 else reuse_default
                 times, eager = [], []
                 for _ in range(args.calls_per_clip):
                     before = eager_steps(b.model)
@@ -129,13 +137,17 @@ def new_clips(b, args, main_clip, report):
                 rows.append({"seed": seed - 1, "ttft_ms": times, "eager_steps": eager, "after_stage1_stage2": lengths,
                              "warm_up_again": CudaGraphs.warm_up_again,
                              "flush_before_capture": CudaGraphs.flush_before_capture,
-                             "record_while_tower_runs": LayerGraphs.record_while_tower_runs})  # fmt: skip
+                             "record_while_tower_runs": LayerGraphs.record_while_tower_runs,
+                             "stage2_reuse_longer": None if reuse is None else reuse.reuse_longer})  # fmt: skip
                 print(f"[{name}] new clip (seed {seed - 1}): TTFT ms {times} (first sight, then repeats); "
                       f"Stage-1/2 steps run eagerly by call {eager}; "
                       f"tokens after Stage 1 / 2: {lengths}; warm_up_again {CudaGraphs.warm_up_again}; "
                       f"flush_before_capture {CudaGraphs.flush_before_capture}; record_while_tower_runs "
-                      f"{LayerGraphs.record_while_tower_runs}", flush=True)  # fmt: skip
+                      f"{LayerGraphs.record_while_tower_runs}; Stage-2 reuse_longer "
+                      f"{None if reuse is None else reuse.reuse_longer}", flush=True)  # fmt: skip
             CudaGraphs.warm_up_again = CudaGraphs.flush_before_capture = False
+            if reuse is not None:
+                reuse.reuse_longer = reuse_default
             LayerGraphs.record_while_tower_runs = window_default
             clip = bench.make_inputs(b.processor, args.frames, size, b.device, b.dtype, seed=seed)
             seed += 1
