@@ -93,6 +93,12 @@ def test_ratios_against_stock_as_shipped_and_with_the_same_tower():
     assert rows["ttft_vs_shipped_64f"]["met"] is False
     assert rows["overhead_share_fast_64f"]["met"] is False and rows["tower_fastest_64f_s"]["met"] is False
     assert rows["overhead_share_64f"]["met"] is None  # paper (eager): reported beside the target
+    assert rows["graphs_recorded_timed_64f"]["measured"] is None  # (not measured: no row says it is met)
+    results["fast"]["graphs_recorded_in_timed_rounds"] = 2  # (a timed round recorded: its time is not steady)
+    results["fast_no_layers"] = {"graphs_recorded_in_timed_rounds": 0}
+    recorded = {t["target"]: t for t in bench.targets({"per_frames": per_frames})}["graphs_recorded_timed_64f"]
+    assert recorded["measured"] == 2 and recorded["met"] is False
+    del results["fast_no_layers"]
     assert rows["tower_recompiles"]["measured"] == 0 and rows["tower_recompiles"]["met"] is True
     assert "64, 32 frames" in rows["tower_recompiles"]["definition"]
     assert rows["tower_compile_s"]["measured"] == 17.5 and rows["tower_compile_s"]["met"] is None
