@@ -348,9 +348,12 @@ def test_probe_new_videos_interleaves_configs_each_with_graphs_of_its_own_on_the
     import probe_new_videos
 
     probe_new_videos.main(["--quick", "--frames", "4", "--videos", "2", "--calls-per-clip", "2", "--interleave",
-                           "--configs", "stock_compiled", "fast", "--out", str(tmp_path)])  # fmt: skip
+                           "--configs", "stock_compiled", "fast", "--ab-stage2-reuse", "--out", str(tmp_path)])  # fmt: skip
     report = json.loads((tmp_path / "probe_new_videos.json").read_text())
     rows = [report["interleaved_stock_compiled"], report["interleaved_fast"]]
+    # `--ab-stage2-reuse`: fast once more in the same stream, its runner's reuse off (the same clips, the same counts)
+    own_bucket = report["interleaved_fast_stage2_own_bucket"]
+    assert own_bucket["after_stage1_stage2"] == rows[1]["after_stage1_stage2"] and len(own_bucket["ttft_ms"]) == 2
     for row in rows:
         assert len(row["ttft_ms"]) == len(row["repeats_ms"]) == 2
         assert all(t > 0 for t in row["ttft_ms"] + row["repeats_ms"])

@@ -502,7 +502,7 @@ class Bench:
         del out
         return ttft, peak
 
-    def new_clip_stream(self, main, frames, names, videos, calls=2, first_seed=1, log=False):
+    def new_clip_stream(self, main, frames, names, videos, calls=2, first_seed=1, log=False, runners=None):
         """Time to first token on a stream of `videos` new clips of `frames` frames (the bench clip's generator with
         seeds from `first_seed`): each clip called `calls` times in a row by every config of `names` in turn, the
         order rotated clip by clip, each config with Stage-1/2 and layer graphs of its own (as in a process that runs
@@ -510,13 +510,14 @@ class Bench:
         graphs are put back after. Returns per config: `first_s` (each clip's first call), `again_s` (the median of
         its later calls, None for one call), `lengths` (tokens after Stage 1 / 2 per clip), `recorded` (graphs
         recorded: Stage 1/2, layers) and `eager_steps` (Stage-1/2 steps run eagerly, `CudaGraphs.eager_runs`: at
-        the first calls, at the later ones)."""
+        the first calls, at the later ones). `runners` may give a config its own (Stage-1/2 runner, `LayerGraphs`)
+        pair, e.g. one set otherwise for an A/B (`tools/probe_new_videos.py --ab-stage2-reuse --interleave`)."""
         from modeling.integration.layer_graphs import LayerGraphs
         from modeling.prunevid.graphs import CudaGraphs
 
         names = list(names)
         kept = (getattr(self.model, "_prunevid_graphs", None), getattr(self.model, "_prunevid_layer_graphs", None))
-        own = {name: (CudaGraphs(), LayerGraphs()) for name in names}
+        own = {name: (runners or {}).get(name) or (CudaGraphs(), LayerGraphs()) for name in names}
         out = {name: {"first_s": [], "again_s": [], "lengths": [], "eager_steps": [0, 0]} for name in names}
         try:
             for name in names:

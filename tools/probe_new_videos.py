@@ -20,7 +20,8 @@ allocator's caches, as `torch.cuda.graph` does and as before the twelfth step). 
 with `LayerGraphs.record_while_tower_runs = True` (a layer run that ran eagerly is recorded while the next
 prefill's tower runs, not at its bucket's second call), the others with False. `--ab-stage2-reuse`: every other
 new clip with the Stage-1/2 runner's `lengths.reuse_longer = 0` (Stage 2's steps padded to their own bucket only, as
-before the twenty-fifth step), the others with its default (a longer bucket whose graph replays, up to 1/4 longer).
+before the twenty-fifth step), the others with its default (a longer bucket whose graph replays, up to 1/4 longer);
+with `--interleave`, `fast` once more as `fast_stage2_own_bucket`, its runner's reuse off, in the same stream.
 `--calls-per-clip 1 --graph-slots 6 48` instead: a stream of clips, each called once, once per number of graphs the
 replayed layers may keep (`LayerGraphs`' `CudaGraphs(max_graphs=...)`; `fast()` keeps 6), in that order, each with
 fresh graphs; `--bucket-shapes 0 1` for each slot count: without and with `CudaGraphs.bucket_shapes` (Stage 1's
@@ -244,9 +245,18 @@ def interleaved_stream(b, args, main_clip, report):
     per config the medians of the first sights over all clips and over the second half and of the repeats, their
     ratios to the first config's, and the median cost of a first sight (first call less the clip's repeats): the
     part of a new clip's time that is not its content (a clip that keeps more tokens is slower on its repeats too)."""
-    names = list(args.configs)
+    from modeling.integration.layer_graphs import LayerGraphs
+    from modeling.prunevid.graphs import CudaGraphs, ReplayingLengths
+
+    names, runners = list(args.configs), {}
+    if args.ab_stage2_reuse:  # `fast` once more, with Stage 2's steps padded to their own bucket only
+        b.configs["fast_stage2_own_bucket"] = b.configs["fast"]
+        steps = CudaGraphs()
+        steps.lengths = ReplayingLengths(reuse_longer=0.0)
+        runners["fast_stage2_own_bucket"] = (steps, LayerGraphs())
+        names.append("fast_stage2_own_bucket")
     out = b.new_clip_stream(main_clip, args.frames, names, args.videos, args.calls_per_clip,
-                            first_seed=args.first_seed, log=True)  # fmt: skip
+                            first_seed=args.first_seed, log=True, runners=runners)  # fmt: skip
     ms = {name: ([round(1e3 * t, 1) for t in o["first_s"]],
                  [None if t is None else round(1e3 * t, 1) for t in o["again_s"]]) for name, o in out.items()}
     half = args.videos // 2
