@@ -57,7 +57,7 @@ from transformers.cache_utils import Cache, StaticLayer
 from transformers.utils import logging
 
 from ..prunevid.config import PruneVidConfig
-from ..prunevid.graphs import CudaGraphs, eager
+from ..prunevid.graphs import CudaGraphs, ReplayingLengths, eager
 from ..prunevid.merge import MergeResult, merge_video
 from ..prunevid.select import attention_importance, grouped_topk, kept_counts
 from .cache import StaticFit, cut_cache
@@ -358,7 +358,7 @@ class PruneVidController:
             return (_pad_tokens(state.query, padded, False), _pad_tokens(state.group, padded, -1),
                     _pad_tokens(state.mask, padded, 0))  # fmt: skip
 
-        lengths = getattr(self.runner, "lengths", None) if getattr(self.runner, "bucket_shapes", False) else None
+        lengths = self._bucket_lengths()
         if lengths is not None:  # (integer counts: padded with tokens that count for nothing, clips of one shape,
             # or up to 1/4 shorter than one whose graph replays, share the runner's graph; the sizes stay exact)
             kind = (_stage2_sizes, state.query.shape[0], state.query.device, *options.values())
@@ -375,6 +375,11 @@ class PruneVidController:
         else:
             state.pending_sizes = (sizes, None)
             self._settle(state)
+
+    def _bucket_lengths(self) -> ReplayingLengths | None:
+        """Which padded lengths of Stage 2's steps replay on `runner` (its `lengths`), where it takes bucketed shapes
+        (`CudaGraphs.bucket_shapes`); None otherwise: the steps then run at their exact length."""
+        return getattr(self.runner, "lengths", None) if getattr(self.runner, "bucket_shapes", False) else None
 
     @staticmethod
     def _settle(state: PrefillState) -> None:
@@ -452,7 +457,7 @@ class PruneVidController:
             return (pad_rows(hidden_states, padded), _pad_tokens(state.query, padded, False),
                     _pad_tokens(state.mask, padded, 0), _pad_tokens(state.group, padded, -1))  # fmt: skip
 
-        lengths = getattr(self.runner, "lengths", None) if getattr(self.runner, "bucket_shapes", False) else None
+        lengths = self._bucket_lengths()
         if (lengths is not None and self.layer_graphs is not None
                 and hidden_states.device.type in self.layer_graphs.devices):  # fmt: skip
             # the replayed layers pad the prefill to a bucket: the scoring too (its pads are neither keys nor
